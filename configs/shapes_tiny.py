@@ -1,0 +1,70 @@
+"""CPU-sized Lumiere on the synthetic "shapes" dataset: 16 frames at 32x32, width 32.
+
+Variants, one per training stage:
+  t2i    the text-to-image backbone (UNet2DConditionModel-style), trained on frames
+  t2v    the inflated Space-Time U-Net; backbone frozen, temporal layers trained
+  ssr    spatial super-resolution 32 -> 64, conditioned on the low-resolution clip
+  cond   7-channel <J, C, M> conditional fine-tune (image-to-video, inpainting, ...)
+  style  backbone fine-tune on a style, for stylized generation
+
+Run (once training lands):
+  lumiere train --config configs/shapes_tiny.py:t2i --workdir workdirs/tiny_t2i
+  lumiere train --config configs/shapes_tiny.py:t2v --workdir workdirs/tiny_t2v
+"""
+
+import ml_collections
+
+from lumiere_jax.config import base_config
+
+STAGES = ("t2i", "t2v", "ssr", "cond", "style")
+
+
+def get_config(arg: str = "t2v") -> ml_collections.ConfigDict:
+  stage = arg or "t2v"
+  if stage not in STAGES:
+    raise ValueError(f"unknown variant {stage!r} of shapes_tiny; allowed: {', '.join(STAGES)}")
+  config = base_config()
+  config.stage = stage
+
+  model = config.model
+  model.block_out_channels = (32, 64, 64)
+  model.layers_per_block = 1
+  model.cross_attention_levels = (False, True, True)
+  model.num_attention_heads = 4
+  model.norm_num_groups = 8
+  model.cross_attention_dim = 64
+  model.temporal.down_levels = (True, True)  # 16 -> 8 -> 4 frames
+  model.temporal.attention_blocks = 1
+  model.temporal.num_heads = 4
+
+  text = config.text
+  text.vocab_size = 4096
+  text.max_length = 24
+  text.width = 64
+  text.num_layers = 2
+  text.num_heads = 4
+
+  data = config.data
+  data.resolution = 32
+  data.num_frames = 16
+  data.batch_size = 8
+
+  if stage == "t2i":
+    model.kind = "unet2d"
+    data.num_frames = 1
+    data.batch_size = 32
+    config.train.trainable = ("backbone", "text")
+  elif stage == "ssr":
+    model.in_channels = 6  # noisy high-res video + upsampled low-res conditioning
+    data.resolution = 64
+    data.low_resolution = 32
+    data.num_frames = 8
+    config.train.trainable = ("backbone", "temporal", "text")
+  elif stage == "cond":
+    model.in_channels = 7  # <J, C, M>
+    config.train.trainable = ("backbone", "temporal")
+  elif stage == "style":
+    model.kind = "unet2d"
+    data.num_frames = 1
+    config.train.trainable = ("backbone",)
+  return config
