@@ -1,0 +1,146 @@
+"""Building blocks with logical axis names on every parameter.
+
+Parameter names follow diffusers (`kernel`/`bias` for `weight`/`bias`, `scale` for norm
+weights), so that converted weights land by a mechanical rename. Normalisation statistics
+and softmax are computed in float32 whatever the compute dtype.
+"""
+
+from typing import Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Axes = Tuple[Optional[str], ...]
+
+
+def _logical(init, axes: Axes):
+  return nn.with_logical_partitioning(init, axes)
+
+
+def mask_to_bias(mask, dtype=jnp.float32):
+  """Boolean keep-mask -> additive attention bias (0 or a large negative number)."""
+  return jnp.where(mask, 0.0, jnp.finfo(dtype).min / 2).astype(dtype)
+
+
+class Dense(nn.Module):
+  features: int
+  axes: Axes = ("embed", "mlp")
+  use_bias: bool = True
+  dtype: jnp.dtype = jnp.float32
+  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", _logical(self.kernel_init, self.axes),
+                        (x.shape[-1], self.features))
+    y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.use_bias:
+      bias = self.param("bias", _logical(nn.initializers.zeros, self.axes[-1:]),
+                        (self.features,))
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class Conv2D(nn.Module):
+  """NHWC convolution with explicit symmetric padding (torch semantics for stride 2)."""
+
+  features: int
+  kernel_size: int = 3
+  stride: int = 1
+  dtype: jnp.dtype = jnp.float32
+  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x):
+    k = self.kernel_size
+    kernel = self.param("kernel",
+                        _logical(self.kernel_init, ("conv_h", "conv_w", "conv_in", "conv_out")),
+                        (k, k, x.shape[-1], self.features))
+    bias = self.param("bias", _logical(nn.initializers.zeros, ("conv_out",)), (self.features,))
+    pad = k // 2
+    y = jax.lax.conv_general_dilated(
+        x.astype(self.dtype), kernel.astype(self.dtype), (self.stride, self.stride),
+        ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + bias.astype(self.dtype)
+
+
+class GroupNorm(nn.Module):
+  """GroupNorm over the channel axis (last), statistics over all other non-batch axes."""
+
+  num_groups: int
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x):
+    dtype = x.dtype
+    c = x.shape[-1]
+    scale = self.param("scale", _logical(nn.initializers.ones, ("norm",)), (c,))
+    bias = self.param("bias", _logical(nn.initializers.zeros, ("norm",)), (c,))
+    x32 = x.astype(jnp.float32)
+    grouped = x32.reshape(*x.shape[:-1], self.num_groups, c // self.num_groups)
+    reduce_axes = tuple(range(1, grouped.ndim - 2)) + (grouped.ndim - 1,)
+    mean = grouped.mean(axis=reduce_axes, keepdims=True)
+    var = jnp.square(grouped - mean).mean(axis=reduce_axes, keepdims=True)
+    normed = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+    return (normed * scale + bias).astype(dtype)
+
+
+class LayerNorm(nn.Module):
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x):
+    dtype = x.dtype
+    c = x.shape[-1]
+    scale = self.param("scale", _logical(nn.initializers.ones, ("norm",)), (c,))
+    bias = self.param("bias", _logical(nn.initializers.zeros, ("norm",)), (c,))
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+    return ((x32 - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias).astype(dtype)
+
+
+class Attention(nn.Module):
+  """Multi-head attention named like diffusers' Attention (to_q/to_k/to_v/to_out_0).
+
+  x: [N, S, C]; context: [N, L, Dc] (self-attention when None); bias broadcastable to
+  [N, heads, S, L]. `zero_init_out` makes the block start as an exact zero residual.
+  """
+
+  heads: int
+  dim_head: int
+  dtype: jnp.dtype = jnp.float32
+  zero_init_out: bool = False
+
+  @nn.compact
+  def __call__(self, x, context=None, bias=None):
+    inner = self.heads * self.dim_head
+    context = x if context is None else context
+    proj = lambda name, y: Dense(inner, ("embed", "heads"), use_bias=False, dtype=self.dtype,
+                                 name=name)(y)
+    split = lambda y: y.reshape(*y.shape[:-1], self.heads, self.dim_head)
+    q, k, v = split(proj("to_q", x)), split(proj("to_k", context)), split(proj("to_v", context))
+    logits = jnp.einsum("nshd,nlhd->nhsl", q, k).astype(jnp.float32) * self.dim_head ** -0.5
+    if bias is not None:
+      logits = logits + bias
+    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    out = jnp.einsum("nhsl,nlhd->nshd", weights, v).reshape(*x.shape[:-1], inner)
+    out_init = nn.initializers.zeros if self.zero_init_out else nn.initializers.lecun_normal()
+    return Dense(x.shape[-1], ("heads", "embed"), dtype=self.dtype, kernel_init=out_init,
+                 name="to_out_0")(out)
+
+
+def sinusoidal_embedding(timesteps, dim: int, flip_sin_to_cos: bool = True,
+                         freq_shift: float = 0.0, max_period: float = 10000.0):
+  """diffusers' get_timestep_embedding: [N] -> [N, dim] (float32)."""
+  half = dim // 2
+  exponent = -jnp.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - freq_shift)
+  args = timesteps.astype(jnp.float32)[:, None] * jnp.exp(exponent)[None]
+  emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+  if flip_sin_to_cos:
+    emb = jnp.concatenate([emb[:, half:], emb[:, :half]], axis=-1)
+  if dim % 2:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
