@@ -104,17 +104,22 @@ class LayerNorm(nn.Module):
 class Attention(nn.Module):
   """Multi-head attention named like diffusers' Attention (to_q/to_k/to_v/to_out_0).
 
-  x: [N, S, C]; context: [N, L, Dc] (self-attention when None); bias broadcastable to
-  [N, heads, S, L]. `zero_init_out` makes the block start as an exact zero residual.
+  x: [N, S, C]; context: [B, L, Dc] (self-attention when None); bias broadcastable to
+  [B, heads, S, L]. N may be a multiple of B (frames or pixels of B videos as batch): each
+  token attends to its own video's context, so x is viewed as [B, N/B * S, C], which is
+  exact because cross-attention treats every query independently, and the context's keys
+  and values are projected once per video rather than once per frame.
   """
 
   heads: int
   dim_head: int
   dtype: jnp.dtype = jnp.float32
-  zero_init_out: bool = False
 
   @nn.compact
   def __call__(self, x, context=None, bias=None):
+    shape = x.shape
+    if context is not None and context.shape[0] != shape[0]:
+      x = x.reshape(context.shape[0], -1, shape[-1])
     inner = self.heads * self.dim_head
     context = x if context is None else context
     proj = lambda name, y: Dense(inner, ("embed", "heads"), use_bias=False, dtype=self.dtype,
@@ -126,9 +131,8 @@ class Attention(nn.Module):
       logits = logits + bias
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     out = jnp.einsum("nhsl,nlhd->nshd", weights, v).reshape(*x.shape[:-1], inner)
-    out_init = nn.initializers.zeros if self.zero_init_out else nn.initializers.lecun_normal()
-    return Dense(x.shape[-1], ("heads", "embed"), dtype=self.dtype, kernel_init=out_init,
-                 name="to_out_0")(out)
+    out = Dense(shape[-1], ("heads", "embed"), dtype=self.dtype, name="to_out_0")(out)
+    return out.reshape(shape)
 
 
 def sinusoidal_embedding(timesteps, dim: int, flip_sin_to_cos: bool = True,

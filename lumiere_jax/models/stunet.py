@@ -1,0 +1,135 @@
+"""The Space-Time U-Net: the frozen T2I backbone plus temporal layers.
+
+Parameters: {'backbone': <UNet2D params, unchanged>, 'temporal': <new layers>}, so the
+frozen/trainable split is visible at the top of the tree (see models/build.py).
+
+Where the temporal layers go, per LUMIERE.md:
+  * after every spatial down-sampling named in `model.temporal.down_levels`, a temporal
+    down-sampling; after the mirrored spatial up-sampling, a temporal up-sampling;
+  * after every resnet (+ transformer) of the down and up blocks, an inflation block:
+    convolution-based at every level but the coarsest, attention-based at the coarsest;
+  * in the mid block (coarsest level), `attention_blocks` stacked attention blocks.
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from lumiere_jax.models import temporal as tl
+from lumiere_jax.models import unet2d
+from lumiere_jax.models.unet2d import UNetSpec, maybe_remat
+
+
+@dataclasses.dataclass(frozen=True)
+class TemporalSpec:
+  down_levels: tuple
+  kernel_size: int
+  attention_blocks: int
+  heads: int
+  text_conditioning: bool
+
+  @classmethod
+  def from_config(cls, temporal_config) -> "TemporalSpec":
+    return cls(down_levels=tuple(bool(d) for d in temporal_config.down_levels),
+               kernel_size=temporal_config.kernel_size,
+               attention_blocks=temporal_config.attention_blocks,
+               heads=temporal_config.num_heads,
+               text_conditioning=temporal_config.text_conditioning)
+
+
+class TemporalLayers(nn.Module):
+  """All temporal layers of a STUNet, keyed by where they go (see module docstring)."""
+
+  unet: UNetSpec
+  spec: TemporalSpec
+
+  def setup(self):
+    u, s = self.unet, self.spec
+    dtype = jnp.dtype(u.dtype)
+    coarsest = u.levels - 1
+    conv_block = maybe_remat(tl.ConvInflationBlock, u.remat)
+    attention_block = maybe_remat(tl.AttentionInflationBlock, u.remat)
+
+    def inflation(level):
+      if level == coarsest:
+        return attention_block(s.heads, s.text_conditioning, dtype=dtype)
+      return conv_block(u.groups, s.kernel_size, dtype=dtype)
+
+    blocks = {}
+    for level in range(u.levels):
+      for j in range(u.layers_per_block):
+        blocks[f"down_{level}_{j}"] = inflation(level)
+      for j in range(u.layers_per_block + 1):
+        blocks[f"up_{level}_{j}"] = inflation(level)
+    self.blocks = blocks
+    self.mid = [attention_block(s.heads, s.text_conditioning, dtype=dtype)
+                for _ in range(s.attention_blocks)]
+    self.downsample = {str(i): tl.TemporalDownsample(s.kernel_size, dtype=dtype)
+                       for i, on in enumerate(s.down_levels) if on}
+    self.upsample = {str(i): tl.TemporalUpsample(s.kernel_size, dtype=dtype)
+                     for i, on in enumerate(s.down_levels) if on}
+
+
+class _TemporalHooks(unet2d.Inflation):
+  """Runs the temporal layers at the backbone's hook points, moving between the frame
+  layout [B*T, H, W, C] and the video layout [B, T, H, W, C]."""
+
+  def __init__(self, temporal: TemporalLayers, batch: int, context, context_bias):
+    self.temporal = temporal
+    self.batch = batch
+    self.context = context
+    self.context_bias = context_bias
+    self.coarsest = temporal.unet.levels - 1
+
+  def _video(self, h):
+    v = h.reshape(self.batch, h.shape[0] // self.batch, *h.shape[1:])
+    return nn.with_logical_constraint(v, tl.VIDEO_AXES)
+
+  def _frames(self, v):
+    return v.reshape(-1, *v.shape[2:])
+
+  def _inflate(self, block, level, h):
+    v = self._video(h)
+    if level == self.coarsest:
+      return self._frames(block(v, self.context, self.context_bias))
+    return self._frames(block(v))
+
+  def after_block(self, level, path, index, h):
+    return self._inflate(self.temporal.blocks[f"{path}_{level}_{index}"], level, h)
+
+  def after_downsample(self, level, h):
+    if not self.temporal.spec.down_levels[level]:
+      return h
+    return self._frames(self.temporal.downsample[str(level)](self._video(h)))
+
+  def after_upsample(self, level, h):
+    if not self.temporal.spec.down_levels[level]:
+      return h
+    return self._frames(self.temporal.upsample[str(level)](self._video(h)))
+
+  def mid(self, h):
+    for block in self.temporal.mid:
+      h = self._inflate(block, self.coarsest, h)
+    return h
+
+
+class STUNet(nn.Module):
+  """Space-Time U-Net. x [B, T, H, W, Cin], timesteps [B], context [B, L, D],
+  context_mask [B, L] -> [B, T, H, W, Cout] (float32)."""
+
+  unet: UNetSpec
+  temporal_spec: TemporalSpec
+
+  def setup(self):
+    self.backbone = unet2d.UNet2D(self.unet)
+    self.temporal = TemporalLayers(self.unet, self.temporal_spec)
+
+  def __call__(self, x, timesteps, context, context_mask):
+    b, t = x.shape[:2]
+    x = nn.with_logical_constraint(x, tl.VIDEO_AXES)
+    frames = x.reshape(b * t, *x.shape[2:])
+    bias = unet2d.layers.mask_to_bias(context_mask[:, None, None, :])
+    hooks = _TemporalHooks(self.temporal, b, context.astype(jnp.dtype(self.unet.dtype)), bias)
+    out = unet2d.unet_forward(self.backbone, frames, timesteps, context, context_mask, hooks)
+    return out.reshape(b, t, *out.shape[1:])

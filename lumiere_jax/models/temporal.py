@@ -1,0 +1,121 @@
+"""Temporal layers that inflate the frozen T2I backbone into a Space-Time U-Net.
+
+All of them act on videos [B, T, H, W, C] and start as exact identities, per LUMIERE.md:
+  * temporal down-sampling: a 1D temporal convolution initialised to identity, then
+    stride 2 (output frame k is input frame 2k);
+  * temporal up-sampling: frame duplication, then a 1D temporal convolution initialised
+    to identity (no halved last frame, no amplitude change);
+  * inflation blocks end in a zero-initialised projection added residually, so they are
+    the identity at init: convolution-based ((2+1)D conv) at every level but the coarsest,
+    attention-based (temporal self-attention, stackable) at the coarsest.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lumiere_jax.models import layers
+
+VIDEO_AXES = ("batch", "time", "height", "width", "embed")
+
+
+def identity_temporal_kernel(key, shape, dtype=jnp.float32):
+  """[K, C, C] kernel whose centre tap is the identity matrix: conv(x) == x."""
+  del key
+  k, c_in, c_out = shape
+  if c_in != c_out:
+    raise ValueError(f"an identity temporal kernel needs c_in == c_out, got {shape}")
+  return jnp.zeros(shape, dtype).at[k // 2].set(jnp.eye(c_in, dtype=dtype))
+
+
+class TemporalConv(nn.Module):
+  """1D convolution over the time axis of [B, T, H, W, C], zero padding, optional stride."""
+
+  features: int
+  kernel_size: int = 3
+  stride: int = 1
+  identity_init: bool = False
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    init = identity_temporal_kernel if self.identity_init else nn.initializers.lecun_normal()
+    kernel = self.param("kernel",
+                        nn.with_logical_partitioning(init, ("conv_t", "conv_in", "conv_out")),
+                        (self.kernel_size, x.shape[-1], self.features))
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros,
+                                                           ("conv_out",)), (self.features,))
+    pad = self.kernel_size // 2
+    y = jax.lax.conv_general_dilated(
+        x.astype(self.dtype), kernel[:, None, None].astype(self.dtype), (self.stride, 1, 1),
+        ((pad, pad), (0, 0), (0, 0)), dimension_numbers=("NTHWC", "THWIO", "NTHWC"))
+    return y + bias.astype(self.dtype)
+
+
+class TemporalDownsample(nn.Module):
+  """Identity-initialised temporal conv, then stride 2: T -> T / 2."""
+
+  kernel_size: int = 3
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    return TemporalConv(x.shape[-1], self.kernel_size, stride=2, identity_init=True,
+                        dtype=self.dtype, name="conv")(x)
+
+
+class TemporalUpsample(nn.Module):
+  """Frame duplication, then an identity-initialised temporal conv: T -> 2T."""
+
+  kernel_size: int = 3
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = jnp.repeat(x, 2, axis=1)
+    return TemporalConv(x.shape[-1], self.kernel_size, identity_init=True, dtype=self.dtype,
+                        name="conv")(x)
+
+
+class ConvInflationBlock(nn.Module):
+  """Factorised space-time convolution: norm, SiLU, 3x3 spatial conv, norm, SiLU, temporal
+  conv, then a zero-initialised linear projection added to the input."""
+
+  groups: int
+  kernel_size: int = 3
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    b, t, hh, ww, c = x.shape
+    h = nn.silu(layers.GroupNorm(self.groups, name="norm1")(x.reshape(b * t, hh, ww, c)))
+    h = layers.Conv2D(c, dtype=self.dtype, name="spatial_conv")(h).reshape(b, t, hh, ww, c)
+    h = nn.silu(layers.GroupNorm(self.groups, name="norm2")(h))
+    h = TemporalConv(c, self.kernel_size, dtype=self.dtype, name="temporal_conv")(h)
+    h = layers.Dense(c, ("conv_in", "conv_out"), dtype=self.dtype,
+                     kernel_init=nn.initializers.zeros, name="proj_out")(h)
+    return x + h.astype(x.dtype)
+
+
+class AttentionInflationBlock(nn.Module):
+  """Temporal self-attention at each pixel (sequence = frames), optionally followed by
+  cross-attention to the text, then a zero-initialised projection added to the input."""
+
+  heads: int
+  text_conditioning: bool = True
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, context=None, context_bias=None):
+    b, t, hh, ww, c = x.shape
+    pos = layers.sinusoidal_embedding(jnp.arange(t), c).astype(self.dtype)
+    h = layers.LayerNorm(name="norm1")(x) + pos[None, :, None, None]
+    h = h.transpose(0, 2, 3, 1, 4).reshape(b * hh * ww, t, c)  # sequences over time
+    h = layers.Attention(self.heads, c // self.heads, dtype=self.dtype, name="attn1")(h)
+    if self.text_conditioning:
+      h = h + layers.Attention(self.heads, c // self.heads, dtype=self.dtype, name="attn2")(
+          layers.LayerNorm(name="norm2")(h), context, context_bias)
+    h = layers.Dense(c, ("mlp", "embed"), dtype=self.dtype,
+                     kernel_init=nn.initializers.zeros, name="proj_out")(h)
+    h = h.reshape(b, hh, ww, t, c).transpose(0, 3, 1, 2, 4)
+    return x + h.astype(x.dtype)

@@ -1,0 +1,131 @@
+"""The STUNet's identities at initialisation (LUMIERE.md) and the temporal resampling."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lumiere_jax.config import load_config, temporal_factor
+from lumiere_jax.models import build
+from lumiere_jax.models import temporal as tl
+
+
+@functools.lru_cache(maxsize=None)
+def _setup(down_levels):
+  config = load_config("shapes_tiny:t2v", [f"model.temporal.down_levels={down_levels}"])
+  params = jax.jit(lambda r: build.init_params(config, r))(jax.random.key(0))
+  # Nonzero temporal weights elsewhere must not matter at init: only the zero-initialised
+  # output projections and identity resamplers make the STUNet equal the backbone.
+  return config, params
+
+
+def _inputs(config, batch=2):
+  t, r = config.data.num_frames, config.data.resolution
+  x = jax.random.normal(jax.random.key(1), (batch, t, r, r, 3))
+  timesteps = jnp.array([37.0, 811.0])[:batch]
+  return x, timesteps
+
+
+def _stunet_and_per_frame(config, params):
+  x, timesteps = _inputs(config)
+  emb, mask = build.encode_text(config, params, ["a red circle moving left",
+                                                 "a blue square growing"])
+  stunet = build.build_denoiser(config.model)
+  video_out = jax.jit(stunet.apply)(
+      {"params": {"backbone": params["backbone"], "temporal": params["temporal"]}},
+      x, timesteps, emb, mask)
+  image_config = load_config("shapes_tiny:t2i")
+  image_model = build.build_denoiser(image_config.model)
+  per_frame = jax.jit(jax.vmap(
+      lambda frame: image_model.apply({"params": {"backbone": params["backbone"]}}, frame,
+                                      timesteps, emb, mask), in_axes=1, out_axes=1))(x)
+  return np.asarray(video_out), np.asarray(per_frame)
+
+
+def test_stunet_equals_backbone_on_every_frame_without_temporal_downsampling():
+  config, params = _setup((False, False))
+  assert temporal_factor(config.model) == 1
+  video_out, per_frame = _stunet_and_per_frame(config, params)
+  np.testing.assert_allclose(video_out, per_frame, atol=1e-5, rtol=0)
+
+
+def test_stunet_equals_backbone_on_every_nth_frame_with_temporal_downsampling():
+  config, params = _setup((True, True))
+  n = temporal_factor(config.model)
+  assert n == 4
+  video_out, per_frame = _stunet_and_per_frame(config, params)
+  np.testing.assert_allclose(video_out[:, ::n], per_frame[:, ::n], atol=1e-5, rtol=0)
+  # The other frames are not the backbone's: N really is the period of the identity.
+  others = [f for f in range(config.data.num_frames) if f % n]
+  per_frame_error = np.abs(video_out[:, others] - per_frame[:, others]).max(axis=(0, 2, 3, 4))
+  assert (per_frame_error > 1e-2).all()
+
+
+def _apply(module, x):
+  params = module.init(jax.random.key(0), x)
+  return np.asarray(module.apply(params, x))
+
+
+def test_temporal_downsample_is_stride_two_identity():
+  x = jax.random.normal(jax.random.key(0), (2, 8, 4, 4, 16))
+  np.testing.assert_array_equal(_apply(tl.TemporalDownsample(), x), np.asarray(x)[:, ::2])
+
+
+def test_temporal_upsample_duplicates_frames_without_amplitude_change():
+  x = jax.random.normal(jax.random.key(0), (2, 4, 4, 4, 16))
+  np.testing.assert_array_equal(_apply(tl.TemporalUpsample(), x),
+                                np.repeat(np.asarray(x), 2, axis=1))
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+def test_down_then_up_is_nearest_neighbour_with_last_frame_intact(kernel_size):
+  x = jax.random.normal(jax.random.key(2), (1, 8, 2, 2, 8))
+  down = _apply(tl.TemporalDownsample(kernel_size), x)
+  up = _apply(tl.TemporalUpsample(kernel_size), jnp.asarray(down))
+  expected = np.repeat(np.asarray(x)[:, ::2], 2, axis=1)  # frame 2k and 2k+1 <- 2k
+  np.testing.assert_array_equal(up, expected)
+  constant = jnp.full((1, 8, 2, 2, 8), 0.7)
+  round_trip = _apply(tl.TemporalUpsample(kernel_size),
+                      jnp.asarray(_apply(tl.TemporalDownsample(kernel_size), constant)))
+  np.testing.assert_array_equal(round_trip, np.full_like(round_trip, 0.7))  # last not halved
+
+
+def test_inflation_blocks_are_zero_residual_at_init():
+  x = jax.random.normal(jax.random.key(3), (2, 4, 4, 4, 16))
+  np.testing.assert_array_equal(_apply(tl.ConvInflationBlock(groups=4), x), np.asarray(x))
+  context = jax.random.normal(jax.random.key(4), (2, 5, 16))
+  block = tl.AttentionInflationBlock(heads=4)
+  params = block.init(jax.random.key(0), x, context)
+  np.testing.assert_array_equal(block.apply(params, x, context), x)
+
+
+def test_identity_kernel_refuses_channel_change():
+  with pytest.raises(ValueError, match="c_in == c_out"):
+    tl.identity_temporal_kernel(None, (3, 4, 8))
+
+
+def test_inflate_reuses_backbone_and_text_unchanged():
+  config, params = _setup((True, True))
+  t2i = {"backbone": params["backbone"], "text": params["text"]}
+  inflated = build.inflate(t2i, config, jax.random.key(7))
+  assert inflated["backbone"] is t2i["backbone"]
+  assert inflated["text"] is t2i["text"]
+  assert set(inflated) == {"backbone", "temporal", "text"}
+
+
+def test_time_embedding_follows_temporal_downsampling():
+  """Per-video tensors are broadcast by the current frame count, so videos with different
+  timesteps stay independent after the temporal down-sampling (a batch/frame bookkeeping
+  bug would mix them)."""
+  config, params = _setup((True, True))
+  x, _ = _inputs(config)
+  emb, mask = build.encode_text(config, params, ["a", "b"])
+  stunet = build.build_denoiser(config.model)
+  apply = jax.jit(lambda ts, v, e, m: stunet.apply(
+      {"params": {"backbone": params["backbone"], "temporal": params["temporal"]}},
+      v, ts, e, m))
+  both = apply(jnp.array([37.0, 811.0]), x, emb, mask)
+  swapped = apply(jnp.array([811.0, 37.0]), x[::-1], emb[::-1], mask[::-1])
+  np.testing.assert_allclose(both[::-1], swapped, atol=1e-5)
