@@ -14,6 +14,7 @@ from typing import Iterable, Sequence
 import ml_collections
 
 from lumiere_jax.errors import ConfigError, UserError
+from lumiere_jax.train.config import default_train_config
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -90,8 +91,7 @@ def base_config() -> ml_collections.ConfigDict:
   data.num_frames = 16
   data.batch_size = 8
 
-  config.train = train = ml_collections.ConfigDict()
-  train.trainable = ("temporal",)
+  config.train = default_train_config()
 
   config.mesh = mesh = ml_collections.ConfigDict()
   mesh.axes = ("data", "fsdp", "tensor")

@@ -76,5 +76,5 @@ def flax_rules(rules: Rules) -> tuple:
 @contextlib.contextmanager
 def activation_sharding(mesh: Mesh, rules: Rules):
   """Context in which the model's logical activation constraints use `mesh`."""
-  with jax.sharding.use_mesh(mesh), nn.logical_axis_rules(flax_rules(rules)):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(flax_rules(rules)):
     yield

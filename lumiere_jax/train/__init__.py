@@ -1,0 +1,1 @@
+"""Training: train state, optimizer, sharded step, loop, checkpointing, metrics."""

@@ -1,0 +1,94 @@
+"""Config loading, overrides and validation: every invalid shape is refused with an error
+naming the field and the allowed values, before anything is traced or compiled."""
+
+import flax
+import jax
+import pytest
+
+from lumiere_jax.config import load_config, resolve_mesh_shape
+from lumiere_jax.errors import ConfigError, UserError
+from lumiere_jax.models import build
+
+INVALID = [
+    # (override, field named in the error, words of the allowed values)
+    ("data.num_frames=10", "data.num_frames", "multiple of the temporal factor 4"),
+    ("data.num_frames=0", "data.num_frames", "positive multiple"),
+    ("data.resolution=30", "data.resolution", "multiple of the spatial factor 4"),
+    ("model.block_out_channels=(32, 60, 64)", "model.block_out_channels[1]",
+     "multiple of model.norm_num_groups=8"),
+    ("model.norm_num_groups=7", "model.block_out_channels[0]",
+     "multiple of model.norm_num_groups=7"),
+    ("model.num_attention_heads=5", "model.num_attention_heads[0]",
+     "divisor of model.block_out_channels[0]=32"),
+    ("model.cross_attention_levels=(False, True)", "model.cross_attention_levels",
+     "one bool per level (3 levels"),
+    ("model.temporal.down_levels=(True, True, True)", "model.temporal.down_levels",
+     "one bool per spatial down-sampling (2)"),
+    ("model.temporal.num_heads=5", "model.temporal.num_heads", "divisor of the coarsest"),
+    ("model.temporal.kernel_size=4", "model.temporal.kernel_size", "odd integer"),
+    ("model.in_channels=4", "model.in_channels", "7 (conditional"),
+    ("model.cross_attention_dim=32", "model.cross_attention_dim", "text.width=64"),
+    ("text.num_heads=5", "text.num_heads", "divisor of text.width=64"),
+    ("model.kind='unet3d'", "model.kind", "one of ('unet2d', 'stunet')"),
+    ("model.dtype='float8'", "model.dtype", "one of"),
+    ("mesh.shape=(-1, -1, 1)", "mesh.shape", "at most one -1"),
+    ("mesh.shape=(2, 2)", "mesh.shape", "one size per axis"),
+]
+
+
+@pytest.mark.parametrize("override,field,allowed", INVALID)
+def test_invalid_shapes_name_the_field_before_any_compile(override, field, allowed):
+  compiles = []
+  listener = lambda event, duration, **kw: compiles.append(event)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    with pytest.raises(ConfigError) as error:
+      load_config("shapes_tiny:t2v", [override])
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  message = str(error.value)
+  assert message.startswith(f"{field}=") and allowed in message, message
+  assert "\n" not in message
+  assert not [e for e in compiles if "compile" in e], compiles
+
+
+def test_all_shipped_configs_validate():
+  for spec in ["shapes_tiny:t2i", "shapes_tiny:t2v", "shapes_tiny:ssr", "shapes_tiny:cond",
+               "shapes_tiny:style", "lumiere_base:t2i", "lumiere_base:t2v"]:
+    assert load_config(spec).is_locked
+
+
+def test_unknown_override_key_gets_a_suggestion():
+  with pytest.raises(UserError, match=r"unknown config key 'data.num_frame'; did you mean "
+                                      r"'data.num_frames'\?"):
+    load_config("shapes_tiny:t2v", ["data.num_frame=8"])
+
+
+def test_override_type_is_checked():
+  with pytest.raises(UserError, match="expects int"):
+    load_config("shapes_tiny:t2v", ["data.num_frames='many'"])
+
+
+def test_unknown_variant_and_missing_file():
+  with pytest.raises(UserError, match="unknown variant 'video'"):
+    load_config("shapes_tiny:video")
+  with pytest.raises(UserError, match="config file not found"):
+    load_config("configs/nope.py")
+
+
+def test_mesh_shape_rest_of_devices():
+  assert resolve_mesh_shape((-1, 2, 1), 8) == (4, 2, 1)
+  with pytest.raises(ConfigError, match="does not divide 8 devices"):
+    resolve_mesh_shape((-1, 3, 1), 8)
+  with pytest.raises(ConfigError, match="needs 4 devices, have 8"):
+    resolve_mesh_shape((2, 2, 1), 8)
+
+
+def test_paper_scale_init_is_abstract():
+  """The paper-scale model's parameters are only shapes: nothing is allocated."""
+  config = load_config("lumiere_base:t2v")
+  abstract = flax.linen.meta.unbox(build.abstract_params(config))
+  leaves = jax.tree_util.tree_leaves(abstract)
+  assert all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in leaves)
+  counts = build.params_by_component(abstract)
+  assert counts["backbone"] > 500e6 and counts["temporal"] > 100e6, counts

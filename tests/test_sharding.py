@@ -1,0 +1,99 @@
+"""Golden PartitionSpecs of every parameter, and sharded forward == single-device forward.
+
+Regenerate the golden files after an intended sharding change with
+  LUMIERE_UPDATE_GOLDEN=1 python -m pytest tests/test_sharding.py -k golden
+and review the diff: it is the sharding change.
+"""
+
+import json
+import os
+import pathlib
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec
+
+from lumiere_jax.config import load_config
+from lumiere_jax.models import build
+from lumiere_jax.parallel import mesh as mesh_lib
+from lumiere_jax.parallel import sharding
+
+GOLDEN_DIR = pathlib.Path(__file__).parent / "golden"
+# The golden mesh: 8 devices as data=2, fsdp=2, tensor=2 (as on 8 forced CPU devices).
+GOLDEN_MESH = {"data": 2, "fsdp": 2, "tensor": 2}
+
+
+def _spec_table(config_spec: str) -> dict:
+  config = load_config(config_spec)
+  specs = sharding.param_specs(build.abstract_params(config), config.logical_axis_rules,
+                               GOLDEN_MESH)
+  flat = flax.traverse_util.flatten_dict(specs, sep="/")
+  return {path: [list(a) if isinstance(a, tuple) else a for a in spec]
+          for path, spec in sorted(flat.items())}
+
+
+@pytest.mark.parametrize("config_spec,golden", [
+    ("shapes_tiny:t2v", "partition_specs_shapes_tiny_t2v.json"),
+    ("lumiere_base:t2v", "partition_specs_lumiere_base_t2v.json"),
+])
+def test_golden_partition_specs(config_spec, golden):
+  table = _spec_table(config_spec)
+  path = GOLDEN_DIR / golden
+  if os.environ.get("LUMIERE_UPDATE_GOLDEN"):
+    path.write_text(json.dumps(table, indent=1) + "\n")
+  expected = json.loads(path.read_text())
+  assert sorted(table) == sorted(expected), "parameter paths changed"
+  changed = {k: (expected[k], table[k]) for k in table if table[k] != expected[k]}
+  assert not changed, f"partition specs changed (golden, now): {changed}"
+  # Sanity of the golden itself: the big kernels really are sharded.
+  assert any("tensor" in json.dumps(v) for v in table.values())
+  assert any("fsdp" in json.dumps(v) for v in table.values())
+
+
+def test_specs_never_split_an_indivisible_dimension():
+  config = load_config("shapes_tiny:t2v")
+  boxed = build.abstract_params(config)
+  specs = sharding.param_specs(boxed, config.logical_axis_rules, GOLDEN_MESH)
+  leaves = jax.tree_util.tree_leaves(boxed, is_leaf=lambda x: isinstance(x, flax.linen.Partitioned))
+  for leaf, spec in zip(leaves, jax.tree_util.tree_leaves(
+      specs, is_leaf=lambda x: isinstance(x, PartitionSpec))):
+    for dim, axes in zip(leaf.value.shape, spec):
+      axes = (axes,) if isinstance(axes, str) else axes or ()
+      assert dim % int(np.prod([GOLDEN_MESH[a] for a in axes])) == 0
+  # conv_in has 3 input channels: fsdp=2 cannot split it, so it stays replicated there.
+  assert specs["backbone"]["conv_in"]["kernel"] == PartitionSpec(None, None, None, "tensor")
+
+
+def test_sharded_forward_equals_single_device():
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)")
+  config = load_config("shapes_tiny:t2v", ["mesh.shape=(2, 2, 2)", "data.num_frames=8",
+                                           "data.resolution=16"])
+  mesh = mesh_lib.make_mesh(config.mesh)
+  params = jax.jit(lambda r: build.init_params(config, r))(jax.random.key(0))
+  denoiser_params = {"backbone": params["backbone"], "temporal": params["temporal"]}
+  model = build.build_denoiser(config.model)
+  batch = 4
+  x = jax.random.normal(jax.random.key(1), build.denoiser_input_shape(config, batch))
+  timesteps = jnp.linspace(10.0, 900.0, batch)
+  emb, mask = build.encode_text(config, params, ["a red circle moving left"] * batch)
+
+  expected = jax.jit(model.apply)({"params": denoiser_params}, x, timesteps, emb, mask)
+
+  specs = sharding.param_specs(build.abstract_params(config), config.logical_axis_rules,
+                               sharding.mesh_sizes(mesh))
+  param_shardings = sharding.named_shardings(
+      {"backbone": specs["backbone"], "temporal": specs["temporal"]}, mesh)
+  sharded_params = jax.device_put(denoiser_params, param_shardings)
+  data = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+  inputs = jax.device_put((x, timesteps, emb, mask), data)
+  with sharding.activation_sharding(mesh, config.logical_axis_rules):
+    out = jax.jit(model.apply, out_shardings=NamedSharding(mesh, PartitionSpec(("data", "fsdp"))))(
+        {"params": sharded_params}, *inputs)
+  assert len(out.sharding.device_set) == 8
+  kernel = sharded_params["backbone"]["down_blocks_1"]["resnets_0"]["conv1"]["kernel"]
+  assert kernel.sharding.spec == PartitionSpec(None, None, "fsdp", "tensor")
+  np.testing.assert_allclose(np.asarray(out), np.asarray(expected), atol=2e-5, rtol=0)
