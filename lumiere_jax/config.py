@@ -20,7 +20,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
 MODEL_KINDS = ("unet2d", "stunet")
 DTYPES = ("float32", "bfloat16", "float16")
-REMAT_POLICIES = ("none", "block", "full")
+REMAT_POLICIES = ("none", "block")
 
 # Logical axis name -> mesh axes, tried in order; a rule whose mesh axes are already used
 # in the same spec, or that does not divide the dimension, falls through to the next.

@@ -179,7 +179,9 @@ class UNetSpec:
 
 
 def maybe_remat(module_cls, policy: str):
-  return nn.remat(module_cls) if policy in ("block", "full") else module_cls
+  """policy "block": recompute each ResNet, transformer and inflation block in the
+  backward pass instead of keeping its activations."""
+  return nn.remat(module_cls) if policy == "block" else module_cls
 
 
 def _resnet(s: UNetSpec, channels: int):
