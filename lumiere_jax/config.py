@@ -13,6 +13,7 @@ from typing import Iterable, Sequence
 
 import ml_collections
 
+from lumiere_jax.data.masks import DEFAULT_MASK_WEIGHTS
 from lumiere_jax.errors import ConfigError, UserError
 from lumiere_jax.train.config import default_train_config
 
@@ -89,7 +90,14 @@ def base_config() -> ml_collections.ConfigDict:
   data.resolution = 32
   data.low_resolution = 0
   data.num_frames = 16
-  data.batch_size = 8
+  data.batch_size = 8  # global batch, split evenly over processes
+  data.dir = ""  # a dataset built by `lumiere data build` (the --out folder)
+  data.eval_split = "heldout"
+  data.worker_count = 0  # grain worker processes (0: read in the main process)
+  data.read_threads = 2
+  data.prefetch_batches = 4
+  # Conditional (7-channel) stage: how often each mask kind is drawn.
+  data.mask_weights = ml_collections.ConfigDict(dict(DEFAULT_MASK_WEIGHTS))
 
   config.train = default_train_config()
 

@@ -1,0 +1,98 @@
+"""Mask samplers for the conditional <J, C, M> fine-tune (the `cond` stage).
+
+Convention: M is uint8 [T, H, W, 1] with 1 where pixels are KNOWN (given as conditioning)
+and 0 where the model must generate them; the conditioning video is C = video * M (in
+model range [-1, 1], so unknown pixels read as 0, mid-grey).
+
+One sampler per Lumiere application, each a pure function of a numpy Generator so a
+pipeline seeded per example gets the same mask on every run and after a resume:
+  none         nothing known: keeps plain text-to-video working in the fine-tuned model
+  first_frame  image-to-video: the whole first frame is known
+  inpaint      everything known except one to three boxes, the same boxes at every frame
+  outpaint     a central rectangle known, a border of random widths unknown, every frame
+  cinemagraph  the first frame known; later frames known outside one region to animate
+"""
+
+from typing import Callable, Mapping
+
+import numpy as np
+
+DEFAULT_MASK_WEIGHTS = {"none": 0.1, "first_frame": 0.3, "inpaint": 0.2, "outpaint": 0.2,
+                        "cinemagraph": 0.2}
+
+
+def no_mask(rng: np.random.Generator, num_frames: int, height: int, width: int) -> np.ndarray:
+  del rng
+  return np.zeros((num_frames, height, width, 1), np.uint8)
+
+
+def first_frame_mask(rng, num_frames: int, height: int, width: int) -> np.ndarray:
+  mask = no_mask(rng, num_frames, height, width)
+  mask[0] = 1
+  return mask
+
+
+def inpaint_mask(rng, num_frames: int, height: int, width: int) -> np.ndarray:
+  frame = np.ones((height, width), np.uint8)
+  for _ in range(rng.integers(1, 4)):
+    rows, cols = _random_box(rng, height, width, (0.2, 0.5))
+    frame[rows, cols] = 0
+  return _every_frame(frame, num_frames)
+
+
+def outpaint_mask(rng, num_frames: int, height: int, width: int) -> np.ndarray:
+  """Margins of 0-30% per side, one of them at least 15% so there is always a border."""
+  margins = rng.uniform(0.0, 0.3, size=4)
+  margins[rng.integers(4)] = rng.uniform(0.15, 0.3)
+  top, bottom = (int(round(m * height)) for m in margins[:2])
+  left, right = (int(round(m * width)) for m in margins[2:])
+  frame = np.zeros((height, width), np.uint8)
+  frame[top:height - bottom, left:width - right] = 1
+  return _every_frame(frame, num_frames)
+
+
+def cinemagraph_mask(rng, num_frames: int, height: int, width: int) -> np.ndarray:
+  """At inference the known pixels after frame 0 are the still first frame; in training
+  they are the clip's own pixels, which is what the model is shown outside the region."""
+  frame = np.ones((height, width), np.uint8)
+  rows, cols = _random_box(rng, height, width, (0.3, 0.6))
+  frame[rows, cols] = 0
+  mask = _every_frame(frame, num_frames)
+  mask[0] = 1
+  return mask
+
+
+SAMPLERS: Mapping[str, Callable] = {"none": no_mask, "first_frame": first_frame_mask,
+                                    "inpaint": inpaint_mask, "outpaint": outpaint_mask,
+                                    "cinemagraph": cinemagraph_mask}
+
+
+def check_weights(weights: Mapping[str, float]) -> None:
+  """Raises ValueError unless weights name known samplers, are >= 0 and not all zero."""
+  unknown = sorted(set(weights) - set(SAMPLERS))
+  if unknown:
+    raise ValueError(f"unknown mask kinds {unknown}; allowed: {sorted(SAMPLERS)}")
+  if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+    raise ValueError(f"mask weights must be >= 0 and not all zero, got {dict(weights)}")
+
+
+def sample_mask(rng: np.random.Generator, num_frames: int, height: int, width: int,
+                weights: Mapping[str, float] = DEFAULT_MASK_WEIGHTS) -> tuple:
+  """(kind, uint8 mask [T, H, W, 1]) with kind drawn with the given relative weights."""
+  kinds = sorted(weights)
+  probabilities = np.array([weights[k] for k in kinds], np.float64)
+  kind = kinds[rng.choice(len(kinds), p=probabilities / probabilities.sum())]
+  return kind, SAMPLERS[kind](rng, num_frames, height, width)
+
+
+def _random_box(rng, height: int, width: int, side_range: tuple) -> tuple:
+  """Row and column slices of a box whose sides are the given fractions of the frame."""
+  box_h = max(1, int(round(rng.uniform(*side_range) * height)))
+  box_w = max(1, int(round(rng.uniform(*side_range) * width)))
+  top = rng.integers(0, height - box_h + 1)
+  left = rng.integers(0, width - box_w + 1)
+  return slice(top, top + box_h), slice(left, left + box_w)
+
+
+def _every_frame(frame: np.ndarray, num_frames: int) -> np.ndarray:
+  return np.repeat(frame[None, :, :, None], num_frames, axis=0)
