@@ -68,3 +68,17 @@ def get_config(arg: str = "t2v") -> ml_collections.ConfigDict:
     data.num_frames = 1
     config.train.trainable = ("backbone",)
   return config
+
+
+def get_sweep(arg: str = "t2v") -> list:
+  """What launch/sweep.py expands: a list of {key: [values]}; runs are the product over
+  the entries, and keys inside one entry vary together (zip).
+
+    python launch/sweep.py --config configs/shapes_tiny.py:t2i \
+        --workdir-root workdirs/tiny_t2i_sweep --dry-run
+  """
+  learning_rates = {"train.learning_rate": [1e-4, 3e-4, 1e-3]}
+  if (arg or "t2v") == "t2i":
+    return [learning_rates, {"model.layers_per_block": [1, 2]}]
+  return [learning_rates,
+          {"model.temporal.attention_blocks": [1, 2], "model.temporal.num_heads": [4, 8]}]
