@@ -9,6 +9,7 @@ import argparse
 import importlib
 import sys
 
+from lumiere_jax import runtime
 from lumiere_jax.errors import UserError
 
 SUBCOMMANDS = ("train", "generate", "upsample", "animate", "inpaint", "cinemagraph",
@@ -40,6 +41,7 @@ def main(argv=None) -> int:
   if args.command is None:
     parser.print_help()
     return 2
+  runtime.enable_compilation_cache()
   try:
     return args._module.run(args) or 0
   except UserError as e:

@@ -14,6 +14,7 @@ from typing import Iterable, Sequence
 import ml_collections
 
 from lumiere_jax.data.masks import DEFAULT_MASK_WEIGHTS
+from lumiere_jax.diffusion.config import default_diffusion_config, validate_diffusion_config
 from lumiere_jax.errors import ConfigError, UserError
 from lumiere_jax.train.config import default_train_config
 
@@ -100,6 +101,7 @@ def base_config() -> ml_collections.ConfigDict:
   data.mask_weights = ml_collections.ConfigDict(dict(DEFAULT_MASK_WEIGHTS))
 
   config.train = default_train_config()
+  config.diffusion = default_diffusion_config()
 
   config.mesh = mesh = ml_collections.ConfigDict()
   mesh.axes = ("data", "fsdp", "tensor")
@@ -270,6 +272,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"(2 ** (levels - 1))")
   _check(data.batch_size >= 1, "data.batch_size", data.batch_size, "an integer >= 1")
   _validate_mesh(config.mesh)
+  validate_diffusion_config(config.diffusion)
 
 
 def _validate_mesh(mesh: ml_collections.ConfigDict) -> None:

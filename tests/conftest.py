@@ -10,3 +10,13 @@ _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
   os.environ["XLA_FLAGS"] = f"{_flags} --xla_force_host_platform_device_count=8".strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# Tests compile the same tiny programs many times over (every test that initialises the
+# tiny model compiles the same init); a cache shared by the session's workers compiles
+# each once.
+os.environ.setdefault("LUMIERE_COMPILATION_CACHE",
+                      os.path.join(os.environ.get("TMPDIR", "/tmp"), "lumiere_jax_test_xla"))
+
+from lumiere_jax import runtime  # noqa: E402  (after the environment is set)
+
+runtime.enable_compilation_cache()

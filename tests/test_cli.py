@@ -25,7 +25,7 @@ def test_unknown_subcommand_is_one_line_exit_2(capsys):
 
 
 def test_console_script_reports_bad_arguments_without_traceback():
-  result = subprocess.run([sys.executable, "-m", "lumiere_jax.cli", "generate", "--bogus"],
+  result = subprocess.run([sys.executable, "-m", "lumiere_jax.cli", "generate", "--prompt", "a red circle", "--out", "x.gif", "--bogus"],
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 2
   assert "Traceback" not in result.stderr

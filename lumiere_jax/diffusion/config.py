@@ -1,0 +1,66 @@
+"""The `config.diffusion` section: defaults, validation, and the sampler settings it
+implies.
+
+Defaults follow Imagen Video / Lumiere: cosine schedule in continuous time,
+v-prediction with plain v-MSE, 10% conditioning dropout for classifier-free guidance.
+"""
+
+import ml_collections
+
+from lumiere_jax.diffusion import losses, predictions, samplers, schedules
+from lumiere_jax.errors import ConfigError
+
+
+def default_diffusion_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.schedule = "cosine"                # 'cosine' | 'shifted_cosine'
+  c.shift_base_resolution = 64         # shifted_cosine: resolution the schedule is tuned at
+  c.logsnr_min = -15.0                 # logSNR at t = 1
+  c.logsnr_max = 15.0                  # logSNR at t = 0
+  c.prediction = "v"                   # 'v' | 'eps' | 'x0'
+  c.loss_weighting = "v"               # 'v' | 'eps' | 'x0' | 'min_snr'
+  c.min_snr_gamma = 5.0                # 'min_snr' weighting cap
+  c.cfg_dropout = 0.1                  # share of training examples given the empty prompt
+  c.sampler = "dpmpp"                  # 'ddpm' | 'ddim' | 'dpmpp'
+  c.steps = 64
+  c.eta = 0.0                          # DDIM noise (0 = deterministic); 'ddpm' is eta 1
+  c.guidance = 3.0                     # classifier-free guidance scale (1 = conditional)
+  c.threshold = "dynamic"              # 'none' | 'static' | 'dynamic'
+  c.threshold_percentile = 0.995       # dynamic thresholding quantile of |x0|
+  return c
+
+
+def validate_diffusion_config(c: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first field the diffusion code cannot use."""
+  if c.schedule not in schedules.SCHEDULES:
+    raise ConfigError(f"diffusion.schedule={c.schedule!r} is invalid; allowed: one of "
+                      f"{schedules.SCHEDULES}")
+  schedules.Schedule(c.logsnr_min, c.logsnr_max)
+  if c.shift_base_resolution < 1:
+    raise ConfigError(f"diffusion.shift_base_resolution={c.shift_base_resolution} is "
+                      "invalid; allowed: a positive number of pixels")
+  predictions.check_prediction(c.prediction)
+  losses.check_weighting(c.loss_weighting)
+  if not 0.0 <= c.cfg_dropout < 1.0:
+    raise ConfigError(f"diffusion.cfg_dropout={c.cfg_dropout} is invalid; allowed: [0, 1)")
+  check_guidance(c.guidance)
+  sampler_settings(c)
+
+
+def check_guidance(scale: float) -> None:
+  if scale < 0:
+    raise ConfigError(f"guidance scale must be >= 0, got {scale}")
+
+
+def sampler_settings(c: ml_collections.ConfigDict, **overrides) -> samplers.SamplerSettings:
+  """SamplerSettings from the config, with command-line values (not None) on top."""
+  values = dict(method=c.sampler, steps=c.steps, eta=c.eta, prediction=c.prediction,
+                threshold=c.threshold, threshold_percentile=c.threshold_percentile)
+  values.update({k: v for k, v in overrides.items() if v is not None})
+  return samplers.SamplerSettings(**values)
+
+
+def diffusion_section(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config.diffusion`, or the defaults for configs made before the section existed."""
+  section = config.get("diffusion")
+  return section if section is not None else default_diffusion_config()

@@ -1,0 +1,28 @@
+"""Adapting Lumiere's flax denoisers to the diffusion code's interfaces.
+
+The models take diffusers-style timesteps (the time embedding was designed for integers
+0..999); the diffusion code works in continuous t in [0, 1]. The scaling happens here and
+nowhere else.
+"""
+
+from lumiere_jax.diffusion.guidance import Denoiser
+
+TIMESTEP_SCALE = 1000.0
+
+
+def text_denoiser(module):
+  """fn(params, x, t [B] in [0, 1], cond) -> prediction for a module built by
+  models.build.build_denoiser; cond = {'emb': [B, L, D], 'mask': [B, L] bool}; params
+  are the module's own ({'backbone'[, 'temporal']}). This is the denoise_fn that
+  losses.diffusion_loss takes."""
+
+  def fn(params, x, t, cond):
+    return module.apply({"params": params}, x, t * TIMESTEP_SCALE, cond["emb"],
+                        cond["mask"])
+
+  return fn
+
+
+def bind(denoise_fn, params) -> Denoiser:
+  """Fixes the parameters: the fn(x, t, cond) form the samplers take."""
+  return lambda x, t, cond: denoise_fn(params, x, t, cond)

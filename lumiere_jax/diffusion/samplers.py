@@ -1,0 +1,211 @@
+"""Samplers: DDPM (ancestral), DDIM(eta), DPM-Solver++(2M); SDEdit and DDIM inversion.
+
+Every sampler is a pure function of a denoiser fn(x [B, ...], t [B], cond) -> prediction
+(of type `settings.prediction`), so one implementation serves the T2I model, the STUNet,
+SSR and the conditional model, and tests can drive it with an exact analytic denoiser.
+The whole loop is one `lax.fori_loop`: under `jax.jit` it compiles once per input shape,
+runs without host round trips, and keeps whatever sharding its inputs have (every
+operation is per example; random noise is drawn per example from that example's key).
+
+Time runs on a uniform grid from t_start (1 for generation, s for SDEdit) down to t_end
+(normally 0), in `steps` steps of one denoiser evaluation each.
+
+Randomness is per example: `keys` holds one PRNG key per batch element, so an example's
+result depends only on its own key, not on what else is in the batch.
+"""
+
+import dataclasses
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from lumiere_jax.diffusion import guidance
+from lumiere_jax.diffusion import predictions
+from lumiere_jax.diffusion.guidance import Denoiser
+from lumiere_jax.diffusion.schedules import Schedule, alpha_sigma_from_logsnr
+from lumiere_jax.errors import ConfigError, UserError
+
+SAMPLERS = ("ddpm", "ddim", "dpmpp")
+
+Progress = Optional[Callable[[jax.Array], None]]
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSettings:
+  """Static sampler choices (they shape the compiled program; hashable on purpose).
+
+  method: 'ddpm' (ancestral), 'ddim' (with `eta`; 0 is deterministic) or 'dpmpp'
+    (DPM-Solver++(2M), deterministic).
+  prediction: what the denoiser outputs, 'v', 'eps' or 'x0'.
+  threshold: 'none', 'static' or 'dynamic' clipping of the x0 prediction.
+  """
+
+  method: str = "dpmpp"
+  steps: int = 64
+  eta: float = 0.0
+  prediction: str = "v"
+  threshold: str = "none"
+  threshold_percentile: float = 0.995
+
+  def __post_init__(self):
+    if self.method not in SAMPLERS:
+      raise ConfigError(f"unknown sampler {self.method!r}; choose one of "
+                        f"{', '.join(SAMPLERS)}")
+    if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+      raise ConfigError(f"steps must be an integer >= 1, got {self.steps!r}")
+    if not 0.0 <= self.eta <= 1.0:
+      raise ConfigError(f"eta must be in [0, 1], got {self.eta}")
+    predictions.check_prediction(self.prediction)
+    guidance.check_threshold(self.threshold, self.threshold_percentile)
+
+
+def check_strength(strength: float) -> None:
+  """SDEdit's starting noise level must be a level the sampler can start from."""
+  if not 0.0 < strength <= 1.0:
+    raise UserError(f"strength must be in (0, 1], got {strength}")
+
+
+def per_example_normal(keys, index, shape) -> jax.Array:
+  """Standard normal [B, *shape], example b drawn from fold_in(keys[b], index)."""
+  return jax.vmap(lambda key: jax.random.normal(jax.random.fold_in(key, index), shape))(keys)
+
+
+def initial_noise(keys, shape) -> jax.Array:
+  """The starting noise x_1 for a batch of `shape` [B, ...]; index 0 of each key's stream
+  (sampling steps use indices 1..steps)."""
+  return per_example_normal(keys, 0, tuple(shape[1:]))
+
+
+def x0_eps_predictor(denoiser: Denoiser, schedule: Schedule, prediction: str,
+                     threshold: str = "none", percentile: float = 0.995):
+  """fn(x, t scalar, cond) -> (x0, eps) from a denoiser of any prediction type. With
+  thresholding, eps is recomputed from the clipped x0 so the two stay consistent."""
+
+  def predict(x, t, cond):
+    alpha, sigma = schedule.alpha_sigma(t)
+    out = denoiser(x, jnp.full((x.shape[0],), t, jnp.float32), cond).astype(x.dtype)
+    x0, eps = predictions.to_x0_eps(out, x, alpha, sigma, prediction)
+    if threshold == "none":
+      return x0, eps
+    x0 = guidance.threshold(x0, threshold, percentile)
+    return x0, predictions.eps_from_x0(x, x0, alpha, sigma)
+
+  return predict
+
+
+def _loop(steps: int, body, carry, progress: Progress):
+  def step(i, carry):
+    carry = body(i, carry)
+    if progress is not None:
+      jax.debug.callback(progress, i)
+    return carry
+
+  return jax.lax.fori_loop(0, steps, step, carry)
+
+
+def _ddim_update(x0, eps, logsnr_t, logsnr_s, eta: float, noise):
+  """x_s = alpha_s x0 + sqrt(sigma_s^2 - std^2) eps + std * noise (Song et al., DDIM).
+
+  std^2 = eta^2 sigma_s^2 c with c = 1 - SNR_t / SNR_s, the share of sigma_s^2 that is
+  fresh noise in the true posterior q(x_s | x_t, x0). eta = 1 is therefore exactly the
+  ancestral DDPM step; eta = 0 is the deterministic DDIM step (also used backwards, with
+  s later than t, for inversion).
+  """
+  alpha_s, sigma_s = alpha_sigma_from_logsnr(logsnr_s)
+  if eta == 0.0:
+    return alpha_s * x0 + sigma_s * eps
+  c = -jnp.expm1(logsnr_t - logsnr_s)
+  return (alpha_s * x0 + sigma_s * jnp.sqrt(1.0 - eta**2 * c) * eps
+          + eta * sigma_s * jnp.sqrt(c) * noise)
+
+
+def _ddim_loop(predict, schedule, times, x, cond, keys, eta: float, progress: Progress):
+  steps = times.shape[0] - 1
+
+  def body(i, x):
+    t, s = times[i], times[i + 1]
+    x0, eps = predict(x, t, cond)
+    noise = per_example_normal(keys, i + 1, x.shape[1:]) if eta else None
+    return _ddim_update(x0, eps, schedule.logsnr(t), schedule.logsnr(s), eta, noise)
+
+  return _loop(steps, body, x, progress)
+
+
+def _dpmpp_loop(predict, schedule, times, x, cond, progress: Progress):
+  """DPM-Solver++(2M) (Lu et al. 2022), multistep second order in lambda = logSNR / 2:
+    x_s = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) D,  h = lambda_s - lambda_t,
+    D = x0_i + (x0_i - x0_{i-1}) / (2 r),  r = h_{i-1} / h_i.
+  The first step has no history and the last one goes to t = 0, where lambda jumps to its
+  clipped maximum and extrapolating x0 over that jump hurts, so both are first order
+  (the reference implementation's `lower_order_final`)."""
+  steps = times.shape[0] - 1
+
+  def body(i, carry):
+    x, x0_prev, h_prev = carry
+    t, s = times[i], times[i + 1]
+    logsnr_t, logsnr_s = schedule.logsnr(t), schedule.logsnr(s)
+    h = 0.5 * (logsnr_s - logsnr_t)
+    x0, _ = predict(x, t, cond)
+    first_order = (i == 0) | (i == steps - 1)
+    correction = jnp.where(first_order, 0.0, h / (2.0 * h_prev))
+    d = x0 + correction * (x0 - x0_prev)
+    alpha_s, sigma_s = alpha_sigma_from_logsnr(logsnr_s)
+    _, sigma_t = alpha_sigma_from_logsnr(logsnr_t)
+    return (sigma_s / sigma_t) * x - alpha_s * jnp.expm1(-h) * d, x0, h
+
+  carry = (x, jnp.zeros_like(x), jnp.ones((), jnp.float32))
+  return _loop(steps, body, carry, progress)[0]
+
+
+def sample(denoiser: Denoiser, x_start, cond, keys, schedule: Schedule,
+           settings: SamplerSettings, *, t_start=1.0, t_end=0.0,
+           progress: Progress = None):
+  """Integrates x_start at noise level t_start down to t_end (0: the clean sample).
+
+  Args:
+    denoiser: fn(x, t [B] in [0, 1], cond) -> prediction of type settings.prediction;
+      wrap it with guidance.classifier_free_guidance for guided sampling.
+    x_start: [B, ...] float32 noisy input at level t_start (pure noise for t_start = 1,
+      e.g. `initial_noise(keys, shape)`).
+    cond: conditioning pytree passed through to the denoiser.
+    keys: [B] PRNG keys (one per example); used by 'ddpm' and 'ddim' with eta > 0, may be
+      None otherwise.
+    t_start: starting time in (0, 1]; may be traced.
+    t_end: final time in [0, t_start); above 0 the result is still noisy at that level
+      (partial denoising, e.g. to hand over to another model).
+    progress: called with the step index from inside the loop (e.g. TqdmProgress).
+  """
+  predict = x0_eps_predictor(denoiser, schedule, settings.prediction, settings.threshold,
+                             settings.threshold_percentile)
+  times = jnp.linspace(t_start, t_end, settings.steps + 1, dtype=jnp.float32)
+  if settings.method == "dpmpp":
+    return _dpmpp_loop(predict, schedule, times, x_start, cond, progress)
+  eta = 1.0 if settings.method == "ddpm" else float(settings.eta)
+  if eta and keys is None:
+    raise ValueError(f"sampler {settings.method!r} with eta={eta} needs per-example keys")
+  return _ddim_loop(predict, schedule, times, x_start, cond, keys, eta, progress)
+
+
+def sdedit(denoiser: Denoiser, video, cond, keys, schedule: Schedule,
+           settings: SamplerSettings, strength, *, progress: Progress = None):
+  """SDEdit (Meng et al.): noise a clean `video` to level `strength` in (0, 1] and sample
+  back to t = 0 in `settings.steps` steps. Small strength keeps layout and motion;
+  strength 1 ignores the input."""
+  if isinstance(strength, (int, float)):
+    check_strength(strength)
+  alpha, sigma = schedule.alpha_sigma(strength)
+  x = alpha * video + sigma * initial_noise(keys, video.shape)
+  return sample(denoiser, x, cond, keys, schedule, settings, t_start=strength,
+                progress=progress)
+
+
+def ddim_invert(denoiser: Denoiser, x0, cond, schedule: Schedule, *, steps: int,
+                prediction: str = "v", t_end=1.0, progress: Progress = None):
+  """Deterministic DDIM run forwards in time: clean x0 -> the latent at t_end that
+  `sample` with method 'ddim', eta 0 and the same steps maps back to (approximately) x0.
+  No thresholding: clipping is not invertible."""
+  settings = SamplerSettings("ddim", steps, prediction=prediction)  # validates
+  predict = x0_eps_predictor(denoiser, schedule, settings.prediction)
+  times = jnp.linspace(0.0, t_end, settings.steps + 1, dtype=jnp.float32)
+  return _ddim_loop(predict, schedule, times, x0, cond, None, 0.0, progress)

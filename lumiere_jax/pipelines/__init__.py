@@ -1,0 +1,1 @@
+"""Pipelines: text-to-video generation (and, as they land, the conditional uses)."""

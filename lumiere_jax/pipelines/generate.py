@@ -1,0 +1,221 @@
+"""Text-to-video generation: prompts -> uint8 videos [N, T, H, W, 3].
+
+All prompts of a call are one batch, sampled by one compiled program (text encoding,
+starting noise, the guided sampling loop and the uint8 conversion). The program is traced
+once per batch size and kept by the `TextToVideo` object: new prompts, seeds, guidance
+scales or SDEdit strengths reuse it.
+
+Until trained checkpoints exist the model is freshly initialised from `config.seed`
+(the stand-in for a checkpoint, so it does not change with the sampling seed).
+"""
+
+import json
+import pathlib
+import re
+from typing import Optional, Sequence
+
+import jax
+import numpy as np
+
+from lumiere_jax.diffusion import config as diffusion_config
+from lumiere_jax.diffusion import denoisers, guidance, samplers
+from lumiere_jax.diffusion.progress import TqdmProgress
+from lumiere_jax.diffusion.samplers import SamplerSettings
+from lumiere_jax.diffusion.schedules import schedule_from_config
+from lumiere_jax.errors import UserError
+from lumiere_jax.io import atomic
+from lumiere_jax.io import video as video_io
+from lumiere_jax.models import build
+
+MAX_SEED = 2**31 - 1
+XT_SLICE_SCALE = 8  # a 16-frame, 32-pixel slice becomes a viewable 128 x 256 picture
+
+
+def check_prompts(prompts: Sequence[str]) -> list:
+  """Non-empty list of non-blank prompts. (The empty prompt is the unconditional input of
+  classifier-free guidance, so asking for it is almost certainly a mistake.)"""
+  prompts = list(prompts)
+  if not prompts:
+    raise UserError("no prompts given")
+  for i, prompt in enumerate(prompts, 1):
+    if not prompt.strip():
+      raise UserError(f"prompt {i} is empty")
+  return prompts
+
+
+def check_seed(seed: int, count: int) -> None:
+  if not 0 <= seed <= MAX_SEED - count:
+    raise UserError(f"seed must be in [0, {MAX_SEED - count}] for {count} videos, got {seed}")
+
+
+def check_generation_config(config) -> None:
+  if config.model.in_channels != 3:
+    raise UserError(f"generate needs a text-to-video or text-to-image config "
+                    f"(model.in_channels=3), got model.in_channels="
+                    f"{config.model.in_channels} (stage {config.stage!r})")
+
+
+def video_shape(config) -> tuple:
+  """[T, H, W, 3] of one generated video (T = 1 for a text-to-image model)."""
+  r = config.data.resolution
+  frames = config.data.num_frames if config.model.kind == "stunet" else 1
+  return (frames, r, r, 3)
+
+
+def check_init_video(config, init_video, strength: float, count: int) -> None:
+  samplers.check_strength(strength)
+  video = np.asarray(init_video)
+  shape = video_shape(config)
+  if video.shape not in (shape, (count,) + shape):
+    raise UserError(f"the input video is {_describe(video.shape[-4:-1])} (frames x height x "
+                    f"width); this model makes {_describe(shape[:3])}")
+
+
+def _describe(shape) -> str:
+  return "x".join(map(str, shape))
+
+
+def check_request(config, prompts, seed, guidance_scale, init_video=None,
+                  strength=1.0) -> list:
+  """Everything about a generation request that can be wrong, checked before any work."""
+  check_generation_config(config)
+  prompts = check_prompts(prompts)
+  check_seed(seed, len(prompts))
+  diffusion_config.check_guidance(guidance_scale)
+  if init_video is not None:
+    check_init_video(config, init_video, strength, len(prompts))
+  return prompts
+
+
+def load_params(config, checkpoint: Optional[str] = None) -> dict:
+  """The full parameter tree. Loading trained checkpoints is not supported yet."""
+  if checkpoint is not None:
+    raise UserError(f"--checkpoint {checkpoint}: loading trained checkpoints is not "
+                    "supported yet (the training issue has not landed); omit it to use a "
+                    "freshly initialised model")
+  return jax.jit(lambda rng: build.init_params(config, rng))(jax.random.key(config.seed))
+
+
+class TextToVideo:
+  """A model with fixed sampler settings; call it with prompts to get videos."""
+
+  def __init__(self, config, params: dict, settings: SamplerSettings,
+               progress: bool = False):
+    check_generation_config(config)
+    self.config = config
+    self.settings = settings
+    self.video_shape = video_shape(config)
+    self.schedule = schedule_from_config(diffusion_config.diffusion_section(config),
+                                         config.data.resolution)
+    self.tokenizer = build.tokenizer(config)
+    self.text_encoder = build.build_text_encoder(config)
+    self.denoise = denoisers.text_denoiser(build.build_denoiser(config.model))
+    self.model_params = {k: v for k, v in params.items() if k != "text"}
+    self.text_params = params["text"]
+    self.progress = TqdmProgress(settings.steps, "generating") if progress else None
+    self.program = jax.jit(self._sample_batch)
+
+  def __call__(self, prompts: Sequence[str], seed: int, guidance_scale: float,
+               init_video: Optional[np.ndarray] = None, strength: float = 1.0) -> np.ndarray:
+    """uint8 [N, T, H, W, 3]; video i uses seed + i. With `init_video` (uint8
+    [T, H, W, 3], or one per prompt) each video is an SDEdit of it at level `strength`."""
+    prompts = check_request(self.config, prompts, seed, guidance_scale, init_video, strength)
+    init = None
+    if init_video is not None:
+      init = np.broadcast_to(video_io.from_uint8(init_video),
+                             (len(prompts),) + self.video_shape)
+    tokens = self.tokenizer.encode(prompts)
+    empty = self.tokenizer.encode([""])
+    seeds = np.arange(seed, seed + len(prompts), dtype=np.int32)
+    videos = self.program(self.model_params, self.text_params, tokens, empty, seeds,
+                          np.float32(guidance_scale), init, np.float32(strength))
+    return np.asarray(videos)
+
+  def encode(self, text_params, tokens):
+    """Token ids [N, L] -> the conditioning pytree {'emb', 'mask'} the denoiser takes."""
+    emb, mask = self.text_encoder.apply({"params": text_params}, tokens)
+    return {"emb": emb, "mask": mask}
+
+  def _to_model_layout(self, video):
+    return video if self.config.model.kind == "stunet" else video[:, 0]
+
+  def _sample_batch(self, model_params, text_params, tokens, empty_tokens, seeds,
+                    guidance_scale, init, strength):
+    """The compiled program: text encoding, noise, guided sampling, uint8 conversion."""
+    cond = self.encode(text_params, tokens)
+    uncond = self.encode(text_params, empty_tokens)
+    keys = jax.vmap(jax.random.key)(seeds)
+    denoiser = guidance.classifier_free_guidance(
+        denoisers.bind(self.denoise, model_params), uncond, guidance_scale)
+    if init is None:
+      noise = samplers.initial_noise(keys, (seeds.shape[0],) + self.video_shape)
+      x = samplers.sample(denoiser, self._to_model_layout(noise), cond, keys, self.schedule,
+                          self.settings, progress=self.progress)
+    else:
+      x = samplers.sdedit(denoiser, self._to_model_layout(init), cond, keys, self.schedule,
+                          self.settings, strength, progress=self.progress)
+    return video_io.to_uint8(x.reshape((seeds.shape[0],) + self.video_shape))
+
+
+def generate(config, prompts: Sequence[str], *, settings: SamplerSettings,
+             guidance_scale: float, seed: int, checkpoint: Optional[str] = None,
+             init_video: Optional[np.ndarray] = None, strength: float = 1.0,
+             progress: bool = False) -> np.ndarray:
+  """One-shot generation from a config: validates the request, loads the model, samples."""
+  prompts = check_request(config, prompts, seed, guidance_scale, init_video, strength)
+  model = TextToVideo(config, load_params(config, checkpoint), settings, progress)
+  return model(prompts, seed, guidance_scale, init_video, strength)
+
+
+def output_name(index: int, prompt: str) -> str:
+  """'003_a-red-circle-moving-left': sortable, readable, safe on any filesystem."""
+  slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:48].rstrip("-")
+  return f"{index:03d}_{slug or 'video'}"
+
+
+def check_outputs(count: int, out=None, out_dir=None, extra_formats=(), xt_slice=None):
+  """Validates the output request before any work, so bad input writes nothing."""
+  if (out is None) == (out_dir is None):
+    raise UserError("give exactly one of --out PATH and --out-dir DIR")
+  if out is not None:
+    video_io.check_video_path(out)
+    if count != 1:
+      raise UserError(f"--out writes one video but {count} prompts were given; use "
+                      "--out-dir for several")
+    if extra_formats:
+      raise UserError("--also applies to --out-dir; with --out the suffix picks the format")
+  elif pathlib.Path(out_dir).exists() and not pathlib.Path(out_dir).is_dir():
+    raise UserError(f"--out-dir {out_dir} exists and is not a directory")
+  for fmt in extra_formats:
+    video_io.check_video_path(f"video.{fmt}")
+  if xt_slice is not None and pathlib.Path(xt_slice).suffix.lower() != ".png":
+    raise UserError(f"--xt-slice {xt_slice}: the X-T slice is written as .png")
+
+
+def save_outputs(videos: np.ndarray, prompts: Sequence[str], seed: int, out=None,
+                 out_dir=None, extra_formats=(), xt_slice=None) -> list:
+  """Writes the videos as requested (see check_outputs); returns the paths written.
+
+  --out-dir gets NNN_<prompt>.npy per video (plus the extra formats) and manifest.jsonl,
+  one {"prompt", "seed", "path"} line per video with the .npy path relative to the
+  directory; video i was made with seed + i. Each file is written atomically and the
+  manifest last, so it only ever lists complete videos.
+  """
+  written = []
+  if out is not None:
+    written.append(video_io.write_video(out, videos[0]))
+  else:
+    out_dir = pathlib.Path(out_dir)
+    lines = []
+    for i, (prompt, video) in enumerate(zip(prompts, videos)):
+      name = output_name(i, prompt)
+      for suffix in (".npy", *(f".{fmt}" for fmt in extra_formats)):
+        written.append(video_io.write_video(out_dir / f"{name}{suffix}", video))
+      lines.append(json.dumps({"prompt": prompt, "seed": seed + i, "path": f"{name}.npy"}))
+    manifest = out_dir / "manifest.jsonl"
+    atomic.write_text(manifest, "".join(line + "\n" for line in lines))
+    written.append(manifest)
+  if xt_slice is not None:
+    written.append(video_io.write_png(xt_slice, video_io.xt_slices(videos),
+                                      scale=XT_SLICE_SCALE))
+  return written
