@@ -1,6 +1,12 @@
-"""Defaults of the `config.train` section (optimizer, schedule, checkpointing, logging)."""
+"""Defaults of the `config.train` section (optimizer, schedule, checkpointing, logging).
+
+Compute precision and rematerialisation live in `config.model` (`dtype`, `remat`): they
+change the model's program, not the training loop.
+"""
 
 import ml_collections
+
+from lumiere_jax.errors import ConfigError
 
 
 def default_train_config() -> ml_collections.ConfigDict:
@@ -8,4 +14,66 @@ def default_train_config() -> ml_collections.ConfigDict:
   # Top-level parameter groups this stage trains ('backbone', 'temporal', 'text'); the rest
   # is frozen: no weight gradients, no optimizer state (models/build.py:split_trainable).
   train.trainable = ("temporal",)
+  # Where frozen (and any other pre-trained) groups come from: a workdir of an earlier
+  # stage, its checkpoints/ folder or one step folder. Groups found there are loaded;
+  # groups it lacks (the temporal layers of a t2i checkpoint) start from their init.
+  train.init_checkpoint = ""
+  train.init_from_ema = True  # load the earlier stage's EMA weights, not its raw ones
+  train.data_dir = ""         # a dataset built by `lumiere data build`
+  train.num_steps = 1000
+
+  # AdamW with linear warmup then cosine decay to end_learning_rate_fraction * peak.
+  train.learning_rate = 1e-4
+  train.warmup_steps = 100
+  train.end_learning_rate_fraction = 0.1
+  train.adam_b1 = 0.9
+  train.adam_b2 = 0.99
+  train.adam_eps = 1e-8
+  train.weight_decay = 0.01  # not applied to biases and norm scales (ndim < 2)
+  train.grad_clip_norm = 1.0
+  train.ema_decay = 0.999
+
+  # A non-finite loss, gradient norm or update norm skips the update (counted); this many
+  # in a row stop the run.
+  train.max_nonfinite_steps = 10
+
+  train.log_every = 50
+  train.checkpoint_every = 500
+  train.keep_checkpoints = 3
+  train.progress_bar = True
+  # jax.profiler trace of profile_steps steps starting after profile_start_step steps
+  # (0 steps = off), written to WORKDIR/profile.
+  train.profile_start_step = 10
+  train.profile_steps = 0
+  # Peak FLOP/s of one device for MFU; 0 = look the device kind up in a built-in table
+  # (MFU is left out where the kind is unknown, e.g. CPUs).
+  train.peak_flops_per_device = 0.0
   return train
+
+
+PARAM_GROUPS = ("backbone", "temporal", "text")
+
+
+def validate_train_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first `train.*` field the loop cannot use."""
+  t = config.train
+
+  def check(ok, field, allowed):
+    if not ok:
+      raise ConfigError(f"train.{field}={t[field]!r} is invalid; allowed: {allowed}")
+
+  groups = PARAM_GROUPS if config.model.kind == "stunet" else ("backbone", "text")
+  check(len(t.trainable) >= 1 and set(t.trainable) <= set(groups), "trainable",
+        f"a non-empty subset of {groups} (model.kind={config.model.kind!r})")
+  for field in ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints",
+                "max_nonfinite_steps"):
+    check(t[field] >= 1, field, "an integer >= 1")
+  check(t.warmup_steps >= 0, "warmup_steps", "an integer >= 0")
+  check(t.learning_rate > 0, "learning_rate", "a number > 0")
+  check(0 <= t.end_learning_rate_fraction <= 1, "end_learning_rate_fraction", "[0, 1]")
+  check(0 <= t.ema_decay < 1, "ema_decay", "[0, 1)")
+  check(t.grad_clip_norm > 0, "grad_clip_norm", "a number > 0")
+  check(t.weight_decay >= 0, "weight_decay", "a number >= 0")
+  check(t.profile_steps >= 0, "profile_steps", "an integer >= 0 (0 = no trace)")
+  check(t.peak_flops_per_device >= 0, "peak_flops_per_device",
+        "FLOP/s >= 0 (0 = from the device kind)")

@@ -1,0 +1,288 @@
+"""Checkpoints: an orbax CheckpointManager in WORKDIR/checkpoints with three named items,
+  state   the TrainState (params, frozen params, optimizer state, EMA, counters)
+  config  the run's config as JSON (what the state was trained with)
+  data    the grain iterator's position, one file per process
+saved asynchronously (the step goes on while the arrays are written) and atomically
+(orbax writes a temporary folder and renames it when complete, so a killed save leaves
+no step folder behind), keeping the newest `train.keep_checkpoints`.
+
+Every restored array gets the NamedSharding of its target on the current mesh, whatever
+mesh it was saved from. Restores check shapes first and name the config fields that
+differ, instead of failing deep inside orbax.
+"""
+
+import contextlib
+import errno
+import json
+import os
+import pathlib
+import re
+from typing import Optional
+
+import flax.linen as nn
+import grain
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from lumiere_jax.data import pipeline
+from lumiere_jax.errors import UserError
+from lumiere_jax.models import build
+
+CHECKPOINTS = "checkpoints"
+STATE, CONFIG, DATA = "state", "config", pipeline.DATA_ITEM
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
+OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+# Config fields that decide the state's structure and shapes (prefixes), and those among
+# them that do not.
+SHAPE_FIELDS = ("stage", "model.", "text.", "train.trainable")
+NOT_SHAPE_FIELDS = ("model.dtype", "model.remat")
+# Replicated arrays are written in slices by several replicas only where each slice is
+# at least this big: slicing a small array costs a compiled program and a dispatch per
+# slice and saves nothing.
+MIN_REPLICA_SLICE_BYTES = 1 << 20
+# What makes a pre-trained checkpoint's groups fit this model: the shared architecture,
+# not what differs between stages by design.
+ARCHITECTURE_FIELDS = ("model.", "text.")
+STAGE_FIELDS = ("model.kind", "model.temporal.")
+
+
+def make_manager(directory, train_config=None) -> ocp.CheckpointManager:
+  """The manager of one checkpoints folder; without `train_config`, one that only reads
+  (it is never asked to save)."""
+  arrays = ocp.type_handlers.ArrayHandler(
+      min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES)
+  registry = ocp.type_handlers.create_type_handler_registry((jax.Array, arrays))
+  handlers = {STATE: ocp.PyTreeCheckpointHandler(type_handler_registry=registry),
+              CONFIG: ocp.JsonCheckpointHandler(),
+              DATA: grain.checkpoint.CheckpointHandler()}
+  if train_config is None:
+    options = ocp.CheckpointManagerOptions(create=False)
+  else:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=train_config.keep_checkpoints,
+        save_interval_steps=train_config.checkpoint_every,
+        enable_async_checkpointing=True, create=True,
+        # Temporary folders of saves cut short by a kill are never a checkpoint.
+        cleanup_tmp_directories=True)
+  return ocp.CheckpointManager(pathlib.Path(directory).absolute(), item_handlers=handlers,
+                               options=options)
+
+
+def save(manager, step: int, state, config, iterator, force: bool = False) -> bool:
+  """Starts an asynchronous save of step `step`; returns whether one was started."""
+  args = ocp.args.Composite(**{
+      STATE: ocp.args.PyTreeSave(state),
+      CONFIG: ocp.args.JsonSave(config.to_dict()),
+      DATA: pipeline.iterator_save_args(iterator)})
+  with disk_errors(manager):
+    return manager.save(step, args=args, force=force)
+
+
+def wait(manager) -> None:
+  """Blocks until the pending save is committed."""
+  with disk_errors(manager):
+    manager.wait_until_finished()
+
+
+@contextlib.contextmanager
+def disk_errors(manager):
+  """Turns a full or read-only disk during a save into one line. Orbax never renames an
+  incomplete save into place, so the newest committed checkpoint stays intact."""
+  try:
+    yield
+  except Exception as error:  # orbax wraps errors of its background threads
+    code = _disk_errno(error)
+    if code not in DISK_ERRNOS:
+      raise
+    steps = _committed_steps(manager.directory)
+    kept = (f"step {steps[-1]} is the newest intact checkpoint" if steps
+            else "no earlier checkpoint exists")
+    raise UserError(f"could not write a checkpoint to {manager.directory}: "
+                    f"{os.strerror(code)}; {kept}") from error
+
+
+def _disk_errno(error) -> Optional[int]:
+  """The errno behind `error`: an OSError's own, or the one tensorstore (which writes the
+  arrays) puts in its message; either may be wrapped by orbax."""
+  while error is not None:
+    if isinstance(error, OSError) and error.errno is not None:
+      return error.errno
+    match = OS_ERROR_CODE.search(str(error))
+    if match:
+      return int(match.group(1))
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def _committed_steps(directory) -> list:
+  directory = pathlib.Path(directory)
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+# ---------------------------------------------------------------------------------------
+# Resuming a run
+
+
+def restore(manager, step: int, config, target, iterator=None):
+  """The state of `step`, every leaf placed with `target`'s shardings; also moves
+  `iterator`, when given, to the saved data position. Refuses a checkpoint whose shapes
+  differ from `target`."""
+  check_shapes(manager, step, config, target)
+  items = {STATE: ocp.args.PyTreeRestore(
+      target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))}
+  if iterator is not None:
+    items[DATA] = pipeline.iterator_restore_args(iterator)
+  return manager.restore(step, args=ocp.args.Composite(**items))[STATE]
+
+
+def saved_config(manager, step: int) -> dict:
+  return manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))[CONFIG]
+
+
+def check_shapes(manager, step: int, config, target) -> None:
+  """UserError naming the config fields behind any shape or structure difference between
+  the checkpoint's state and `target`."""
+  saved = saved_shapes(manager, step)
+  wanted = _shapes(target)
+  if saved == wanted:
+    return
+  raise UserError(f"the checkpoint {manager.directory}/{step} does not fit this config: "
+                  f"{_explain(saved, wanted, saved_config(manager, step), config)}; "
+                  f"use the checkpoint's values or a new --workdir")
+
+
+def saved_shapes(manager, step: int) -> dict:
+  metadata = manager.item_metadata(step)[STATE]
+  return _shapes(metadata.tree)
+
+
+def _shapes(tree) -> dict:
+  """{'params/temporal/.../kernel': shape} for any state-like tree (arrays, abstract
+  arrays, orbax metadata), so trees of different container types compare."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {_path(path): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def _path(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+                  for k in path)
+
+
+def _explain(saved: dict, wanted: dict, saved_cfg: dict, config,
+             fields=SHAPE_FIELDS, ignored=NOT_SHAPE_FIELDS) -> str:
+  fields = differing_fields(saved_cfg, config.to_dict(), fields, ignored)
+  if fields:
+    return "; ".join(f"{name}={there!r} in the checkpoint, {here!r} here"
+                     for name, there, here in fields)
+  for path in sorted(set(saved) | set(wanted)):
+    if saved.get(path) != wanted.get(path):
+      return f"{path} has shape {saved.get(path)} in the checkpoint, {wanted.get(path)} here"
+  return "the state differs"
+
+
+def differing_fields(saved_cfg: dict, current_cfg: dict, fields=SHAPE_FIELDS,
+                     ignored=NOT_SHAPE_FIELDS) -> list:
+  """[(dotted name, saved value, current value)] of the fields under the `fields`
+  prefixes (minus the `ignored` ones) whose values differ."""
+  saved, current = _flatten(saved_cfg), _flatten(current_cfg)
+  names = sorted(n for n in set(saved) | set(current)
+                 if n.startswith(fields) and not n.startswith(ignored)
+                 and saved.get(n) != current.get(n))
+  return [(n, saved.get(n), current.get(n)) for n in names]
+
+
+def _flatten(tree, prefix="") -> dict:
+  """Dotted keys -> JSON-normal values (tuples become lists, as after a JSON round trip)."""
+  if isinstance(tree, dict):
+    out = {}
+    for key, value in tree.items():
+      out.update(_flatten(value, f"{prefix}{key}."))
+    return out
+  return {prefix[:-1]: json.loads(json.dumps(tree))}
+
+
+# ---------------------------------------------------------------------------------------
+# Loading parameters from another run (an earlier stage, or for generation)
+
+
+def find_checkpoint(path) -> tuple:
+  """(checkpoints folder, step) for a workdir, its checkpoints/ folder, or one step folder
+  (the newest step unless a step folder is named)."""
+  path = pathlib.Path(path)
+  if path.name.isdigit() and (path / STATE).is_dir():
+    return path.parent, int(path.name)
+  directory = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
+  steps = _committed_steps(directory)
+  if not steps:
+    what = "does not exist" if not path.exists() else "holds no complete checkpoint"
+    raise UserError(f"checkpoint {path} {what}")
+  return directory, steps[-1]
+
+
+def load_run_config(path) -> ml_collections.ConfigDict:
+  """The config a checkpoint was trained with (JSON lists back to tuples)."""
+  directory, step = find_checkpoint(path)
+  return ml_collections.ConfigDict(_tuples(saved_config(make_manager(directory), step)))
+
+
+def _tuples(tree):
+  if isinstance(tree, dict):
+    return {k: _tuples(v) for k, v in tree.items()}
+  if isinstance(tree, list):
+    return tuple(_tuples(v) for v in tree)
+  return tree
+
+
+def load_params(path, config, params_target: dict, use_ema: bool = True) -> dict:
+  """The parameter groups a checkpoint holds that `config`'s model also has, e.g.
+  {'backbone', 'text'} from a t2i run: frozen groups as saved, trainable ones from the
+  EMA (or the raw weights). `params_target` is the full parameter tree as
+  ShapeDtypeStructs with their shardings on the current mesh (Layout.params_target()).
+  Any shape difference is an error naming the config fields."""
+  directory, step = find_checkpoint(path)
+  manager = make_manager(directory)
+  saved = manager.item_metadata(step)[STATE].tree
+  trained = "ema" if use_ema else "params"
+  sources = {group: source for source in ("frozen", trained)
+             for group in saved.get(source, {}) if group in params_target}
+  if not sources:
+    raise UserError(f"checkpoint {directory}/{step} holds none of the parameter groups "
+                    f"{sorted(params_target)} this model has")
+  target = {}
+  for group, source in sources.items():
+    target.setdefault(source, {})[group] = params_target[group]
+  _check_groups(saved, target, manager, step, config)
+  restored = manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
+      target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+      partial_restore=True)}))[STATE]
+  return {group: restored[source][group] for group, source in sources.items()}
+
+
+def _check_groups(saved, target, manager, step, config) -> None:
+  saved_part = {source: {g: saved[source][g] for g in groups} for source, groups in target.items()}
+  there, here = _shapes(saved_part), _shapes(target)
+  if there != here:
+    explanation = _explain(there, here, saved_config(manager, step), config,
+                           ARCHITECTURE_FIELDS, NOT_SHAPE_FIELDS + STAGE_FIELDS)
+    raise UserError(f"checkpoint {manager.directory}/{step} has another architecture than "
+                    f"this config: {explanation}")
+
+
+def load_trained_params(path, config, shardings=None, use_ema: bool = True) -> dict:
+  """The full parameter tree of a trained model, for generation and evaluation: the EMA
+  (or raw) weights of the trained groups and the frozen groups as saved. `shardings`
+  (a tree like the parameters) defaults to the first device."""
+  abstract = nn.meta.unbox(build.abstract_params(config))
+  if shardings is None:
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = jax.tree_util.tree_map(lambda _: device, abstract)
+  target = jax.tree_util.tree_map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+  params = load_params(path, config, target, use_ema)
+  missing = sorted(set(abstract) - set(params))
+  if missing:
+    raise UserError(f"checkpoint {path} has no {missing} parameters")
+  return params

@@ -1,0 +1,208 @@
+"""The train step and state in one process on forced CPU devices: fsdp + tensor sharding
+against a single device, restoring onto a smaller mesh, frozen weights absent from the
+compiled program, non-finite steps, the schedule and the EMA rule."""
+
+import collections
+import re
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import test_train_support as support
+from lumiere_jax.models import build
+from lumiere_jax.parallel import sharding as sharding_lib
+from lumiere_jax.parallel.mesh import make_mesh
+from lumiere_jax.train import checkpoint
+from lumiere_jax.train import optimizer as optimizer_lib
+from lumiere_jax.train import state as state_lib
+from lumiere_jax.train import step as step_lib
+from lumiere_jax.train.loss import make_loss_fn
+
+BATCH = 4
+
+
+def _setup(config, devices, loss_fn=None):
+  mesh = make_mesh(config.mesh, devices)
+  layout = state_lib.Layout(config, mesh, optimizer_lib.make_optimizer(config.train))
+  jitted = step_lib.jit_train_step(config, mesh, loss_fn or make_loss_fn(config),
+                                   layout.optimizer, layout.state_shardings)
+  return layout, jitted
+
+
+def _batch(config, size=BATCH) -> dict:
+  rng = np.random.default_rng(0)
+  r, t = config.data.resolution, config.data.num_frames
+  return {"video": rng.integers(0, 256, (size, t, r, r, 3), dtype=np.uint8),
+          "tokens": rng.integers(3, config.text.vocab_size, (size, config.text.max_length),
+                                 dtype=np.int32)}
+
+
+def _run_step(layout, jitted, state, batch):
+  config, mesh = layout.config, layout.mesh
+  batch = jax.device_put(batch, step_lib.batch_sharding(config, mesh))
+  rng = jax.device_put(jax.random.key(1), jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec()))
+  with sharding_lib.activation_sharding(mesh, config.logical_axis_rules):
+    return jitted(state, batch, rng)
+
+
+def _sharded_config(mesh_shape, *overrides):
+  return support.micro_config("t2v", f"data.batch_size={BATCH}", f"mesh.shape={mesh_shape}",
+                              *overrides)
+
+
+def _one_step(mesh_shape, devices, initial=None) -> tuple:
+  """(initial host state, state after one t2v step, metrics, layout, compiled step), from
+  a fresh sharded init or from the host state `initial`."""
+  config = _sharded_config(mesh_shape)
+  layout, jitted = _setup(config, devices)
+  state = (state_lib.init_state(layout, jax.random.key(0)) if initial is None
+           else jax.device_put(initial, layout.state_shardings))
+  batch = jax.device_put(_batch(config), step_lib.batch_sharding(config, layout.mesh))
+  rng = jax.device_put(jax.random.key(1), jax.sharding.NamedSharding(
+      layout.mesh, jax.sharding.PartitionSpec()))
+  compiled = step_lib.compile_train_step(config, layout.mesh, jitted, layout.state_target(),
+                                         batch, rng)[1]
+  host_initial = jax.device_get(state)
+  new_state, metrics = compiled(state, batch, rng)
+  return host_initial, new_state, metrics, layout, compiled
+
+
+def test_sharded_step_matches_a_single_device():
+  initial, state, metrics, layout, _ = _one_step((2, 2, 2), jax.devices())
+  _, single_state, single_metrics, _, _ = _one_step((1, 1, 1), jax.devices()[:1], initial)
+  assert layout.mesh.shape == {"data": 2, "fsdp": 2, "tensor": 2}
+  # The state really is split over 'fsdp' and 'tensor': e.g. a cross-attention key kernel.
+  kernel = state.frozen["backbone"]["mid_block"]["attentions_0"]["transformer_blocks_0"][
+      "attn2"]["to_k"]["kernel"]
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+  assert len({s.device for s in kernel.addressable_shards}) == 8
+  # Equal up to float reassociation in the sharded reductions.
+  np.testing.assert_allclose(metrics["loss"], single_metrics["loss"], rtol=1e-5)
+  np.testing.assert_allclose(metrics["grad_norm"], single_metrics["grad_norm"], rtol=1e-4)
+  chex.assert_trees_all_close(jax.device_get(state), jax.device_get(single_state),
+                              rtol=1e-4, atol=1e-6)
+
+
+def test_restore_onto_four_devices_is_exact(tmp_path):
+  config = _sharded_config((2, 2, 2))
+  data_dir = support.build_dataset(tmp_path / "data")
+  saved = support.save_random_checkpoint(config, tmp_path, 3, data_dir)
+  small = _sharded_config((1, 2, 2))
+  layout = state_lib.Layout(small, make_mesh(small.mesh, jax.devices()[:4]),
+                            optimizer_lib.make_optimizer(small.train))
+  manager = checkpoint.make_manager(tmp_path / checkpoint.CHECKPOINTS)
+  restored = checkpoint.restore(manager, 3, small, layout.state_target())
+  manager.close()
+  for leaf, sharding in zip(jax.tree_util.tree_leaves(restored),
+                            jax.tree_util.tree_leaves(layout.state_shardings)):
+    assert leaf.sharding == sharding and leaf.sharding.mesh.devices.size == 4
+  assert restored.frozen["backbone"]["conv_in"]["kernel"].sharding.spec == \
+      jax.sharding.PartitionSpec(None, None, None, "tensor")
+  chex.assert_trees_all_equal(jax.device_get(restored), saved)
+
+
+def _matmul_output_shapes(hlo: str) -> collections.Counter:
+  """Output shapes (as sorted dims) of every dot and convolution of an HLO module."""
+  shapes = re.findall(r"= \w+\[([\d,]*)\]\S* (?:dot|convolution)\(", hlo)
+  return collections.Counter(tuple(sorted(int(d) for d in s.split(",") if d)) for s in shapes)
+
+
+def _compile_abstract(config, batch, rng):
+  layout, jitted = _setup(config, jax.devices()[:1])
+  compiled = step_lib.compile_train_step(config, layout.mesh, jitted, layout.state_target(),
+                                         batch, rng)[1]
+  return layout, compiled
+
+
+def test_compiled_t2v_step_computes_no_frozen_weight_gradients():
+  config = _sharded_config((1, 1, 1))
+  everything = _sharded_config((1, 1, 1), "train.trainable=('backbone','temporal','text')")
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in _batch(config).items()}
+  rng = jax.random.key(0)
+  layout, t2v = _compile_abstract(config, batch, rng)
+  _, whole = _compile_abstract(everything, batch, rng)
+  forward = jax.jit(make_loss_fn(config)).lower(layout.params_target(), batch, rng).compile()
+
+  # Kernel shapes that only frozen parameters have: a dot or convolution producing one
+  # of them beyond what the forward pass itself produces would be a weight gradient.
+  def kernel_shapes(tree):
+    return {tuple(sorted(leaf.shape)) for leaf in jax.tree_util.tree_leaves(tree)
+            if leaf.ndim >= 2}
+
+  abstract = layout.abstract_state
+  frozen_only = kernel_shapes(abstract.frozen) - kernel_shapes(abstract.params)
+  assert frozen_only
+
+  def count(compiled):
+    shapes = _matmul_output_shapes(compiled.as_text())
+    return sum(shapes[s] for s in frozen_only)
+
+  assert count(t2v) == count(forward)
+  assert count(whole) > count(forward)  # the check does see weight gradients
+  assert t2v.cost_analysis()["flops"] < whole.cost_analysis()["flops"]
+
+
+def test_non_finite_step_is_skipped_and_counted():
+  def poisoned(params, batch, rng):
+    loss, metrics = support.cheap_loss(params, batch, rng)
+    return loss + jnp.sum(batch["poison"]), metrics
+
+  layout, jitted = _setup(_sharded_config((1, 1, 1)), jax.devices()[:1], poisoned)
+  state = jax.device_put(support.random_state(layout, step=0), layout.state_shardings)
+  clean = {**_batch(layout.config), "poison": np.zeros((BATCH,), np.float32)}
+  nan = {**clean, "poison": np.full((BATCH,), np.nan, np.float32)}
+
+  state, _ = _run_step(layout, jitted, state, clean)
+  before = jax.device_get(state)
+  state, metrics = _run_step(layout, jitted, state, nan)
+  after = jax.device_get(state)
+  assert not metrics["finite"]
+  chex.assert_trees_all_equal((after.params, after.opt_state, after.ema),
+                              (before.params, before.opt_state, before.ema))
+  assert (after.step, after.nonfinite_run, after.nonfinite_total) == (2, 1, 1)
+
+  state, metrics = _run_step(layout, jitted, state, clean)
+  later = jax.device_get(state)
+  assert metrics["finite"] and (later.nonfinite_run, later.nonfinite_total) == (0, 1)
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(later.params),
+                                                      jax.tree_util.tree_leaves(after.params)))
+
+
+def test_schedule_warms_up_then_decays_to_the_end_fraction():
+  config = support.micro_config("t2i", "train.num_steps=1000", "train.warmup_steps=100",
+                                "train.learning_rate=0.001",
+                                "train.end_learning_rate_fraction=0.1")
+  schedule = optimizer_lib.learning_rate_schedule(config.train)
+  np.testing.assert_allclose([schedule(0), schedule(50), schedule(100), schedule(1000)],
+                             [0.0, 5e-4, 1e-3, 1e-4], rtol=1e-5)
+  assert schedule(500) < schedule(200)
+
+
+def test_ema_decay_warms_up_to_its_maximum():
+  decays = [float(optimizer_lib.ema_decay(0.999, n)) for n in (0, 10, 10_000)]
+  np.testing.assert_allclose(decays, [0.1, 11 / 20, 0.999], rtol=1e-6)
+
+
+@pytest.mark.parametrize("stage", ["t2i", "t2v", "ssr", "cond", "style"])
+def test_every_stage_has_a_loss(stage):
+  """The loss of each stage traces on the batch its data pipeline makes (SSR: plus the
+  low-resolution clip, 6 channels in; cond: plus the mask, 7 channels in)."""
+  low_resolution = ["data.low_resolution=8"] if stage == "ssr" else []
+  config = support.micro_config(stage, "data.resolution=16", *low_resolution)
+  b, t, r = config.data.batch_size, config.data.num_frames, config.data.resolution
+  pixels = (b, r, r, 3) if config.model.kind == "unet2d" else (b, t, r, r, 3)
+  batch = {"image" if config.model.kind == "unet2d" else "video":
+           jax.ShapeDtypeStruct(pixels, jnp.uint8),
+           "tokens": jax.ShapeDtypeStruct((b, config.text.max_length), jnp.int32)}
+  if stage == "ssr":
+    batch["low_res_video"] = jax.ShapeDtypeStruct((b, t, r // 2, r // 2, 3), jnp.uint8)
+  if stage == "cond":
+    batch["mask"] = jax.ShapeDtypeStruct((b, t, r, r, 1), jnp.uint8)
+  params = nn.meta.unbox(build.abstract_params(config))
+  loss, metrics = jax.eval_shape(make_loss_fn(config), params, batch, jax.random.key(0))
+  assert loss.shape == () and loss.dtype == jnp.float32 and "mse" in metrics
