@@ -119,7 +119,7 @@ def test_malformed_sweeps_are_one_line_and_exit_2(tmp_path, sweep, message):
 
 
 def test_config_without_a_sweep_is_one_line_and_exit_2():
-  result = _sweep(["--config", "shapes_tiny:t2v", "--workdir-root", "unused", "--dry-run"])
+  result = _sweep(["--config", "lumiere_base:t2v", "--workdir-root", "unused", "--dry-run"])
   assert result.returncode == 2 and result.stderr.count("\n") == 1
   assert "defines no get_sweep(arg)" in result.stderr
 
