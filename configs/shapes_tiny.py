@@ -7,9 +7,12 @@ Variants, one per training stage:
   cond   7-channel <J, C, M> conditional fine-tune (image-to-video, inpainting, ...)
   style  backbone fine-tune on a style, for stylized generation
 
-Run (once training lands):
-  lumiere train --config configs/shapes_tiny.py:t2i --workdir workdirs/tiny_t2i
-  lumiere train --config configs/shapes_tiny.py:t2v --workdir workdirs/tiny_t2v
+Run:
+  lumiere data build shapes --out data/shapes16 --num-videos 2000 --resolution 32 --frames 16
+  lumiere train --config configs/shapes_tiny.py:t2i --workdir workdirs/tiny_t2i \
+      --config.train.data_dir=data/shapes16
+  lumiere train --config configs/shapes_tiny.py:t2v --workdir workdirs/tiny_t2v \
+      --config.train.data_dir=data/shapes16 --config.train.init_checkpoint=workdirs/tiny_t2i
 """
 
 import ml_collections

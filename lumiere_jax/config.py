@@ -92,7 +92,6 @@ def base_config() -> ml_collections.ConfigDict:
   data.low_resolution = 0
   data.num_frames = 16
   data.batch_size = 8  # global batch, split evenly over processes
-  data.dir = ""  # a dataset built by `lumiere data build` (the --out folder)
   data.eval_split = "heldout"
   data.worker_count = 0  # grain worker processes (0: read in the main process)
   data.read_threads = 2
