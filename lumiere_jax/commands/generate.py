@@ -74,7 +74,7 @@ def run(args) -> int:
     raise UserError("--strength applies to --init-video (SDEdit)")
   overrides = [] if args.num_frames is None else [f"data.num_frames={args.num_frames}"]
   config = load_config(args.config, overrides)
-  section = diffusion_config.diffusion_section(config)
+  section = config.diffusion
   settings = diffusion_config.sampler_settings(section, method=args.sampler, steps=args.steps,
                                                eta=args.eta, threshold=args.threshold)
   guidance = section.guidance if args.guidance is None else args.guidance

@@ -59,8 +59,3 @@ def sampler_settings(c: ml_collections.ConfigDict, **overrides) -> samplers.Samp
   values.update({k: v for k, v in overrides.items() if v is not None})
   return samplers.SamplerSettings(**values)
 
-
-def diffusion_section(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """`config.diffusion`, or the defaults for configs made before the section existed."""
-  section = config.get("diffusion")
-  return section if section is not None else default_diffusion_config()

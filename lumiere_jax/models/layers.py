@@ -65,40 +65,46 @@ class Conv2D(nn.Module):
     return y + bias.astype(self.dtype)
 
 
-class GroupNorm(nn.Module):
+def _normalize(x, reduce_axes, epsilon):
+  """Zero mean, unit variance over `reduce_axes`, in float32."""
+  mean = x.mean(axis=reduce_axes, keepdims=True)
+  var = jnp.square(x - mean).mean(axis=reduce_axes, keepdims=True)
+  return (x - mean) * jax.lax.rsqrt(var + epsilon)
+
+
+class _Norm(nn.Module):
+  """A per-channel affine normalisation; subclasses say which axes the statistics span."""
+
+  epsilon: float = 1e-5
+
+  def normalize(self, x32):
+    raise NotImplementedError
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    scale = self.param("scale", _logical(nn.initializers.ones, ("norm",)), (c,))
+    bias = self.param("bias", _logical(nn.initializers.zeros, ("norm",)), (c,))
+    return (self.normalize(x.astype(jnp.float32)) * scale + bias).astype(x.dtype)
+
+
+class GroupNorm(_Norm):
   """GroupNorm over the channel axis (last), statistics over all other non-batch axes."""
 
-  num_groups: int
-  epsilon: float = 1e-5
+  num_groups: int = 32
 
-  @nn.compact
-  def __call__(self, x):
-    dtype = x.dtype
-    c = x.shape[-1]
-    scale = self.param("scale", _logical(nn.initializers.ones, ("norm",)), (c,))
-    bias = self.param("bias", _logical(nn.initializers.zeros, ("norm",)), (c,))
-    x32 = x.astype(jnp.float32)
-    grouped = x32.reshape(*x.shape[:-1], self.num_groups, c // self.num_groups)
+  def normalize(self, x32):
+    c = x32.shape[-1]
+    grouped = x32.reshape(*x32.shape[:-1], self.num_groups, c // self.num_groups)
     reduce_axes = tuple(range(1, grouped.ndim - 2)) + (grouped.ndim - 1,)
-    mean = grouped.mean(axis=reduce_axes, keepdims=True)
-    var = jnp.square(grouped - mean).mean(axis=reduce_axes, keepdims=True)
-    normed = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
-    return (normed * scale + bias).astype(dtype)
+    return _normalize(grouped, reduce_axes, self.epsilon).reshape(x32.shape)
 
 
-class LayerNorm(nn.Module):
-  epsilon: float = 1e-5
+class LayerNorm(_Norm):
+  """LayerNorm over the channel axis (last)."""
 
-  @nn.compact
-  def __call__(self, x):
-    dtype = x.dtype
-    c = x.shape[-1]
-    scale = self.param("scale", _logical(nn.initializers.ones, ("norm",)), (c,))
-    bias = self.param("bias", _logical(nn.initializers.zeros, ("norm",)), (c,))
-    x32 = x.astype(jnp.float32)
-    mean = x32.mean(-1, keepdims=True)
-    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
-    return ((x32 - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias).astype(dtype)
+  def normalize(self, x32):
+    return _normalize(x32, -1, self.epsilon)
 
 
 class Attention(nn.Module):

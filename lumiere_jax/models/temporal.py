@@ -88,9 +88,10 @@ class ConvInflationBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     b, t, hh, ww, c = x.shape
-    h = nn.silu(layers.GroupNorm(self.groups, name="norm1")(x.reshape(b * t, hh, ww, c)))
+    frames = x.reshape(b * t, hh, ww, c)
+    h = nn.silu(layers.GroupNorm(num_groups=self.groups, name="norm1")(frames))
     h = layers.Conv2D(c, dtype=self.dtype, name="spatial_conv")(h).reshape(b, t, hh, ww, c)
-    h = nn.silu(layers.GroupNorm(self.groups, name="norm2")(h))
+    h = nn.silu(layers.GroupNorm(num_groups=self.groups, name="norm2")(h))
     h = TemporalConv(c, self.kernel_size, dtype=self.dtype, name="temporal_conv")(h)
     h = layers.Dense(c, ("conv_in", "conv_out"), dtype=self.dtype,
                      kernel_init=nn.initializers.zeros, name="proj_out")(h)

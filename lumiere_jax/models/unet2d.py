@@ -15,7 +15,6 @@ them right after temporal down-sampling.
 import dataclasses
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from lumiere_jax.models import layers
@@ -39,12 +38,12 @@ class ResnetBlock2D(nn.Module):
 
   @nn.compact
   def __call__(self, x, temb):
-    h = nn.silu(layers.GroupNorm(self.groups, self.eps, name="norm1")(x))
+    h = nn.silu(layers.GroupNorm(num_groups=self.groups, epsilon=self.eps, name="norm1")(x))
     h = layers.Conv2D(self.out_channels, dtype=self.dtype, name="conv1")(h)
     t = layers.Dense(self.out_channels, ("embed", "conv_out"), dtype=self.dtype,
                      name="time_emb_proj")(nn.silu(temb))
     h = add_per_video(h, t)
-    h = nn.silu(layers.GroupNorm(self.groups, self.eps, name="norm2")(h))
+    h = nn.silu(layers.GroupNorm(num_groups=self.groups, epsilon=self.eps, name="norm2")(h))
     h = layers.Conv2D(self.out_channels, dtype=self.dtype, name="conv2")(h)
     if x.shape[-1] != self.out_channels:
       x = layers.Conv2D(self.out_channels, kernel_size=1, dtype=self.dtype,
@@ -100,7 +99,7 @@ class Transformer2D(nn.Module):
   @nn.compact
   def __call__(self, x, context, context_bias):
     n, hh, ww, c = x.shape
-    h = layers.GroupNorm(self.groups, 1e-6, name="norm")(x)
+    h = layers.GroupNorm(num_groups=self.groups, epsilon=1e-6, name="norm")(x)
     h = layers.Conv2D(c, kernel_size=1, dtype=self.dtype, name="proj_in")(h)
     h = h.reshape(n, hh * ww, c)
     for k in range(self.num_layers):
@@ -248,7 +247,7 @@ class UNet2D(nn.Module):
     self.down_blocks = [LevelBlock(s, level, "down") for level in range(s.levels)]
     self.mid_block = MidBlock(s)
     self.up_blocks = [LevelBlock(s, s.levels - 1 - k, "up") for k in range(s.levels)]
-    self.conv_norm_out = layers.GroupNorm(s.groups, s.eps)
+    self.conv_norm_out = layers.GroupNorm(num_groups=s.groups, epsilon=s.eps)
     self.conv_out = layers.Conv2D(s.out_channels, dtype=dtype)
 
   def __call__(self, x, timesteps, context, context_mask):

@@ -105,7 +105,7 @@ class TextToVideo:
     self.config = config
     self.settings = settings
     self.video_shape = video_shape(config)
-    self.schedule = schedule_from_config(diffusion_config.diffusion_section(config),
+    self.schedule = schedule_from_config(config.diffusion,
                                          config.data.resolution)
     self.tokenizer = build.tokenizer(config)
     self.text_encoder = build.build_text_encoder(config)

@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 
 from lumiere_jax.data.pipeline import to_model_range
-from lumiere_jax.diffusion import config as diffusion_config
 from lumiere_jax.diffusion import denoisers
 from lumiere_jax.diffusion.losses import diffusion_loss
 from lumiere_jax.models import build
@@ -44,7 +43,7 @@ def make_loss_fn(config) -> LossFn:
   here, once, in Python; the returned function only traces array work."""
   model_fn = denoisers.text_denoiser(build.build_denoiser(config.model))
   text_encoder = build.build_text_encoder(config)
-  diffusion = diffusion_config.diffusion_section(config)
+  diffusion = config.diffusion
   empty_prompt = jnp.asarray(build.tokenizer(config).encode([""]))  # [1, L]
   in_channels = config.model.in_channels
 
