@@ -42,7 +42,6 @@ from typing import Dict, List
 
 import common
 from lumiere_jax.config import CONFIG_DIR, load_config
-from lumiere_jax.diffusion import config as diffusion_config
 from lumiere_jax.errors import UserError
 from lumiere_jax.train.config import validate_train_config
 
@@ -139,9 +138,7 @@ def _plain(value) -> str:
 def validate_run(spec: str, overrides: List[str]) -> None:
   """What `lumiere train` checks before it starts: the overrides' keys and types, then
   the model, train and diffusion sections (commands/train.py:parse_flags)."""
-  config = load_config(spec, overrides)
-  validate_train_config(config)
-  diffusion_config.validate_diffusion_config(diffusion_config.diffusion_section(config))
+  validate_train_config(load_config(spec, overrides))  # load_config checks the rest
 
 
 def run_commands(spec: str, workdir_root: str, launcher: List[str], fixed: List[str]):
