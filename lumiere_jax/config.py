@@ -16,7 +16,7 @@ import ml_collections
 from lumiere_jax.data.masks import DEFAULT_MASK_WEIGHTS
 from lumiere_jax.diffusion.config import default_diffusion_config, validate_diffusion_config
 from lumiere_jax.errors import ConfigError, UserError
-from lumiere_jax.train.config import default_train_config
+from lumiere_jax.train.config import default_train_config, validate_train_config
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -272,6 +272,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(data.batch_size >= 1, "data.batch_size", data.batch_size, "an integer >= 1")
   _validate_mesh(config.mesh)
   validate_diffusion_config(config.diffusion)
+  validate_train_config(config)
 
 
 def _validate_mesh(mesh: ml_collections.ConfigDict) -> None:

@@ -22,7 +22,6 @@ from ml_collections import config_flags
 from lumiere_jax.config import load_config, set_field, validate
 from lumiere_jax.errors import UserError
 from lumiere_jax.train import distributed
-from lumiere_jax.train.config import validate_train_config
 
 HELP = "Train a stage (t2i, t2v, ssr, cond, style) from a config."
 FLAGS_HELP = """flags:
@@ -101,7 +100,6 @@ def parse_flags(argv) -> flags.FlagValues:
   if not values.workdir:
     raise UserError("--workdir is required")
   validate(config)
-  validate_train_config(config)
   config.lock()
   return values
 
