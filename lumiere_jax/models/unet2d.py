@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from lumiere_jax.models import layers
 
 FRAME_AXES = ("batch", "height", "width", "embed")
+TOKEN_AXES = ("batch", "length", "embed")
 
 
 def add_per_video(h, per_video):
@@ -101,10 +102,14 @@ class Transformer2D(nn.Module):
     n, hh, ww, c = x.shape
     h = layers.GroupNorm(num_groups=self.groups, epsilon=1e-6, name="norm")(x)
     h = layers.Conv2D(c, kernel_size=1, dtype=self.dtype, name="proj_in")(h)
-    h = h.reshape(n, hh * ww, c)
+    # The token stream stays batch-sharded: left to itself, XLA's SPMD partitioner (jax
+    # 0.10.2, CPU) shards it over 'tensor' after proj_in and then miscompiles the
+    # residual add of a (data, fsdp)-sharded batch (tests/test_sharding.py has the repro).
+    tokens = lambda y: nn.with_logical_constraint(y, TOKEN_AXES)
+    h = tokens(h.reshape(n, hh * ww, c))
     for k in range(self.num_layers):
-      h = BasicTransformerBlock(self.heads, c // self.heads, dtype=self.dtype,
-                                name=f"transformer_blocks_{k}")(h, context, context_bias)
+      h = tokens(BasicTransformerBlock(self.heads, c // self.heads, dtype=self.dtype,
+                                       name=f"transformer_blocks_{k}")(h, context, context_bias))
     h = layers.Conv2D(c, kernel_size=1, dtype=self.dtype, name="proj_out")(
         h.reshape(n, hh, ww, c))
     return h + x.astype(self.dtype)
