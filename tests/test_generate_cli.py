@@ -44,8 +44,10 @@ BAD_INPUTS = [
     (["--prompt", "a", "--strength", "0.5"], "--strength applies to --init-video"),
     (["--prompt", "a", "--prompt", "b"], "use --out-dir for several"),
     (["--prompt", "a", "--num-frames", "6"], "data.num_frames=6 is invalid"),
-    (["--prompt", "a", "--checkpoint", "{tmp}"], "not supported yet"),
+    (["--prompt", "a", "--checkpoint", "{tmp}"], "holds no complete checkpoint"),
+    (["--prompt", "a", "--checkpoint", "{tmp}/missing"], "does not exist"),
     (["--prompt", "a", "--config", "shapes_tiny:ssr"], "model.in_channels=3"),
+    (["--prompt", "a", "--sheet", "{tmp}/sheet.gif"], "written as .png or .jpg"),
 ]
 
 
@@ -69,12 +71,14 @@ def test_unsupported_output_format_is_refused(tmp_path, capsys):
   assert list(tmp_path.iterdir()) == []
 
 
-def test_generate_out_dir_with_manifest_gif_and_xt_slice(tmp_path, capsys, prompts_file):
+def test_generate_out_dir_with_manifest_gif_xt_slice_and_sheet(tmp_path, capsys,
+                                                               prompts_file):
   out_dir = tmp_path / "videos"
   code, out, err = run_cli(capsys, "--prompts", str(prompts_file), "--out-dir", str(out_dir),
                            "--also", "gif", "--steps", "2", "--num-frames", "8", "--seed",
                            "5", "--sampler", "ddpm", "--xt-slice",
-                           str(tmp_path / "xt.png"), "--quiet")
+                           str(tmp_path / "xt.png"), "--sheet", str(tmp_path / "sheet.png"),
+                           "--quiet")
   assert code == 0, err
   manifest = [json.loads(line) for line in (out_dir / "manifest.jsonl").read_text().splitlines()]
   assert [(m["prompt"], m["seed"]) for m in manifest] == [
@@ -84,5 +88,8 @@ def test_generate_out_dir_with_manifest_gif_and_xt_slice(tmp_path, capsys, promp
     assert video.shape == (8, 32, 32, 3) and video.dtype == np.uint8
     assert (out_dir / entry["path"]).with_suffix(".gif").is_file()
   assert Image.open(tmp_path / "xt.png").size == ((2 * 32 + 1) * 8, 8 * 8)
-  assert len(out.splitlines()) == 6  # 2 x (.npy, .gif), manifest, slice
+  # One row per prompt: caption strip + the 8 frames enlarged to 96 pixels, 4-pixel gaps.
+  width, height = Image.open(tmp_path / "sheet.png").size
+  assert height == 4 + 2 * (18 + 96 + 4) and width == 4 + 8 * 96 + 7 * 4 + 4
+  assert len(out.splitlines()) == 7  # 2 x (.npy, .gif), manifest, slice, sheet
   assert not [p for p in out_dir.iterdir() if ".partial" in p.name]

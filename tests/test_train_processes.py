@@ -1,5 +1,5 @@
 """Training across process boundaries: the real `lumiere train` CLI end to end (t2i, then
-t2v on top of it), bit-for-bit resume in a new process, SIGKILL during asynchronous
+t2v on top of it, then `lumiere generate --checkpoint`), bit-for-bit resume in a new process, SIGKILL during asynchronous
 saves, and SIGTERM (preemption) to one of two jax.distributed processes.
 
 Run as a script, this file is the worker those tests start and kill:
@@ -22,6 +22,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 import test_train_support as support
+from lumiere_jax import cli
+from lumiere_jax.diffusion.config import sampler_settings
+from lumiere_jax.pipelines import generate
 from lumiere_jax.train import checkpoint
 
 pytestmark = pytest.mark.slow
@@ -112,6 +115,28 @@ def _check_t2v(t2i_workdir, data_dir, workdir) -> None:
   expected = {**_flat(t2v["frozen"]), **_flat(t2v["ema"])}
   assert params.keys() == expected.keys()
   assert all(np.array_equal(params[k], expected[k]) for k in expected)
+  _check_generate_from_checkpoint(workdir, config, jax.device_get(
+      checkpoint.load_trained_params(workdir, config)))
+
+
+def _check_generate_from_checkpoint(workdir, config, params) -> None:
+  """`lumiere generate --checkpoint` takes the run's own config (this micro model is not
+  the default config) and its trained weights: the same video as sampling those weights
+  directly, and not the video of a fresh init."""
+  out = workdir.parent / "generated.npy"
+  argv = ["generate", "--checkpoint", str(workdir), "--prompt", "a red circle moving left",
+          "--steps", "2", "--seed", "3", "--out", str(out), "--quiet"]
+  assert cli.main(argv) == 0
+  video = np.load(out)
+  settings = sampler_settings(config.diffusion, steps=2)
+  guidance = config.diffusion.guidance
+  from_weights = generate.TextToVideo(config, params, settings)(
+      ["a red circle moving left"], 3, guidance)[0]
+  fresh = generate.TextToVideo(config, generate.load_params(config), settings)(
+      ["a red circle moving left"], 3, guidance)[0]
+  assert video.shape == (config.data.num_frames, 32, 32, 3)
+  np.testing.assert_array_equal(video, from_weights)
+  assert not np.array_equal(video, fresh)
 
 
 def test_cli_t2i_resumes_bit_for_bit_and_t2v_trains_on_it(data_dir, tmp_path):

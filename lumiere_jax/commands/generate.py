@@ -2,7 +2,7 @@
 
 import pathlib
 
-from lumiere_jax.config import load_config
+from lumiere_jax.config import apply_overrides, load_config, validate
 from lumiere_jax.diffusion import config as diffusion_config
 from lumiere_jax.diffusion.guidance import THRESHOLDS
 from lumiere_jax.diffusion.samplers import SAMPLERS
@@ -16,11 +16,13 @@ DEFAULT_STRENGTH = 0.6
 
 
 def add_arguments(parser):
-  parser.add_argument("--config", default=DEFAULT_CONFIG,
-                      help=f"config file[:variant] (default {DEFAULT_CONFIG})")
+  parser.add_argument("--config",
+                      help="config file[:variant] (default: the checkpoint's own config, "
+                           f"else {DEFAULT_CONFIG})")
   parser.add_argument("--checkpoint", metavar="DIR",
-                      help="trained model directory (not supported yet; without it the "
-                           "model is freshly initialised from config.seed)")
+                      help="a training workdir (or its checkpoints/ or a step folder); the "
+                           "EMA weights are used. Without it the model is freshly "
+                           "initialised from config.seed")
   prompts = parser.add_mutually_exclusive_group(required=True)
   prompts.add_argument("--prompt", action="append", metavar="TEXT",
                        help="a prompt; repeat for several (all generated as one batch)")
@@ -34,6 +36,8 @@ def add_arguments(parser):
                       help="with --out-dir: also write each video in this format")
   parser.add_argument("--xt-slice", metavar="PNG",
                       help="write the X-T slice (middle row over time) of the videos")
+  parser.add_argument("--sheet", metavar="PNG",
+                      help="write a contact sheet: each prompt above frames of its video")
   parser.add_argument("--sampler", choices=SAMPLERS,
                       help="default: config.diffusion.sampler")
   parser.add_argument("--steps", type=int, metavar="N",
@@ -67,13 +71,26 @@ def read_prompts(args) -> list:
   return pipeline.check_prompts(prompts)
 
 
+def _config(args, overrides):
+  """--config if given; else the config the checkpoint was trained with; else the default."""
+  if args.config is not None or args.checkpoint is None:
+    return load_config(args.config or DEFAULT_CONFIG, overrides)
+  from lumiere_jax.train import checkpoint as train_checkpoint  # orbax only when asked
+  config = train_checkpoint.load_run_config(args.checkpoint)
+  apply_overrides(config, overrides)
+  validate(config)
+  config.lock()
+  return config
+
+
 def run(args) -> int:
   prompts = read_prompts(args)
-  pipeline.check_outputs(len(prompts), args.out, args.out_dir, args.also, args.xt_slice)
+  pipeline.check_outputs(len(prompts), args.out, args.out_dir, args.also, args.xt_slice,
+                         args.sheet)
   if args.strength is not None and args.init_video is None:
     raise UserError("--strength applies to --init-video (SDEdit)")
   overrides = [] if args.num_frames is None else [f"data.num_frames={args.num_frames}"]
-  config = load_config(args.config, overrides)
+  config = _config(args, overrides)
   section = config.diffusion
   settings = diffusion_config.sampler_settings(section, method=args.sampler, steps=args.steps,
                                                eta=args.eta, threshold=args.threshold)
@@ -87,6 +104,6 @@ def run(args) -> int:
                              init_video=init_video, strength=strength,
                              progress=not args.quiet)
   for path in pipeline.save_outputs(videos, prompts, args.seed, args.out, args.out_dir,
-                                    args.also, args.xt_slice):
+                                    args.also, args.xt_slice, args.sheet):
     print(path)
   return 0

@@ -5,8 +5,9 @@ starting noise, the guided sampling loop and the uint8 conversion). The program 
 once per batch size and kept by the `TextToVideo` object: new prompts, seeds, guidance
 scales or SDEdit strengths reuse it.
 
-Until trained checkpoints exist the model is freshly initialised from `config.seed`
-(the stand-in for a checkpoint, so it does not change with the sampling seed).
+The weights come from a training run (`load_params(config, checkpoint)`: the EMA of the
+trained groups, the frozen groups as saved); without a checkpoint the model is freshly
+initialised from `config.seed` (so it does not change with the sampling seed).
 """
 
 import json
@@ -24,11 +25,13 @@ from lumiere_jax.diffusion.samplers import SamplerSettings
 from lumiere_jax.diffusion.schedules import schedule_from_config
 from lumiere_jax.errors import UserError
 from lumiere_jax.io import atomic
+from lumiere_jax.io import sheet as sheet_io
 from lumiere_jax.io import video as video_io
 from lumiere_jax.models import build
 
 MAX_SEED = 2**31 - 1
 XT_SLICE_SCALE = 8  # a 16-frame, 32-pixel slice becomes a viewable 128 x 256 picture
+SHEET_FRAMES = 8  # frames per video on a --sheet contact sheet
 
 
 def check_prompts(prompts: Sequence[str]) -> list:
@@ -88,11 +91,11 @@ def check_request(config, prompts, seed, guidance_scale, init_video=None,
 
 
 def load_params(config, checkpoint: Optional[str] = None) -> dict:
-  """The full parameter tree. Loading trained checkpoints is not supported yet."""
+  """The full parameter tree: a trained run's weights (workdir, its checkpoints/ folder
+  or one step folder; the EMA of the trained groups), else a fresh init from config.seed."""
   if checkpoint is not None:
-    raise UserError(f"--checkpoint {checkpoint}: loading trained checkpoints is not "
-                    "supported yet (the training issue has not landed); omit it to use a "
-                    "freshly initialised model")
+    from lumiere_jax.train import checkpoint as train_checkpoint  # orbax only when asked
+    return train_checkpoint.load_trained_params(checkpoint, config)
   return jax.jit(lambda rng: build.init_params(config, rng))(jax.random.key(config.seed))
 
 
@@ -173,7 +176,8 @@ def output_name(index: int, prompt: str) -> str:
   return f"{index:03d}_{slug or 'video'}"
 
 
-def check_outputs(count: int, out=None, out_dir=None, extra_formats=(), xt_slice=None):
+def check_outputs(count: int, out=None, out_dir=None, extra_formats=(), xt_slice=None,
+                  sheet=None):
   """Validates the output request before any work, so bad input writes nothing."""
   if (out is None) == (out_dir is None):
     raise UserError("give exactly one of --out PATH and --out-dir DIR")
@@ -190,10 +194,12 @@ def check_outputs(count: int, out=None, out_dir=None, extra_formats=(), xt_slice
     video_io.check_video_path(f"video.{fmt}")
   if xt_slice is not None and pathlib.Path(xt_slice).suffix.lower() != ".png":
     raise UserError(f"--xt-slice {xt_slice}: the X-T slice is written as .png")
+  if sheet is not None:
+    sheet_io.check_sheet_path(sheet)
 
 
 def save_outputs(videos: np.ndarray, prompts: Sequence[str], seed: int, out=None,
-                 out_dir=None, extra_formats=(), xt_slice=None) -> list:
+                 out_dir=None, extra_formats=(), xt_slice=None, sheet=None) -> list:
   """Writes the videos as requested (see check_outputs); returns the paths written.
 
   --out-dir gets NNN_<prompt>.npy per video (plus the extra formats) and manifest.jsonl,
@@ -218,4 +224,7 @@ def save_outputs(videos: np.ndarray, prompts: Sequence[str], seed: int, out=None
   if xt_slice is not None:
     written.append(video_io.write_png(xt_slice, video_io.xt_slices(videos),
                                       scale=XT_SLICE_SCALE))
+  if sheet is not None:
+    written.append(sheet_io.write_sheet(list(zip(prompts, videos)), sheet,
+                                             SHEET_FRAMES))
   return written
