@@ -1,0 +1,98 @@
+"""Does a generated shapes video move the way its prompt says? A number per video.
+
+Reads a `lumiere generate --out-dir` folder (manifest.jsonl + one .npy per prompt), finds
+the object in each frame (pixels whose brightest channel exceeds --threshold: the shapes
+dataset has a near-black background and saturated objects), and reports its centroid
+displacement from the first to the last frame (x right, y down, in pixels), the area
+ratio last / first, and whether that matches the prompt's motion:
+
+  moving left/right/up/down  displacement of at least --min-travel pixels along the
+                             named direction, more than along the other axis
+  growing / shrinking        area ratio above / below 1 by at least --min-growth
+  standing still             displacement under --min-travel and area ratio within it
+  bouncing around            not judged (its net displacement can be anything)
+
+  python benchmarks/motion_check.py samples/t2v [--json motion.json]
+"""
+
+import argparse
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+DIRECTIONS = {"moving left": (-1, 0), "moving right": (1, 0), "moving up": (0, -1),
+              "moving down": (0, 1)}
+
+
+def object_track(video: np.ndarray, threshold: int) -> tuple:
+  """(centroids [T, 2] as (x, y), areas [T]) of the bright pixels of each frame."""
+  mask = video.max(axis=-1) > threshold
+  ys, xs = np.mgrid[:video.shape[1], :video.shape[2]]
+  areas = mask.sum(axis=(1, 2)).astype(float)
+  safe = np.maximum(areas, 1.0)
+  centroids = np.stack([(mask * xs).sum(axis=(1, 2)) / safe,
+                        (mask * ys).sum(axis=(1, 2)) / safe], axis=-1)
+  return centroids, areas
+
+
+def judge(prompt: str, displacement: np.ndarray, area_ratio: float, min_travel: float,
+          min_growth: float):
+  """True/False if the prompt's motion is (not) what the video does; None if not judged."""
+  for phrase, direction in DIRECTIONS.items():
+    if prompt.endswith(phrase):
+      along = float(np.dot(displacement, direction))
+      across = abs(float(displacement[1 - np.flatnonzero(direction)[0]]))
+      return along >= min_travel and along > across
+  if prompt.endswith("growing"):
+    return area_ratio >= 1 + min_growth
+  if prompt.endswith("shrinking"):
+    return area_ratio <= 1 / (1 + min_growth)
+  if prompt.endswith("standing still"):
+    return (float(np.linalg.norm(displacement)) < min_travel
+            and 1 / (1 + min_growth) < area_ratio < 1 + min_growth)
+  return None
+
+
+def check(out_dir: pathlib.Path, threshold: int, min_travel: float, min_growth: float) -> list:
+  rows = []
+  for line in (out_dir / "manifest.jsonl").read_text().splitlines():
+    entry = json.loads(line)
+    video = np.load(out_dir / entry["path"])
+    centroids, areas = object_track(video, threshold)
+    displacement = centroids[-1] - centroids[0]
+    ratio = float(areas[-1] / max(areas[0], 1.0))
+    rows.append(dict(prompt=entry["prompt"], dx=round(float(displacement[0]), 2),
+                     dy=round(float(displacement[1]), 2), area_ratio=round(ratio, 2),
+                     matches=judge(entry["prompt"], displacement, ratio, min_travel,
+                                   min_growth)))
+  return rows
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("out_dir", type=pathlib.Path)
+  parser.add_argument("--threshold", type=int, default=100)
+  parser.add_argument("--min-travel", type=float, default=3.0, help="pixels")
+  parser.add_argument("--min-growth", type=float, default=0.25)
+  parser.add_argument("--json", type=pathlib.Path)
+  args = parser.parse_args(argv)
+  if not (args.out_dir / "manifest.jsonl").is_file():
+    print(f"motion_check: {args.out_dir} has no manifest.jsonl (a lumiere generate "
+          "--out-dir folder)", file=sys.stderr)
+    return 2
+  rows = check(args.out_dir, args.threshold, args.min_travel, args.min_growth)
+  print(f"{'prompt':40s} {'dx':>7s} {'dy':>7s} {'area':>6s}  matches")
+  for r in rows:
+    print(f"{r['prompt']:40s} {r['dx']:7.2f} {r['dy']:7.2f} {r['area_ratio']:6.2f}  "
+          f"{'-' if r['matches'] is None else r['matches']}")
+  judged = [r["matches"] for r in rows if r["matches"] is not None]
+  print(f"{sum(judged)}/{len(judged)} judged videos move as prompted")
+  if args.json:
+    args.json.write_text(json.dumps(rows, indent=1) + "\n")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
