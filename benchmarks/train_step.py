@@ -14,66 +14,31 @@ state for them).
 
 import argparse
 import json
-import statistics
-import time
 
 import jax
-import numpy as np
 
 from lumiere_jax.bench import flops as flops_lib
+from lumiere_jax.bench import timing
 from lumiere_jax.config import load_config
-from lumiere_jax.parallel.mesh import make_mesh
-from lumiere_jax.train import optimizer as optimizer_lib
-from lumiere_jax.train import state as state_lib
-from lumiere_jax.train import step as step_lib
-from lumiere_jax.train.loss import make_loss_fn
+from lumiere_jax.io import atomic
 
 CASES = (("t2i", "t2i", ()),
          ("t2v", "t2v", ()),
          ("t2v whole model", "t2v", ("train.trainable=('backbone','temporal','text')",)))
 
 
-def random_batch(config) -> dict:
-  rng = np.random.default_rng(0)
-  b, r = config.data.batch_size, config.data.resolution
-  pixels = (b, r, r, 3) if config.model.kind == "unet2d" else (b, config.data.num_frames, r, r, 3)
-  name = "image" if config.model.kind == "unet2d" else "video"
-  return {name: rng.integers(0, 256, pixels, dtype=np.uint8),
-          "tokens": rng.integers(3, config.text.vocab_size, (b, config.text.max_length),
-                                 dtype=np.int32)}
-
-
 def time_case(config, steps: int, warmup: int) -> dict:
-  mesh = make_mesh(config.mesh)
-  layout = state_lib.Layout(config, mesh, optimizer_lib.make_optimizer(config.train))
-  jitted = step_lib.jit_train_step(config, mesh, make_loss_fn(config), layout.optimizer,
-                                   layout.state_shardings)
-  state = state_lib.init_state(layout, jax.random.key(0))
-  batch = jax.device_put(random_batch(config), step_lib.batch_sharding(config, mesh))
-  rng = jax.device_put(jax.random.key(1), jax.sharding.NamedSharding(
-      mesh, jax.sharding.PartitionSpec()))
-  start = time.perf_counter()
-  lowered, compiled = step_lib.compile_train_step(config, mesh, jitted, state, batch, rng)
-  compile_s = time.perf_counter() - start
-  for _ in range(warmup):
-    state, metrics = compiled(state, batch, rng)
-  jax.block_until_ready(state)
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    state, metrics = compiled(state, batch, rng)
-    jax.block_until_ready(state)
-    times.append(time.perf_counter() - start)
-  step_s = statistics.median(times)
+  """The real train step on the config's mesh (lumiere_jax/bench/timing.py)."""
+  run = timing.prepare_train_step(config, timing.config_mesh(config))
+  step_s = timing.time_train_step(run, steps, warmup).median
   model_flops = flops_lib.model_flops(config, config.data.batch_size).train_step
-  return {"compile_s": round(compile_s, 1), "step_s": round(step_s, 4),
+  return {"compile_s": round(run.compile_seconds, 1), "step_s": round(step_s, 4),
           "examples_per_s": round(config.data.batch_size / step_s, 2),
           "model_flops": model_flops,
-          "xla_flops": compiled.cost_analysis().get("flops"),
+          "xla_flops": run.compiled.cost_analysis().get("flops"),
           "model_gflops_per_s": round(model_flops / step_s / 1e9, 2),
-          "trainable_params": sum(int(np.prod(p.shape)) for p in
-                                  jax.tree_util.tree_leaves(layout.abstract_state.params)),
-          "loss": float(metrics["loss"])}
+          "trainable_params": run.trainable_params,
+          "loss": float(run.loss)}
 
 
 def main() -> None:
@@ -105,8 +70,7 @@ def main() -> None:
           f"{r['trainable_params']:,} |")
   print(f"\n{jax.devices()[0].device_kind}, {len(jax.devices())} device(s), jax {jax.__version__}")
   if args.json:
-    with open(args.json, "w") as f:
-      json.dump(results, f, indent=2)
+    atomic.write_text(args.json, json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,159 @@
+"""Side by side with the lumiere-pytorch peer: peer seconds / our seconds for full
+training, frozen-base training and the sampling step, on this machine, in one go.
+
+  python benchmarks/peer_compare.py --repeats 3 --json /tmp/peer_compare.json
+  python benchmarks/peer_compare.py --repeats 1 --iters 2 --warmup 1     # a quick look
+
+Each repeat runs, one after the other, the peer (../shared/bench/lumiere_pytorch_peer.py,
+with the .peer-venv Python) with --train-mode full, the peer with --train-mode temporal,
+and `lumiere bench peer-matched` (this Python), each in a fresh process; so load from
+other processes on a shared machine falls on all three alike within a repeat. Every run
+reports its own median; the table gives the median over repeats of those, and the ratio
+peer / ours (above 1: we are faster). The peer's sampling step is timed in both of its
+runs; both count. The first full-mode peer run also measures the matmul peaks (torch
+fp32/bf16, and jax through --jax-python = this Python).
+
+One-time setup of the peer (from the repository root):
+  python3 -m venv .peer-venv && .peer-venv/bin/pip install torch==2.13.0 lumiere-pytorch==0.0.24
+"""
+
+import argparse
+import json
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+
+from lumiere_jax.io import atomic
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PEER_PYTHON = ROOT / ".peer-venv" / "bin" / "python"
+PEER_SCRIPT = ROOT.parent / "shared" / "bench" / "lumiere_pytorch_peer.py"
+SETUP = ("python3 -m venv .peer-venv && .peer-venv/bin/pip install torch==2.13.0 "
+         "lumiere-pytorch==0.0.24")
+ROWS = (("train full", "train_step_s", "full"),
+        ("train frozen 2D base", "train_step_frozen_s", "temporal"),
+        ("sample step", "sample_step_s", None))
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--iters", type=int, default=3,
+                      help="timed calls per run (the peer does two rounds of these)")
+  parser.add_argument("--warmup", type=int, default=1)
+  parser.add_argument("--threads", type=int, default=2, help="the peer's torch threads")
+  parser.add_argument("--peer-python", default=str(PEER_PYTHON))
+  parser.add_argument("--peer-script", default=str(PEER_SCRIPT))
+  parser.add_argument("--json", help="also write the results here")
+  args = parser.parse_args(argv)
+  if min(args.repeats, args.iters) < 1 or args.warmup < 0:
+    parser.error("--repeats and --iters must be >= 1, --warmup >= 0")
+  return args
+
+
+def last_json_line(text: str) -> dict:
+  return json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
+
+
+def run_peer(args, mode: str, with_peak: bool) -> dict:
+  command = [args.peer_python, args.peer_script, "--train-mode", mode, "--iters",
+             str(args.iters), "--warmup", str(args.warmup), "--threads", str(args.threads),
+             "--jax-python", sys.executable]
+  if not with_peak:
+    command.append("--skip-peak")
+  done = subprocess.run(command, capture_output=True, text=True, check=True)
+  return last_json_line(done.stdout)
+
+
+def run_ours(args) -> dict:
+  with tempfile.TemporaryDirectory() as tmp:
+    out = pathlib.Path(tmp) / "peer_matched.json"
+    subprocess.run([sys.executable, "-m", "lumiere_jax.cli", "bench", "peer-matched",
+                    "--steps", str(args.iters), "--warmup", str(args.warmup),
+                    "--json", str(out)], capture_output=True, text=True, check=True)
+    return json.loads(out.read_text())
+
+
+def one_repeat(args, index: int) -> dict:
+  full = run_peer(args, "full", with_peak=index == 0)
+  frozen = run_peer(args, "temporal", with_peak=False)
+  ours = run_ours(args)
+  times = {"peer": {"train_step_s": full["timing"]["train_step_s"],
+                    "train_step_frozen_s": frozen["timing"]["train_step_s"],
+                    "sample_step_s": [full["timing"]["sample_step_s"],
+                                      frozen["timing"]["sample_step_s"]]},
+           "ours": {key: ours[key] for _, key, _ in ROWS}}
+  return {"times": times, "peer_full": full, "peer_temporal": frozen, "ours": ours}
+
+
+def summarize(repeats) -> dict:
+  """Medians over repeats and the ratios peer / ours, per row."""
+  rows = {}
+  for name, key, _ in ROWS:
+    peer = []
+    for r in repeats:
+      value = r["times"]["peer"][key]
+      peer.extend(value if isinstance(value, list) else [value])
+    ours = [r["times"]["ours"][key] for r in repeats]
+    rows[name] = {"peer_s": statistics.median(peer), "ours_s": statistics.median(ours),
+                  "peer_runs_s": peer, "ours_runs_s": ours}
+    rows[name]["ratio_peer_over_ours"] = rows[name]["peer_s"] / rows[name]["ours_s"]
+  return rows
+
+
+def flops_comparison(repeat: dict) -> dict:
+  """The peer's FlopCounterMode counts against ours, counted alike (every conv tap) and
+  as the traced programs count them (valid taps only)."""
+  peer_flops = {"train_step": repeat["peer_full"]["flops"]["train_step"],
+                "train_step_frozen": repeat["peer_temporal"]["flops"]["train_step"],
+                "sample_step": repeat["peer_full"]["flops"]["sample_step"]}
+  ours = repeat["ours"]
+  return {key: {"peer": peer, "ours": ours["flops"][key],
+                "ours_over_peer": ours["flops"][key] / peer,
+                "ours_valid_taps": ours["flops_valid_taps"][key]}
+          for key, peer in peer_flops.items()}
+
+
+def print_report(rows, flops, params) -> None:
+  print("| row | peer median s | ours median s | peer / ours |\n|---|---:|---:|---:|")
+  for name, r in rows.items():
+    print(f"| {name} | {r['peer_s']:.3f} | {r['ours_s']:.4f} | "
+          f"{r['ratio_peer_over_ours']:.2f} |")
+  print("\n| FLOPs | peer (FlopCounterMode) | ours, counted alike | ours / peer |"
+        " ours, valid taps (traced) |\n|---|---:|---:|---:|---:|")
+  for key, f in flops.items():
+    print(f"| {key} | {f['peer']:,} | {f['ours']:,} | {f['ours_over_peer']:.4f} | "
+          f"{f['ours_valid_taps']:,} |")
+  print(f"\nparams: peer {params['peer']}, ours {params['ours']}")
+
+
+def main(argv=None) -> int:
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  if not pathlib.Path(args.peer_python).exists():
+    print(f"peer Python {args.peer_python} not found; create it from the repository root "
+          f"with: {SETUP}", file=sys.stderr)
+    return 2
+  if not pathlib.Path(args.peer_script).exists():
+    print(f"peer script {args.peer_script} not found (it lives in shared/bench/)",
+          file=sys.stderr)
+    return 2
+  repeats = []
+  for index in range(args.repeats):
+    repeats.append(one_repeat(args, index))
+    print(json.dumps({"repeat": index, **repeats[-1]["times"]}), flush=True)
+  rows, flops = summarize(repeats), flops_comparison(repeats[0])
+  params = {"peer": repeats[0]["peer_full"]["params"], "ours": repeats[0]["ours"]["params"]}
+  print_report(rows, flops, params)
+  if args.json:
+    atomic.write_text(args.json, json.dumps(
+        {"rows": rows, "flops": flops, "params": params,
+         "matmul_peak": repeats[0]["peer_full"].get("matmul_peak"),
+         "settings": vars(args), "repeats": repeats}, indent=1) + "\n")
+    print(f"wrote {args.json}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
