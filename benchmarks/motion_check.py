@@ -1,4 +1,4 @@
-"""Does a generated shapes video move the way its prompt says? A number per video.
+"""Does a generated shapes video move the way its prompt says, in its colour? Numbers per video.
 
 Reads a `lumiere generate --out-dir` folder (manifest.jsonl + one .npy per prompt), finds
 the object in each frame (pixels whose brightest channel exceeds --threshold: the shapes
@@ -12,6 +12,9 @@ ratio last / first, and whether that matches the prompt's motion:
   standing still             displacement under --min-travel and area ratio within it
   bouncing around            not judged (its net displacement can be anything)
 
+and the palette colour (data/shapes.py) nearest to the object's mean colour, against the
+first colour word of the prompt. A video with no object pixels matches nothing.
+
   python benchmarks/motion_check.py samples/t2v [--json motion.json]
 """
 
@@ -21,6 +24,8 @@ import pathlib
 import sys
 
 import numpy as np
+
+from lumiere_jax.data.shapes import COLOURS
 
 DIRECTIONS = {"moving left": (-1, 0), "moving right": (1, 0), "moving up": (0, -1),
               "moving down": (0, 1)}
@@ -35,6 +40,15 @@ def object_track(video: np.ndarray, threshold: int) -> tuple:
   centroids = np.stack([(mask * xs).sum(axis=(1, 2)) / safe,
                         (mask * ys).sum(axis=(1, 2)) / safe], axis=-1)
   return centroids, areas
+
+
+def nearest_colour(video: np.ndarray, threshold: int):
+  """The palette name nearest to the mean colour of the object pixels (None if none)."""
+  pixels = video[video.max(axis=-1) > threshold].astype(float)
+  if not len(pixels):
+    return None
+  mean = pixels.mean(axis=0)
+  return min(COLOURS, key=lambda name: np.sum((np.array(COLOURS[name]) - mean) ** 2))
 
 
 def judge(prompt: str, displacement: np.ndarray, area_ratio: float, min_travel: float,
@@ -63,10 +77,13 @@ def check(out_dir: pathlib.Path, threshold: int, min_travel: float, min_growth: 
     centroids, areas = object_track(video, threshold)
     displacement = centroids[-1] - centroids[0]
     ratio = float(areas[-1] / max(areas[0], 1.0))
+    colour = nearest_colour(video, threshold)
+    empty = not areas.all()
     rows.append(dict(prompt=entry["prompt"], dx=round(float(displacement[0]), 2),
                      dy=round(float(displacement[1]), 2), area_ratio=round(ratio, 2),
-                     matches=judge(entry["prompt"], displacement, ratio, min_travel,
-                                   min_growth)))
+                     colour=colour, colour_matches=colour == entry["prompt"].split()[1],
+                     matches=False if empty else judge(entry["prompt"], displacement, ratio,
+                                                       min_travel, min_growth)))
   return rows
 
 
@@ -83,12 +100,13 @@ def main(argv=None) -> int:
           "--out-dir folder)", file=sys.stderr)
     return 2
   rows = check(args.out_dir, args.threshold, args.min_travel, args.min_growth)
-  print(f"{'prompt':40s} {'dx':>7s} {'dy':>7s} {'area':>6s}  matches")
+  print(f"{'prompt':40s} {'dx':>7s} {'dy':>7s} {'area':>6s}  {'colour':8s} motion")
   for r in rows:
     print(f"{r['prompt']:40s} {r['dx']:7.2f} {r['dy']:7.2f} {r['area_ratio']:6.2f}  "
-          f"{'-' if r['matches'] is None else r['matches']}")
+          f"{str(r['colour']):8s} {'-' if r['matches'] is None else r['matches']}")
   judged = [r["matches"] for r in rows if r["matches"] is not None]
-  print(f"{sum(judged)}/{len(judged)} judged videos move as prompted")
+  print(f"{sum(judged)}/{len(judged)} judged videos move as prompted; "
+        f"{sum(r['colour_matches'] for r in rows)}/{len(rows)} have the prompted colour")
   if args.json:
     args.json.write_text(json.dumps(rows, indent=1) + "\n")
   return 0
