@@ -130,6 +130,12 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
     config = module.get_config(variant) if variant else module.get_config()
   except ValueError as e:
     raise UserError(f"{path}: {e}") from e
+  return finalize(config, overrides)
+
+
+def finalize(config: ml_collections.ConfigDict,
+             overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
+  """Applies `a.b=value` overrides, validates, locks; returns the config."""
   apply_overrides(config, overrides)
   validate(config)
   config.lock()

@@ -2,7 +2,7 @@
 
 import pathlib
 
-from lumiere_jax.config import apply_overrides, load_config, validate
+from lumiere_jax.config import finalize, load_config
 from lumiere_jax.diffusion import config as diffusion_config
 from lumiere_jax.diffusion.guidance import THRESHOLDS
 from lumiere_jax.diffusion.samplers import SAMPLERS
@@ -76,11 +76,7 @@ def _config(args, overrides):
   if args.config is not None or args.checkpoint is None:
     return load_config(args.config or DEFAULT_CONFIG, overrides)
   from lumiere_jax.train import checkpoint as train_checkpoint  # orbax only when asked
-  config = train_checkpoint.load_run_config(args.checkpoint)
-  apply_overrides(config, overrides)
-  validate(config)
-  config.lock()
-  return config
+  return finalize(train_checkpoint.load_run_config(args.checkpoint), overrides)
 
 
 def run(args) -> int:
