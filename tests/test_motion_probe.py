@@ -1,0 +1,56 @@
+"""benchmarks/motion_probe.py: the centroid it reads off a conditional mean is right, and
+on the dataset's own means it sees the captioned motions (what a learned model must match)."""
+
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+
+from lumiere_jax.data import builders
+
+_PATH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "motion_probe.py"
+_SPEC = importlib.util.spec_from_file_location("motion_probe", _PATH)
+motion_probe = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(motion_probe)
+
+
+def test_centroid_of_a_moving_square_is_closed_form():
+  video = np.zeros((4, 16, 16))
+  for t in range(4):
+    video[t, 2:6, 8 - 2 * t:12 - 2 * t] = 1.0  # 4x4 square, x centre 9.5 - 2t
+  centroids, mass = motion_probe.brightness_track(video)
+  np.testing.assert_allclose(centroids[:, 0], 9.5 - 2 * np.arange(4))
+  np.testing.assert_allclose(centroids[:, 1], 3.5)
+  np.testing.assert_allclose(mass, 16.0)
+  assert motion_probe.summary(video) == dict(dx=-6.0, dy=0.0, mass_ratio=1.0)
+
+
+def test_swapped_captions_differ_in_exactly_the_named_phrase():
+  for pairs in motion_probe.SWAPS.values():
+    for a, b in pairs:
+      x, y = motion_probe._with(motion_probe.BASE, a), motion_probe._with(motion_probe.BASE, b)
+      assert a in x and b in y and x.replace(a, "*") == y.replace(b, "*"), (x, y)
+
+
+@pytest.fixture(scope="module")
+def means(tmp_path_factory):
+  out = tmp_path_factory.mktemp("shapes")
+  builders.build_shapes(out, 160, 32, 16, seed=5)
+  return motion_probe.dataset_means(out, 16)
+
+
+@pytest.mark.parametrize("motion, dx_sign, dy_sign", [
+    ("moving left", -1, 0), ("moving right", 1, 0), ("moving up", 0, -1),
+    ("moving down", 0, 1)])
+def test_dataset_means_move_as_captioned(means, motion, dx_sign, dy_sign):
+  s = motion_probe.summary(means[motion])
+  along, across = (s["dx"], s["dy"]) if dx_sign else (s["dy"], s["dx"])
+  assert along * (dx_sign or dy_sign) > 4.0 and abs(across) < 1.0, (motion, s)
+
+
+def test_dataset_means_grow_shrink_and_stand_still(means):
+  assert motion_probe.summary(means["growing"])["mass_ratio"] > 1.5
+  assert motion_probe.summary(means["shrinking"])["mass_ratio"] < 0.67
+  still = motion_probe.summary(means["standing still"])
+  assert abs(still["dx"]) < 0.5 and abs(still["dy"]) < 0.5
