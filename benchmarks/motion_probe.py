@@ -10,6 +10,9 @@ Two measurements on a training run's checkpoint (EMA weights unless --raw):
 2. The conditional mean: at a high noise level t, the model's guided x0-prediction from
    pure noise, averaged over --seeds noise draws, estimates E[video | prompt]. For
    "moving left" that mean drifts left even though each draw places the object anywhere.
+   Every probe is the same red circle with the same noise draws, so the rows differ only
+   in the motion phrase, and "standing still" is the control: whatever it shows (the
+   draws' own pull) is not the motion word's doing.
    Per prompt the probe reports the brightness-weighted centroid displacement (first ->
    last frame, pixels, x right, y down) and the mass ratio, and, with --data, the same
    numbers for the dataset's own mean over the single-object clips with that motion: what
@@ -25,15 +28,16 @@ import sys
 
 import numpy as np
 
-PROBES = ("a red circle moving left", "a blue square moving right",
-          "a green triangle moving up", "a yellow circle moving down",
-          "a magenta square growing", "a cyan circle shrinking",
-          "a white square standing still")
+# One object for every probe, so that the rows differ only in the motion phrase.
+MOTIONS = ("moving left", "moving right", "moving up", "moving down", "growing",
+           "shrinking", "standing still")
+PROBES = tuple(f"a red circle {motion}" for motion in MOTIONS)
 SWAPS = {"motion": [("moving left", "moving right"), ("moving up", "moving down"),
                     ("moving left", "moving up"), ("growing", "shrinking")],
          "colour": [("red", "blue"), ("green", "yellow"), ("cyan", "magenta")],
          "shape": [("circle", "square"), ("square", "triangle"), ("triangle", "circle")]}
 BASE = "a red circle moving left"
+CONTROL = "a red circle standing still"
 
 
 def brightness_track(brightness: np.ndarray) -> tuple:
@@ -115,7 +119,9 @@ def probe(checkpoint: str, use_ema: bool, noise_levels, seeds: int, guidance: fl
     ts = jnp.full((n,), t)
     alpha, sigma = alpha_sigma_from_logsnr(schedule.logsnr(ts))
     alpha, sigma = (a.reshape(n, 1, 1, 1, 1) for a in (alpha, sigma))
-    z = sigma * jax.random.normal(key, (n,) + shape)  # no signal: the prior at level t
+    # No signal, and the same noise for every prompt: what differs between the rows is
+    # the prompt's doing ("standing still" is the control).
+    z = sigma * jnp.broadcast_to(jax.random.normal(key, (1,) + shape), (n,) + shape)
     v_c = denoise(model_params, z, ts, cond)
     v_u = denoise(model_params, z, ts, uncond)
     x0, _ = predictions.x0_eps_from_v(z, v_u + guidance * (v_c - v_u), alpha, sigma)
@@ -171,16 +177,21 @@ def main(argv=None) -> int:
       f"{k} {v:.3f}" for k, v in result["text"].items()))
   rows = []
   for t, means in result["means"].items():
-    print(f"conditional mean at t={t} (guidance {args.guidance}, {args.seeds} seeds):")
-    print(f"  {'prompt':34s} {'dx':>6s} {'dy':>6s} {'mass':>5s}" +
-          (f"   data: {'dx':>6s} {'dy':>6s} {'mass':>5s}" if reference else ""))
+    control = summary(means[PROBES.index(CONTROL)])
+    print(f"conditional mean at t={t} (guidance {args.guidance}, {args.seeds} seeds); "
+          f"'- control': minus the '{CONTROL}' row:")
+    print(f"  {'prompt':34s} {'dx':>6s} {'dy':>6s} {'mass':>5s}   - control: {'dx':>6s} "
+          f"{'dy':>6s}" + (f"   data: {'dx':>6s} {'dy':>6s} {'mass':>5s}" if reference else ""))
     for prompt, brightness in zip(PROBES, means):
       row = dict(t=t, prompt=prompt, **summary(brightness))
-      line = f"  {prompt:34s} {row['dx']:6.2f} {row['dy']:6.2f} {row['mass_ratio']:5.2f}"
+      row["dx_vs_control"] = round(row["dx"] - control["dx"], 2)
+      row["dy_vs_control"] = round(row["dy"] - control["dy"], 2)
+      line = (f"  {prompt:34s} {row['dx']:6.2f} {row['dy']:6.2f} {row['mass_ratio']:5.2f}"
+              f"             {row['dx_vs_control']:6.2f} {row['dy_vs_control']:6.2f}")
       if motion_of(prompt) in reference:
         row["data"] = summary(reference[motion_of(prompt)])
-        line += f"         {row['data']['dx']:6.2f} {row['data']['dy']:6.2f} " \
-                f"{row['data']['mass_ratio']:5.2f}"
+        line += (f"         {row['data']['dx']:6.2f} {row['data']['dy']:6.2f} "
+                 f"{row['data']['mass_ratio']:5.2f}")
       rows.append(row)
       print(line)
   if args.json:

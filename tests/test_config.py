@@ -1,11 +1,13 @@
 """Config loading, overrides and validation: every invalid shape is refused with an error
 naming the field and the allowed values, before anything is traced or compiled."""
 
+import json
+
 import flax
 import jax
 import pytest
 
-from lumiere_jax.config import load_config, resolve_mesh_shape
+from lumiere_jax.config import finalize, load_config, resolve_mesh_shape
 from lumiere_jax.errors import ConfigError, UserError
 from lumiere_jax.models import build
 
@@ -92,3 +94,13 @@ def test_paper_scale_init_is_abstract():
   assert all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in leaves)
   counts = build.params_by_component(abstract)
   assert counts["backbone"] > 500e6 and counts["temporal"] > 100e6, counts
+
+
+def test_a_run_saved_before_a_field_existed_reads_it_as_its_default():
+  from lumiere_jax.train.checkpoint import config_from_saved
+  config = load_config("shapes_tiny:t2v", ["train.learning_rate=0.003"])
+  saved = json.loads(json.dumps(config.to_dict()))  # as orbax stores it: tuples -> lists
+  del saved["train"]["frozen_at_init"]
+  restored = finalize(config_from_saved(saved), [])
+  assert restored.train.frozen_at_init == ()
+  assert restored.to_dict() == config.to_dict()

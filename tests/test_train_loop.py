@@ -96,6 +96,25 @@ def test_t2v_needs_a_matching_t2i_checkpoint(t2i_checkpoint, data_dir, tmp_path)
     loop.train(other, tmp_path / "c", loss_fn=support.cheap_loss)
 
 
+def test_a_group_frozen_at_init_stays_at_its_seeded_init(data_dir, tmp_path):
+  """train.frozen_at_init=('text',): the t2i stage trains the backbone around a fixed
+  random text encoder, with no checkpoint to load it from; without it that is refused."""
+  frozen_text = ("train.trainable=('backbone',)", "train.num_steps=2")
+  with pytest.raises(UserError, match=r"freezes \['text'\], so it needs"):
+    loop.train(_config("t2i", data_dir, *frozen_text), tmp_path / "a",
+               loss_fn=support.cheap_loss)
+  config = _config("t2i", data_dir, *frozen_text, "train.frozen_at_init=('text',)")
+  result = loop.train(config, tmp_path / "b", loss_fn=support.cheap_loss)
+  layout = state_lib.Layout(config, make_mesh(config.mesh), make_optimizer(config.train))
+  init_rng, _ = jax.random.split(jax.random.key(config.seed))
+  fresh = jax.device_get(state_lib.init_params(layout, init_rng))
+  final = jax.device_get(result.state)
+  assert result.step == 2 and set(final.params) == {"backbone"}
+  chex.assert_trees_all_equal(final.frozen["text"], fresh["text"])
+  assert not jax.tree_util.tree_all(jax.tree_util.tree_map(
+      lambda a, b: (a == b).all(), final.params["backbone"], fresh["backbone"]))
+
+
 def test_unwritable_workdir_is_one_clear_error(data_dir, tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a folder")

@@ -223,9 +223,26 @@ def find_checkpoint(path) -> tuple:
 
 
 def load_run_config(path) -> ml_collections.ConfigDict:
-  """The config a checkpoint was trained with (JSON lists back to tuples)."""
+  """The config a checkpoint was trained with (see config_from_saved)."""
   directory, step = find_checkpoint(path)
-  return ml_collections.ConfigDict(_tuples(saved_config(make_manager(directory), step)))
+  return config_from_saved(saved_config(make_manager(directory), step))
+
+
+def config_from_saved(saved: dict) -> ml_collections.ConfigDict:
+  """A saved config (JSON: lists back to tuples) on top of today's defaults: a run saved
+  before a field existed reads it as its default; every saved value is kept."""
+  from lumiere_jax.config import base_config  # the config module imports train.config
+  config = base_config()
+  _merge(config, _tuples(saved))
+  return config
+
+
+def _merge(config: ml_collections.ConfigDict, saved: dict) -> None:
+  for key, value in saved.items():
+    if isinstance(value, dict) and isinstance(config.get(key), ml_collections.ConfigDict):
+      _merge(config[key], value)
+    else:
+      config[key] = value
 
 
 def _tuples(tree):

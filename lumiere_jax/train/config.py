@@ -19,6 +19,13 @@ def default_train_config() -> ml_collections.ConfigDict:
   # groups it lacks (the temporal layers of a t2i checkpoint) start from their init.
   train.init_checkpoint = ""
   train.init_from_ema = True  # load the earlier stage's EMA weights, not its raw ones
+  # Frozen groups that may stay at their seeded random init when no checkpoint provides
+  # them: ('text',) makes the text encoder a fixed random transformer, the stand-in for
+  # Imagen's and Lumiere's frozen pre-trained T5 (it keeps every caption word apart; a
+  # text encoder trained with the T2I backbone on single frames learns to drop the motion
+  # words, docs/learning_record.md). Every other frozen group must come from
+  # init_checkpoint.
+  train.frozen_at_init = ()
   train.data_dir = ""         # a dataset built by `lumiere data build`
   train.num_steps = 1000
 
@@ -65,6 +72,8 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
   groups = PARAM_GROUPS if config.model.kind == "stunet" else ("backbone", "text")
   check(len(t.trainable) >= 1 and set(t.trainable) <= set(groups), "trainable",
         f"a non-empty subset of {groups} (model.kind={config.model.kind!r})")
+  check(set(t.frozen_at_init) <= set(groups) - set(t.trainable), "frozen_at_init",
+        f"groups of {groups} that train.trainable does not list")
   for field in ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints",
                 "max_nonfinite_steps"):
     check(t[field] >= 1, field, "an integer >= 1")

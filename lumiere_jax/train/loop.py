@@ -120,19 +120,21 @@ def _initial_state(run: _Run, layout: state_lib.Layout, rng):
 
 
 def _pretrained_groups(layout: state_lib.Layout):
-  """Groups loaded from config.train.init_checkpoint; every frozen group must be there
-  (training around random frozen weights is never what anyone wants)."""
+  """Groups loaded from config.train.init_checkpoint; every frozen group must be there,
+  unless train.frozen_at_init names it (training around random frozen weights is
+  otherwise never what anyone wants)."""
   config = layout.config
   frozen = sorted(set(layout.abstract_params) - set(config.train.trainable))
+  needed = [g for g in frozen if g not in config.train.frozen_at_init]
   path = config.train.init_checkpoint
   if not path:
-    if frozen:
-      raise UserError(f"stage {config.stage!r} freezes {frozen}, so it needs "
+    if needed:
+      raise UserError(f"stage {config.stage!r} freezes {needed}, so it needs "
                       f"train.init_checkpoint (the workdir of the earlier stage, e.g. t2i)")
     return None
   loaded = checkpoint.load_params(path, config, layout.params_target(),
                                   config.train.init_from_ema)
-  missing = [g for g in frozen if g not in loaded]
+  missing = [g for g in needed if g not in loaded]
   if missing:
     raise UserError(f"train.init_checkpoint={path} has no {missing} parameters, which "
                     f"stage {config.stage!r} freezes")
