@@ -33,7 +33,9 @@ def test_labels_follow_the_stage():
   assert set(jax.tree_util.tree_leaves(labels["text"])) == {build.FROZEN}
   t2i = load_config("shapes_tiny:t2i")
   t2i_labels = build.param_labels(build.abstract_params(t2i), t2i.train.trainable)
-  assert set(jax.tree_util.tree_leaves(t2i_labels)) == {build.TRAINABLE}
+  assert set(jax.tree_util.tree_leaves(t2i_labels["backbone"])) == {build.TRAINABLE}
+  assert set(jax.tree_util.tree_leaves(t2i_labels["text"])) == {build.FROZEN}
+  assert t2i.train.frozen_at_init == ("text",)
 
 
 def test_frozen_params_get_no_gradient_and_no_optimizer_state():

@@ -22,7 +22,7 @@ from lumiere_jax.io import atomic
 HELP = "Benchmark train and sampling steps (time, FLOPs, MFU, memory)."
 
 PRESETS = {
-    "tiny-t2i": "configs/shapes_tiny.py:t2i on one device (backbone and text trained)",
+    "tiny-t2i": "configs/shapes_tiny.py:t2i on one device (backbone trained, text frozen)",
     "tiny-t2v": "configs/shapes_tiny.py:t2v on one device (temporal layers trained)",
     "peer-matched": "the lumiere-pytorch peer's STUNet rebuilt in Flax (16x32x32x3, "
                     "width 32, mults 1,2,4, batch 2, float32): full training, frozen-base "
