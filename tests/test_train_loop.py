@@ -101,8 +101,8 @@ def test_a_group_frozen_at_init_stays_at_its_seeded_init(data_dir, tmp_path):
   random text encoder, with no checkpoint to load it from; without it that is refused."""
   frozen_text = ("train.trainable=('backbone',)", "train.num_steps=2")
   with pytest.raises(UserError, match=r"freezes \['text'\], so it needs"):
-    loop.train(_config("t2i", data_dir, *frozen_text), tmp_path / "a",
-               loss_fn=support.cheap_loss)
+    loop.train(_config("t2i", data_dir, *frozen_text, "train.frozen_at_init=()"),
+               tmp_path / "a", loss_fn=support.cheap_loss)
   config = _config("t2i", data_dir, *frozen_text, "train.frozen_at_init=('text',)")
   result = loop.train(config, tmp_path / "b", loss_fn=support.cheap_loss)
   layout = state_lib.Layout(config, make_mesh(config.mesh), make_optimizer(config.train))

@@ -93,14 +93,16 @@ def _check_resume(t2i_workdir, flags, workdir) -> None:
 
 
 def _check_t2v(t2i_workdir, data_dir, workdir) -> None:
-  """t2v on the t2i checkpoint: frozen groups stay bit-identical to the t2i EMA weights
-  they were loaded from; optimizer state and EMA hold the temporal layers only."""
+  """t2v on the t2i checkpoint: frozen groups stay bit-identical to what they were loaded
+  from (the t2i EMA of its trained backbone, its frozen text encoder as saved); optimizer
+  state and EMA hold the temporal layers only."""
   _cli("t2v", workdir, *support.cli_overrides(
       f"train.data_dir={data_dir}", f"train.init_checkpoint={t2i_workdir}", "train.num_steps=2"))
   t2i = _restore_raw(t2i_workdir / f"checkpoints/{STEPS}")
   t2v = _restore_raw(workdir / "checkpoints/2")
   assert set(t2v["frozen"]) == {"backbone", "text"}
-  frozen, loaded = _flat(t2v["frozen"]), _flat(t2i["ema"])
+  assert set(t2i["ema"]) == {"backbone"} and set(t2i["frozen"]) == {"text"}
+  frozen, loaded = _flat(t2v["frozen"]), {**_flat(t2i["ema"]), **_flat(t2i["frozen"])}
   assert frozen.keys() == loaded.keys()
   assert all(np.array_equal(frozen[k], loaded[k]) for k in frozen)
   assert set(t2v["params"]) == set(t2v["ema"]) == {"temporal"}
