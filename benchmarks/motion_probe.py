@@ -165,13 +165,12 @@ def main(argv=None) -> int:
   from lumiere_jax.errors import UserError
   try:
     result = probe(args.checkpoint, not args.raw, args.t, args.seeds, args.guidance)
+    reference = {}
+    if args.data is not None:
+      reference = dataset_means(args.data, result["config"].data.num_frames)
   except UserError as e:
     print(f"motion_probe: {e}", file=sys.stderr)
     return 2
-  config = result["config"]
-  reference = {}
-  if args.data is not None:
-    reference = dataset_means(args.data, config.data.num_frames)
 
   print("text encoder: relative output change when one word changes: " + ", ".join(
       f"{k} {v:.3f}" for k, v in result["text"].items()))
