@@ -31,15 +31,19 @@ DIRECTIONS = {"moving left": (-1, 0), "moving right": (1, 0), "moving up": (0, -
               "moving down": (0, 1)}
 
 
+def weighted_track(weights: np.ndarray) -> tuple:
+  """weights [T, H, W] >= 0 -> (centroids [T, 2] as (x, y), total weight [T]); a frame
+  with no weight gets centroid (0, 0)."""
+  ys, xs = np.mgrid[:weights.shape[1], :weights.shape[2]]
+  mass = weights.sum(axis=(1, 2))
+  safe = np.where(mass > 0, mass, 1.0)
+  return np.stack([(weights * xs).sum(axis=(1, 2)) / safe,
+                   (weights * ys).sum(axis=(1, 2)) / safe], axis=-1), mass
+
+
 def object_track(video: np.ndarray, threshold: int) -> tuple:
   """(centroids [T, 2] as (x, y), areas [T]) of the bright pixels of each frame."""
-  mask = video.max(axis=-1) > threshold
-  ys, xs = np.mgrid[:video.shape[1], :video.shape[2]]
-  areas = mask.sum(axis=(1, 2)).astype(float)
-  safe = np.maximum(areas, 1.0)
-  centroids = np.stack([(mask * xs).sum(axis=(1, 2)) / safe,
-                        (mask * ys).sum(axis=(1, 2)) / safe], axis=-1)
-  return centroids, areas
+  return weighted_track((video.max(axis=-1) > threshold).astype(float))
 
 
 def nearest_colour(video: np.ndarray, threshold: int):

@@ -28,6 +28,8 @@ import sys
 
 import numpy as np
 
+from motion_check import weighted_track  # this folder: python puts it on sys.path
+
 # One object for every probe, so that the rows differ only in the motion phrase.
 MOTIONS = ("moving left", "moving right", "moving up", "moving down", "growing",
            "shrinking", "standing still")
@@ -40,17 +42,8 @@ BASE = "a red circle moving left"
 CONTROL = "a red circle standing still"
 
 
-def brightness_track(brightness: np.ndarray) -> tuple:
-  """brightness [T, H, W] in [0, 1] -> (centroids [T, 2] as (x, y), masses [T])."""
-  ys, xs = np.mgrid[:brightness.shape[1], :brightness.shape[2]]
-  mass = brightness.sum(axis=(1, 2))
-  safe = np.maximum(mass, 1e-6)
-  return np.stack([(brightness * xs).sum(axis=(1, 2)) / safe,
-                   (brightness * ys).sum(axis=(1, 2)) / safe], axis=-1), mass
-
-
 def summary(brightness: np.ndarray) -> dict:
-  centroids, mass = brightness_track(brightness)
+  centroids, mass = weighted_track(brightness)
   d = centroids[-1] - centroids[0]
   return dict(dx=round(float(d[0]), 2), dy=round(float(d[1]), 2),
               mass_ratio=round(float(mass[-1] / max(mass[0], 1e-6)), 2))
@@ -83,14 +76,16 @@ def probe(checkpoint: str, use_ema: bool, noise_levels, seeds: int, guidance: fl
   import jax.numpy as jnp
 
   from lumiere_jax.config import finalize
+  from lumiere_jax.errors import UserError
   from lumiere_jax.diffusion import denoisers, predictions
+  from lumiere_jax.diffusion import guidance as guidance_lib
   from lumiere_jax.diffusion.schedules import alpha_sigma_from_logsnr, schedule_from_config
   from lumiere_jax.models import build
   from lumiere_jax.train import checkpoint as ck
 
   config = finalize(ck.load_run_config(checkpoint), [])
   if config.model.kind != "stunet":
-    raise SystemExit(f"motion_probe: {checkpoint} is a {config.model.kind} run, not t2v")
+    raise UserError(f"{checkpoint} is a {config.model.kind} run, not a t2v one")
   params = ck.load_trained_params(checkpoint, config, use_ema=use_ema)
   tokenizer = build.tokenizer(config)
   encoder = build.build_text_encoder(config)
@@ -113,8 +108,8 @@ def probe(checkpoint: str, use_ema: bool, noise_levels, seeds: int, guidance: fl
 
   @jax.jit
   def mean_x0(tokens, empty, t, key):
-    cond = dict(zip(("emb", "mask"), encoder.apply({"params": params["text"]}, tokens)))
-    uncond = dict(zip(("emb", "mask"), encoder.apply({"params": params["text"]}, empty)))
+    cond = dict(zip(("emb", "mask"), encode(tokens)))
+    uncond = dict(zip(("emb", "mask"), encode(empty)))
     n = tokens.shape[0]
     ts = jnp.full((n,), t)
     alpha, sigma = alpha_sigma_from_logsnr(schedule.logsnr(ts))
@@ -122,10 +117,9 @@ def probe(checkpoint: str, use_ema: bool, noise_levels, seeds: int, guidance: fl
     # No signal, and the same noise for every prompt: what differs between the rows is
     # the prompt's doing ("standing still" is the control).
     z = sigma * jnp.broadcast_to(jax.random.normal(key, (1,) + shape), (n,) + shape)
-    v_c = denoise(model_params, z, ts, cond)
-    v_u = denoise(model_params, z, ts, uncond)
-    x0, _ = predictions.x0_eps_from_v(z, v_u + guidance * (v_c - v_u), alpha, sigma)
-    return x0
+    out = guidance_lib.classifier_free_guidance(
+        denoisers.bind(denoise, model_params), uncond, guidance)(z, ts, cond)
+    return predictions.to_x0_eps(out, z, alpha, sigma, config.diffusion.prediction)[0]
 
   tokens = tokenizer.encode(list(PROBES))
   empty = tokenizer.encode([""] * len(PROBES))

@@ -3,14 +3,16 @@ on the dataset's own means it sees the captioned motions (what a learned model m
 
 import importlib.util
 import pathlib
+import sys
 
 import numpy as np
 import pytest
 
 from lumiere_jax.data import builders
 
-_PATH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "motion_probe.py"
-_SPEC = importlib.util.spec_from_file_location("motion_probe", _PATH)
+_BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(_BENCHMARKS))  # as when the script runs: motion_check beside it
+_SPEC = importlib.util.spec_from_file_location("motion_probe", _BENCHMARKS / "motion_probe.py")
 motion_probe = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(motion_probe)
 
@@ -19,7 +21,7 @@ def test_centroid_of_a_moving_square_is_closed_form():
   video = np.zeros((4, 16, 16))
   for t in range(4):
     video[t, 2:6, 8 - 2 * t:12 - 2 * t] = 1.0  # 4x4 square, x centre 9.5 - 2t
-  centroids, mass = motion_probe.brightness_track(video)
+  centroids, mass = motion_probe.weighted_track(video)
   np.testing.assert_allclose(centroids[:, 0], 9.5 - 2 * np.arange(4))
   np.testing.assert_allclose(centroids[:, 1], 3.5)
   np.testing.assert_allclose(mass, 16.0)
