@@ -53,5 +53,10 @@ def get_config(arg: str = "t2v") -> ml_collections.ConfigDict:
     model.kind = "unet2d"
     data.num_frames = 1
     data.batch_size = 2048
-    config.train.trainable = ("backbone", "text")
+    # The text encoder is frozen, as Lumiere keeps T5 frozen: trained on single frames it
+    # learns to drop the motion words that t2v needs (docs/learning_record.md measures
+    # this on shapes_tiny). An init_checkpoint that holds a "text" group replaces the
+    # fixed random encoder.
+    config.train.trainable = ("backbone",)
+    config.train.frozen_at_init = ("text",)
   return config
