@@ -18,6 +18,14 @@ Two measurements on a training run's checkpoint (EMA weights unless --raw):
    numbers for the dataset's own mean over the single-object clips with that motion: what
    a model that learned the motion would show.
 
+3. With --data, the caption-swap loss gap: on the dataset's single-object clips that move
+   left, right, up or down, the denoising error (v-MSE, conditional, no guidance) with the
+   true caption and with the opposite direction swapped in ("left" <-> "right", "up" <->
+   "down"), the same clip, noise and t for both. A model that reads the direction word
+   denoises worse with the wrong one: the gap, (swapped - true) / true, is > 0. A model
+   that ignores it has a gap of exactly 0. It is measured per noise level because the
+   direction only matters where the noise hides where the object goes.
+
   python benchmarks/motion_probe.py runs/tiny_t2v [--data runs/data/shapes16] [--json F]
 """
 
@@ -40,6 +48,8 @@ SWAPS = {"motion": [("moving left", "moving right"), ("moving up", "moving down"
          "shape": [("circle", "square"), ("square", "triangle"), ("triangle", "circle")]}
 BASE = "a red circle moving left"
 CONTROL = "a red circle standing still"
+OPPOSITE = {"moving left": "moving right", "moving right": "moving left",
+            "moving up": "moving down", "moving down": "moving up"}
 
 
 def summary(brightness: np.ndarray) -> dict:
@@ -53,30 +63,44 @@ def motion_of(prompt: str) -> str:
   return " ".join(prompt.split()[3:])
 
 
-def dataset_means(data_dir, num_frames: int) -> dict:
-  """Motion phrase -> mean brightness video [T, H, W] of the single-object clips."""
+def single_object_clips(data_dir, num_frames: int):
+  """Yields (caption, uint8 video [T, H, W, 3]) for the dataset's single-object clips."""
   from lumiere_jax.data import pipeline
   clips = pipeline.open_split(data_dir)
-  sums, counts = {}, {}
   for i in range(len(clips)):
     record = clips[i]
     caption = record["caption"]
     caption = caption.decode() if isinstance(caption, bytes) else str(caption)
-    if " and " in caption:
-      continue
-    video = np.asarray(record["video"][:num_frames], np.float32).max(axis=-1) / 255.0
+    if " and " not in caption:
+      yield caption, np.asarray(record["video"][:num_frames])
+
+
+def dataset_means(data_dir, num_frames: int) -> dict:
+  """Motion phrase -> mean brightness video [T, H, W] of the single-object clips."""
+  sums, counts = {}, {}
+  for caption, video in single_object_clips(data_dir, num_frames):
     key = motion_of(caption)
-    sums[key] = sums.get(key, 0.0) + video
+    sums[key] = sums.get(key, 0.0) + video.astype(np.float32).max(axis=-1) / 255.0
     counts[key] = counts.get(key, 0) + 1
   return {k: sums[k] / counts[k] for k in sums}
 
 
-def probe(checkpoint: str, use_ema: bool, noise_levels, seeds: int, guidance: float) -> dict:
+def swapped_direction(caption: str):
+  """The caption with its direction replaced by the opposite one; None if it has none."""
+  motion = motion_of(caption)
+  if motion not in OPPOSITE:
+    return None
+  return caption[:-len(motion)] + OPPOSITE[motion]
+
+
+def probe(checkpoint: str, use_ema: bool, noise_levels, seeds: int, guidance: float,
+          data_dir=None, swap_clips: int = 0, swap_levels=()) -> dict:
   import jax
   import jax.numpy as jnp
 
   from lumiere_jax.config import finalize
   from lumiere_jax.errors import UserError
+  from lumiere_jax.data.pipeline import to_model_range
   from lumiere_jax.diffusion import denoisers, predictions
   from lumiere_jax.diffusion import guidance as guidance_lib
   from lumiere_jax.diffusion.schedules import alpha_sigma_from_logsnr, schedule_from_config
@@ -96,6 +120,10 @@ def probe(checkpoint: str, use_ema: bool, noise_levels, seeds: int, guidance: fl
 
   encode = jax.jit(lambda tokens: encoder.apply({"params": params["text"]}, tokens))
 
+  def noise_scales(t, n):
+    alpha, sigma = alpha_sigma_from_logsnr(schedule.logsnr(jnp.full((n,), t)))
+    return tuple(a.reshape(n, 1, 1, 1, 1) for a in (alpha, sigma))
+
   def relative_change(a: str, b: str) -> float:
     emb, mask = (np.asarray(x) for x in encode(tokenizer.encode([a, b])))
     valid = mask[0] & mask[1]
@@ -111,14 +139,12 @@ def probe(checkpoint: str, use_ema: bool, noise_levels, seeds: int, guidance: fl
     cond = dict(zip(("emb", "mask"), encode(tokens)))
     uncond = dict(zip(("emb", "mask"), encode(empty)))
     n = tokens.shape[0]
-    ts = jnp.full((n,), t)
-    alpha, sigma = alpha_sigma_from_logsnr(schedule.logsnr(ts))
-    alpha, sigma = (a.reshape(n, 1, 1, 1, 1) for a in (alpha, sigma))
+    alpha, sigma = noise_scales(t, n)
     # No signal, and the same noise for every prompt: what differs between the rows is
     # the prompt's doing ("standing still" is the control).
     z = sigma * jnp.broadcast_to(jax.random.normal(key, (1,) + shape), (n,) + shape)
     out = guidance_lib.classifier_free_guidance(
-        denoisers.bind(denoise, model_params), uncond, guidance)(z, ts, cond)
+        denoisers.bind(denoise, model_params), uncond, guidance)(z, jnp.full((n,), t), cond)
     return predictions.to_x0_eps(out, z, alpha, sigma, config.diffusion.prediction)[0]
 
   tokens = tokenizer.encode(list(PROBES))
@@ -128,7 +154,44 @@ def probe(checkpoint: str, use_ema: bool, noise_levels, seeds: int, guidance: fl
     x0 = np.mean([np.asarray(mean_x0(tokens, empty, np.float32(t), jax.random.key(s)))
                   for s in range(seeds)], axis=0)
     means[t] = np.clip((x0.max(axis=-1) + 1) / 2, 0, 1)
-  return dict(config=config, text=text, means=means)
+  result = dict(config=config, text=text, means=means)
+  if not swap_clips or data_dir is None:
+    return result
+
+  @jax.jit
+  def per_clip_error(video, true_tokens, swapped_tokens, t, key):
+    """v-MSE per clip [2] with the true and the swapped caption, same noise."""
+    x0 = to_model_range(video)[None]
+    alpha, sigma = noise_scales(t, 1)
+    eps = jax.random.normal(key, x0.shape)
+    z = alpha * x0 + sigma * eps
+    goal = predictions.target(x0, eps, alpha, sigma, config.diffusion.prediction)
+    cond = dict(zip(("emb", "mask"), encode(jnp.concatenate([true_tokens, swapped_tokens]))))
+    out = denoise(model_params, jnp.concatenate([z, z]), jnp.full((2,), t), cond)
+    return jnp.mean(jnp.square(out.astype(jnp.float32) - goal), axis=(1, 2, 3, 4))
+
+  errors = {t: [] for t in swap_levels}
+  used = 0
+  for caption, video in single_object_clips(data_dir, config.data.num_frames):
+    swapped = swapped_direction(caption)
+    if swapped is None:
+      continue
+    pair = tokenizer.encode([caption, swapped])
+    for t in swap_levels:
+      key = jax.random.fold_in(jax.random.key(1234), used)
+      errors[t].append(np.asarray(per_clip_error(video, pair[:1], pair[1:], np.float32(t),
+                                                 key)))
+    used += 1
+    if used == swap_clips:
+      break
+  if not used:
+    raise UserError(f"{data_dir} has no single-object clip moving left, right, up or down")
+  result["swap"] = {t: dict(clips=used, true=float(np.mean([e[0] for e in errs])),
+                            swapped=float(np.mean([e[1] for e in errs])),
+                            gap=float(np.mean([e[1] / e[0] - 1 for e in errs])),
+                            worse=float(np.mean([e[1] > e[0] for e in errs])))
+                    for t, errs in errors.items()}
+  return result
 
 
 def _with(caption: str, word: str) -> str:
@@ -151,14 +214,20 @@ def main(argv=None) -> int:
   parser.add_argument("--t", type=float, nargs="+", default=[0.98, 0.9])
   parser.add_argument("--seeds", type=int, default=4)
   parser.add_argument("--guidance", type=float, default=3.0)
+  parser.add_argument("--swap-clips", type=int, default=64,
+                      help="clips for the caption-swap loss gap (needs --data; 0: skip)")
+  parser.add_argument("--swap-t", type=float, nargs="+", default=[0.5, 0.7, 0.9])
   parser.add_argument("--json", type=pathlib.Path)
   args = parser.parse_args(argv)
-  if args.seeds < 1 or not all(0 < t <= 1 for t in args.t):
-    print("motion_probe: --seeds must be >= 1 and every --t in (0, 1]", file=sys.stderr)
+  if args.seeds < 1 or args.swap_clips < 0 or not all(0 < t <= 1
+                                                      for t in args.t + args.swap_t):
+    print("motion_probe: --seeds must be >= 1, --swap-clips >= 0 and every --t and --swap-t "
+          "in (0, 1]", file=sys.stderr)
     return 2
   from lumiere_jax.errors import UserError
   try:
-    result = probe(args.checkpoint, not args.raw, args.t, args.seeds, args.guidance)
+    result = probe(args.checkpoint, not args.raw, args.t, args.seeds, args.guidance,
+                   args.data, args.swap_clips, args.swap_t)
     reference = {}
     if args.data is not None:
       reference = dataset_means(args.data, result["config"].data.num_frames)
@@ -187,8 +256,16 @@ def main(argv=None) -> int:
                  f"{row['data']['mass_ratio']:5.2f}")
       rows.append(row)
       print(line)
+  swap = result.get("swap", {})
+  if swap:
+    print("caption-swap loss gap (left <-> right, up <-> down; v-MSE, same clip and noise):")
+    for t, row in swap.items():
+      print(f"  t={t}: true {row['true']:.4f}  swapped {row['swapped']:.4f}  "
+            f"gap {row['gap']:+.2%}  swapped worse on {row['worse']:.0%} of {row['clips']} clips")
   if args.json:
-    args.json.write_text(json.dumps(dict(text=result["text"], rows=rows), indent=1) + "\n")
+    args.json.write_text(json.dumps(dict(text=result["text"], rows=rows,
+                                         swap={str(t): r for t, r in swap.items()}),
+                                    indent=1) + "\n")
   return 0
 
 

@@ -1,5 +1,7 @@
 """The training loss: weightings are what they claim, dropout works, gradients flow."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,6 +50,28 @@ def test_loss_is_the_weighted_x0_error_for_every_parametrisation(prediction, wei
   assert metrics["loss"] == loss and float(metrics["cfg_dropped"]) == 0.0
 
 
+def test_train_logsnr_shift_moves_the_trained_noise_levels_by_exactly_the_shift():
+  """With shift s the drawn t has logSNR(t) = logSNR(u) + s for the u drawn without it
+  (same key), clipped at the ends; s = 0 draws exactly the uniform t."""
+  x0 = jnp.zeros((4096, 4, 4, 3))
+  drawn = {}
+  for shift in (0.0, -math.log(16)):
+    config = diffusion_config(train_logsnr_shift=shift)
+    schedule = schedules.schedule_from_config(config, x0.shape[-3])
+    seen_t = []
+    losses.diffusion_loss(off_by(x0, 0.0, config.prediction, schedule, seen_t), None, x0,
+                          None, jax.random.key(3), config)
+    drawn[shift] = np.asarray(seen_t[0])
+  u, t = drawn[0.0], drawn[-math.log(16)]
+  np.testing.assert_array_equal(u, jax.random.uniform(
+      jax.random.split(jax.random.key(3), 3)[0], (x0.shape[0],), jnp.float32))
+  inside = (u > 0.01) & (u < 0.99)
+  np.testing.assert_allclose(schedule.logsnr(t[inside]), schedule.logsnr(u[inside]) - math.log(16),
+                             atol=1e-3)
+  # The median trained level moves from t = 0.5 (logSNR 0) to logSNR -log 16: t = 0.844.
+  np.testing.assert_allclose(np.median(t), 2 / np.pi * np.arctan(4.0), atol=0.01)
+
+
 def test_default_is_plain_v_mse():
   config = default_diffusion_config()
   logsnr = jnp.linspace(-15, 15, 7)
@@ -87,6 +111,7 @@ def test_loss_is_jittable_and_differentiable():
 def test_validation_names_the_field():
   validate_diffusion_config(default_diffusion_config())
   for field, value in [("loss_weighting", "l1"), ("cfg_dropout", 1.0), ("guidance", -1.0),
-                       ("sampler", "euler"), ("steps", 0), ("logsnr_min", 20.0)]:
+                       ("sampler", "euler"), ("steps", 0), ("logsnr_min", 20.0),
+                       ("train_logsnr_shift", float("nan"))]:
     with pytest.raises(ConfigError):
       validate_diffusion_config(diffusion_config(**{field: value}))

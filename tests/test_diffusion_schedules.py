@@ -30,6 +30,19 @@ def test_schedule_is_monotone_with_the_right_endpoints(schedule):
   np.testing.assert_allclose(logsnr[-1], schedule.logsnr_min + schedule.shift, atol=1e-3)
 
 
+@pytest.mark.parametrize("schedule", [
+    schedules.cosine_schedule(),
+    schedules.cosine_schedule(-10.0, 12.0),
+    schedules.shifted_cosine_schedule(resolution=32, base_resolution=64),
+], ids=["cosine", "cosine-clipped", "shifted"])
+def test_time_inverts_logsnr_and_clips_beyond_the_range(schedule):
+  t = jnp.linspace(0.0, 1.0, 101)
+  np.testing.assert_allclose(schedule.time(schedule.logsnr(t)), t, atol=2e-5)
+  top = schedule.logsnr_max + schedule.shift
+  bottom = schedule.logsnr_min + schedule.shift
+  np.testing.assert_array_equal(schedule.time(jnp.array([top + 5.0, bottom - 5.0])), [0.0, 1.0])
+
+
 def test_cosine_schedule_is_the_cosine_between_the_clips():
   t = jnp.linspace(0.05, 0.95, 19)
   alpha, _ = schedules.cosine_schedule().alpha_sigma(t)

@@ -56,3 +56,12 @@ def test_dataset_means_grow_shrink_and_stand_still(means):
   assert motion_probe.summary(means["shrinking"])["mass_ratio"] < 0.67
   still = motion_probe.summary(means["standing still"])
   assert abs(still["dx"]) < 0.5 and abs(still["dy"]) < 0.5
+
+
+def test_swapped_direction_is_the_opposite_direction_and_only_that():
+  assert motion_probe.swapped_direction("a red circle moving left") == "a red circle moving right"
+  assert motion_probe.swapped_direction("a blue square moving up") == "a blue square moving down"
+  for motion in ("growing", "shrinking", "standing still", "bouncing around"):
+    assert motion_probe.swapped_direction(f"a red circle {motion}") is None
+  for a, b in motion_probe.OPPOSITE.items():
+    assert motion_probe.OPPOSITE[b] == a

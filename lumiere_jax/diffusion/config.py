@@ -5,6 +5,8 @@ Defaults follow Imagen Video / Lumiere: cosine schedule in continuous time,
 v-prediction with plain v-MSE, 10% conditioning dropout for classifier-free guidance.
 """
 
+import math
+
 import ml_collections
 
 from lumiere_jax.diffusion import losses, predictions, samplers, schedules
@@ -21,6 +23,12 @@ def default_diffusion_config() -> ml_collections.ConfigDict:
   c.loss_weighting = "v"               # 'v' | 'eps' | 'x0' | 'min_snr'
   c.min_snr_gamma = 5.0                # 'min_snr' weighting cap
   c.cfg_dropout = 0.1                  # share of training examples given the empty prompt
+  # Training noise levels: t is drawn so that its logSNR is the schedule's at a uniform
+  # draw plus this shift (< 0: more noise). The network still sees t of the schedule, so
+  # a frozen backbone's time embedding keeps its meaning; only the mix of levels trained
+  # changes. -log(T) for T frames, simple diffusion's shift for T-fold redundancy: what
+  # the prompt alone decides in a video (where an object goes) is hidden only at high noise.
+  c.train_logsnr_shift = 0.0
   c.sampler = "dpmpp"                  # 'ddpm' | 'ddim' | 'dpmpp'
   c.steps = 64
   c.eta = 0.0                          # DDIM noise (0 = deterministic); 'ddpm' is eta 1
@@ -39,6 +47,9 @@ def validate_diffusion_config(c: ml_collections.ConfigDict) -> None:
   if c.shift_base_resolution < 1:
     raise ConfigError(f"diffusion.shift_base_resolution={c.shift_base_resolution} is "
                       "invalid; allowed: a positive number of pixels")
+  if not math.isfinite(c.train_logsnr_shift):
+    raise ConfigError(f"diffusion.train_logsnr_shift={c.train_logsnr_shift} is invalid; "
+                      "allowed: a finite number (0 trains every noise level alike)")
   predictions.check_prediction(c.prediction)
   losses.check_weighting(c.loss_weighting)
   if not 0.0 <= c.cfg_dropout < 1.0:

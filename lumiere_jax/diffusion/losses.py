@@ -66,8 +66,8 @@ def diffusion_loss(denoise_fn, params, x0, cond, rng, config, uncond=None):
     x0: clean data [B, ...] in [-1, 1] (videos [B, T, H, W, C] or images [B, H, W, C]).
     cond: conditioning pytree with leading batch axis (e.g. {'emb', 'mask'}, or tokens).
     rng: PRNG key for t, the noise and the conditioning dropout.
-    config: the `config.diffusion` section (schedule, prediction, loss_weighting,
-      min_snr_gamma, cfg_dropout).
+    config: the `config.diffusion` section (schedule, train_logsnr_shift, prediction,
+      loss_weighting, min_snr_gamma, cfg_dropout).
     uncond: the unconditional input with the structure of `cond` (batch 1 or B). When
       given, a `config.cfg_dropout` fraction of the batch is trained on it, which is what
       classifier-free guidance needs at sampling time.
@@ -79,6 +79,8 @@ def diffusion_loss(denoise_fn, params, x0, cond, rng, config, uncond=None):
   schedule = schedule_from_config(config, resolution=x0.shape[-3])
   t_rng, noise_rng, drop_rng = jax.random.split(rng, 3)
   t = jax.random.uniform(t_rng, (x0.shape[0],), jnp.float32)
+  if config.train_logsnr_shift:
+    t = schedule.time(schedule.logsnr(t) + config.train_logsnr_shift)
   eps = jax.random.normal(noise_rng, x0.shape, x0.dtype)
   logsnr = schedule.logsnr(t)
   alpha, sigma = (_expand(a, x0) for a in alpha_sigma_from_logsnr(logsnr))

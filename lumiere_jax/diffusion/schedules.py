@@ -38,12 +38,21 @@ class Schedule:
       raise ConfigError(f"logsnr_min={self.logsnr_min} must be below "
                         f"logsnr_max={self.logsnr_max}")
 
+  def _angles(self):
+    return math.atan(math.exp(-0.5 * self.logsnr_max)), math.atan(math.exp(-0.5 * self.logsnr_min))
+
   def logsnr(self, t):
     """logSNR at time t (any shape), strictly decreasing in t."""
-    u_min = math.atan(math.exp(-0.5 * self.logsnr_max))
-    u_max = math.atan(math.exp(-0.5 * self.logsnr_min))
+    u_min, u_max = self._angles()
     t = jnp.asarray(t, jnp.float32)
     return -2.0 * jnp.log(jnp.tan(u_min + t * (u_max - u_min))) + self.shift
+
+  def time(self, logsnr):
+    """The inverse of `logsnr`: t with logsnr(t) == logsnr, clipped to [0, 1] beyond the
+    schedule's range."""
+    u_min, u_max = self._angles()
+    u = jnp.arctan(jnp.exp(-0.5 * (jnp.asarray(logsnr, jnp.float32) - self.shift)))
+    return jnp.clip((u - u_min) / (u_max - u_min), 0.0, 1.0)
 
   def alpha_sigma(self, t):
     """(alpha, sigma) at time t; alpha^2 + sigma^2 = 1."""
