@@ -39,6 +39,8 @@ def get_config(arg: str = "t2v") -> ml_collections.ConfigDict:
   model.temporal.down_levels = (True, True)  # 16 -> 8 -> 4 frames
   model.temporal.attention_blocks = 1
   model.temporal.num_heads = 4
+  # The conv inflation blocks see the caption too (FiLM; lumiere_jax/config.py says why).
+  model.temporal.conv_text_conditioning = True
 
   text = config.text
   text.vocab_size = 4096

@@ -78,6 +78,11 @@ def base_config() -> ml_collections.ConfigDict:
   # frozen and its cross-attention was trained on still images, so the temporal layers are
   # the only trainable place where motion words ("moving left") can steer motion.
   temporal.text_conditioning = True
+  # Conv inflation blocks (every level but the coarsest) FiLM-modulated by the pooled
+  # caption. Not in the paper, whose conv blocks see no text: per-pixel temporal attention
+  # at the coarsest level cannot see where an object is, so "moving left" has no cheap way
+  # to steer the (2+1)D convolutions that move it (docs/learning_record.md).
+  temporal.conv_text_conditioning = False
 
   config.text = text = ml_collections.ConfigDict()
   text.vocab_size = 4096

@@ -101,6 +101,34 @@ def test_inflation_blocks_are_zero_residual_at_init():
   np.testing.assert_array_equal(block.apply(params, x, context), x)
 
 
+def test_pooled_text_is_the_mean_over_valid_tokens():
+  context = jnp.arange(2 * 3 * 2, dtype=jnp.float32).reshape(2, 3, 2)
+  mask = jnp.array([[True, True, False], [True, False, False]])
+  np.testing.assert_array_equal(tl.pooled_text(context, mask), [[1.0, 2.0], [6.0, 7.0]])
+
+
+def test_text_film_is_zero_at_init_and_then_follows_the_caption():
+  """The FiLM of the conv blocks changes nothing at init (the block stays the identity);
+  once trained, two captions give two outputs, and a caption gives the same output
+  whatever follows its valid tokens."""
+  x = jax.random.normal(jax.random.key(3), (2, 4, 4, 4, 16))
+  text = jax.random.normal(jax.random.key(4), (2, 8))
+  block = tl.ConvInflationBlock(groups=4, text_conditioning=True)
+  params = block.init(jax.random.key(0), x, text)["params"]
+  np.testing.assert_array_equal(block.apply({"params": params}, x, text), x)
+  trained = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(5), p.shape),
+                         params)
+  out = block.apply({"params": trained}, x, text)
+  same_x = jnp.stack([x[0], x[0]])
+  differs = block.apply({"params": trained}, same_x, text)
+  assert not np.allclose(differs[0], differs[1], atol=1e-3)
+  assert not np.allclose(out, x, atol=1e-3)
+  context = jax.random.normal(jax.random.key(6), (1, 4, 8))
+  padded = context.at[:, 2:].set(99.0)
+  mask = jnp.array([[True, True, False, False]])
+  np.testing.assert_array_equal(tl.pooled_text(context, mask), tl.pooled_text(padded, mask))
+
+
 def test_identity_kernel_refuses_channel_change():
   with pytest.raises(ValueError, match="c_in == c_out"):
     tl.identity_temporal_kernel(None, (3, 4, 8))

@@ -215,7 +215,12 @@ class _Walk:
 
   def conv_inflation(self, a: Act) -> Act:
     h = self.conv2d(TEMPORAL, self.normed(TEMPORAL, a), a.channels)
-    h = self.temporal_conv(self.normed(TEMPORAL, h))
+    h = self.normed(TEMPORAL, h)
+    if self.model.temporal.conv_text_conditioning:  # FiLM from the pooled caption
+      film = self.dense(TEMPORAL, self.batch, self.context_dim, 2 * a.channels,
+                        self.context_grad)
+      h = dataclasses.replace(h, grad=h.grad or film)
+    h = self.temporal_conv(h)
     grad = self.dense(TEMPORAL, h.tokens, a.channels, a.channels, h.grad)
     return dataclasses.replace(a, grad=a.grad or grad)
 

@@ -28,6 +28,7 @@ class TemporalSpec:
   attention_blocks: int
   heads: int
   text_conditioning: bool
+  conv_text_conditioning: bool
 
   @classmethod
   def from_config(cls, temporal_config) -> "TemporalSpec":
@@ -35,7 +36,8 @@ class TemporalSpec:
                kernel_size=temporal_config.kernel_size,
                attention_blocks=temporal_config.attention_blocks,
                heads=temporal_config.num_heads,
-               text_conditioning=temporal_config.text_conditioning)
+               text_conditioning=temporal_config.text_conditioning,
+               conv_text_conditioning=temporal_config.conv_text_conditioning)
 
 
 class TemporalLayers(nn.Module):
@@ -54,7 +56,7 @@ class TemporalLayers(nn.Module):
     def inflation(level):
       if level == coarsest:
         return attention_block(s.heads, s.text_conditioning, dtype=dtype)
-      return conv_block(u.groups, s.kernel_size, dtype=dtype)
+      return conv_block(u.groups, s.kernel_size, s.conv_text_conditioning, dtype=dtype)
 
     blocks = {}
     for level in range(u.levels):
@@ -75,11 +77,12 @@ class _TemporalHooks(unet2d.Inflation):
   """Runs the temporal layers at the backbone's hook points, moving between the frame
   layout [B*T, H, W, C] and the video layout [B, T, H, W, C]."""
 
-  def __init__(self, temporal: TemporalLayers, batch: int, context, context_bias):
+  def __init__(self, temporal: TemporalLayers, batch: int, context, context_mask):
     self.temporal = temporal
     self.batch = batch
     self.context = context
-    self.context_bias = context_bias
+    self.context_bias = unet2d.layers.mask_to_bias(context_mask[:, None, None, :])
+    self.pooled = tl.pooled_text(context, context_mask)
     self.coarsest = temporal.unet.levels - 1
 
   def _video(self, h):
@@ -93,7 +96,7 @@ class _TemporalHooks(unet2d.Inflation):
     v = self._video(h)
     if level == self.coarsest:
       return self._frames(block(v, self.context, self.context_bias))
-    return self._frames(block(v))
+    return self._frames(block(v, self.pooled))
 
   def after_block(self, level, path, index, h):
     return self._inflate(self.temporal.blocks[f"{path}_{level}_{index}"], level, h)
@@ -129,7 +132,7 @@ class STUNet(nn.Module):
     b, t = x.shape[:2]
     x = nn.with_logical_constraint(x, tl.VIDEO_AXES)
     frames = x.reshape(b * t, *x.shape[2:])
-    bias = unet2d.layers.mask_to_bias(context_mask[:, None, None, :])
-    hooks = _TemporalHooks(self.temporal, b, context.astype(jnp.dtype(self.unet.dtype)), bias)
+    hooks = _TemporalHooks(self.temporal, b, context.astype(jnp.dtype(self.unet.dtype)),
+                           context_mask)
     out = unet2d.unet_forward(self.backbone, frames, timesteps, context, context_mask, hooks)
     return out.reshape(b, t, *out.shape[1:])

@@ -8,6 +8,10 @@ All of them act on videos [B, T, H, W, C] and start as exact identities, per LUM
   * inflation blocks end in a zero-initialised projection added residually, so they are
     the identity at init: convolution-based ((2+1)D conv) at every level but the coarsest,
     attention-based (temporal self-attention, stackable) at the coarsest.
+
+Text reaches the temporal layers, where enabled, through cross-attention in the attention
+blocks and (an extension, off in the paper's layout) a FiLM of the conv blocks by the
+pooled caption embedding, zero-initialised so it changes nothing at init.
 """
 
 import flax.linen as nn
@@ -77,21 +81,38 @@ class TemporalUpsample(nn.Module):
                         name="conv")(x)
 
 
+def pooled_text(context, context_mask):
+  """Mean of the caption embedding over its valid tokens: [B, L, D], [B, L] -> [B, D]."""
+  weights = context_mask.astype(context.dtype)[..., None]
+  return jnp.sum(context * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+
+
 class ConvInflationBlock(nn.Module):
   """Factorised space-time convolution: norm, SiLU, 3x3 spatial conv, norm, SiLU, temporal
-  conv, then a zero-initialised linear projection added to the input."""
+  conv, then a zero-initialised linear projection added to the input.
+
+  With `text_conditioning`, the second norm's output is modulated by the pooled caption,
+  h * (1 + scale) + shift (FiLM), scale and shift from a zero-initialised projection: a
+  per-clip signal ("moving left") that chooses what the (2+1)D convolution does."""
 
   groups: int
   kernel_size: int = 3
+  text_conditioning: bool = False
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, text=None):
     b, t, hh, ww, c = x.shape
     frames = x.reshape(b * t, hh, ww, c)
     h = nn.silu(layers.GroupNorm(num_groups=self.groups, name="norm1")(frames))
     h = layers.Conv2D(c, dtype=self.dtype, name="spatial_conv")(h).reshape(b, t, hh, ww, c)
-    h = nn.silu(layers.GroupNorm(num_groups=self.groups, name="norm2")(h))
+    h = layers.GroupNorm(num_groups=self.groups, name="norm2")(h)
+    if self.text_conditioning:
+      film = layers.Dense(2 * c, ("embed", "mlp"), dtype=self.dtype,
+                          kernel_init=nn.initializers.zeros, name="text_film")(text)
+      scale, shift = jnp.split(film[:, None, None, None, :], 2, axis=-1)
+      h = h * (1 + scale) + shift
+    h = nn.silu(h)
     h = TemporalConv(c, self.kernel_size, dtype=self.dtype, name="temporal_conv")(h)
     h = layers.Dense(c, ("conv_in", "conv_out"), dtype=self.dtype,
                      kernel_init=nn.initializers.zeros, name="proj_out")(h)
