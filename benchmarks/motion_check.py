@@ -15,6 +15,12 @@ ratio last / first, and whether that matches the prompt's motion:
 and the palette colour (data/shapes.py) nearest to the object's mean colour, against the
 first colour word of the prompt. A video with no object pixels matches nothing.
 
+How steadily it moves: `max_step`, the largest centroid jump between consecutive frames
+(pixels), and `straightness`, net displacement / path length (1 for a steady straight
+move; near 0 for a jittering object). The dataset moves its objects by under a pixel and
+a half a frame, straight; a model that holds a frame for a while and then jumps shows
+steps of several pixels.
+
   python benchmarks/motion_check.py samples/t2v [--json motion.json]
 """
 
@@ -55,6 +61,14 @@ def nearest_colour(video: np.ndarray, threshold: int):
   return min(COLOURS, key=lambda name: np.sum((np.array(COLOURS[name]) - mean) ** 2))
 
 
+def steadiness(centroids: np.ndarray) -> tuple:
+  """centroids [T, 2] -> (largest step between consecutive frames, net / path length)."""
+  steps = np.linalg.norm(np.diff(centroids, axis=0), axis=-1)
+  path = float(steps.sum())
+  net = float(np.linalg.norm(centroids[-1] - centroids[0]))
+  return float(steps.max(initial=0.0)), (net / path if path > 0 else 1.0)
+
+
 def judge(prompt: str, displacement: np.ndarray, area_ratio: float, min_travel: float,
           min_growth: float):
   """True/False if the prompt's motion is (not) what the video does; None if not judged."""
@@ -83,8 +97,10 @@ def check(out_dir: pathlib.Path, threshold: int, min_travel: float, min_growth: 
     ratio = float(areas[-1] / max(areas[0], 1.0))
     colour = nearest_colour(video, threshold)
     empty = not areas.all()
+    max_step, straightness = steadiness(centroids)
     rows.append(dict(prompt=entry["prompt"], dx=round(float(displacement[0]), 2),
                      dy=round(float(displacement[1]), 2), area_ratio=round(ratio, 2),
+                     max_step=round(max_step, 2), straightness=round(straightness, 2),
                      colour=colour, colour_matches=colour == entry["prompt"].split()[1],
                      matches=False if empty else judge(entry["prompt"], displacement, ratio,
                                                        min_travel, min_growth)))
@@ -104,10 +120,12 @@ def main(argv=None) -> int:
           "--out-dir folder)", file=sys.stderr)
     return 2
   rows = check(args.out_dir, args.threshold, args.min_travel, args.min_growth)
-  print(f"{'prompt':40s} {'dx':>7s} {'dy':>7s} {'area':>6s}  {'colour':8s} motion")
+  print(f"{'prompt':40s} {'dx':>7s} {'dy':>7s} {'area':>6s} {'step':>5s} {'straight':>8s}  "
+        f"{'colour':8s} motion")
   for r in rows:
-    print(f"{r['prompt']:40s} {r['dx']:7.2f} {r['dy']:7.2f} {r['area_ratio']:6.2f}  "
-          f"{str(r['colour']):8s} {'-' if r['matches'] is None else r['matches']}")
+    print(f"{r['prompt']:40s} {r['dx']:7.2f} {r['dy']:7.2f} {r['area_ratio']:6.2f} "
+          f"{r['max_step']:5.2f} {r['straightness']:8.2f}  {str(r['colour']):8s} "
+          f"{'-' if r['matches'] is None else r['matches']}")
   judged = [r["matches"] for r in rows if r["matches"] is not None]
   print(f"{sum(judged)}/{len(judged)} judged videos move as prompted; "
         f"{sum(r['colour_matches'] for r in rows)}/{len(rows)} have the prompted colour")
