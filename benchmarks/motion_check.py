@@ -101,6 +101,7 @@ def check(out_dir: pathlib.Path, threshold: int, min_travel: float, min_growth: 
     rows.append(dict(prompt=entry["prompt"], dx=round(float(displacement[0]), 2),
                      dy=round(float(displacement[1]), 2), area_ratio=round(ratio, 2),
                      max_step=round(max_step, 2), straightness=round(straightness, 2),
+                     object_in_every_frame=not empty,
                      colour=colour, colour_matches=colour == entry["prompt"].split()[1],
                      matches=False if empty else judge(entry["prompt"], displacement, ratio,
                                                        min_travel, min_growth)))
@@ -129,6 +130,11 @@ def main(argv=None) -> int:
   judged = [r["matches"] for r in rows if r["matches"] is not None]
   print(f"{sum(judged)}/{len(judged)} judged videos move as prompted; "
         f"{sum(r['colour_matches'] for r in rows)}/{len(rows)} have the prompted colour")
+  whole = [r for r in rows if r["object_in_every_frame"]]
+  if whole:
+    print(f"{len(whole)}/{len(rows)} have an object in every frame; their median largest "
+          f"step {np.median([r['max_step'] for r in whole]):.2f} px, median straightness "
+          f"{np.median([r['straightness'] for r in whole]):.2f}")
   if args.json:
     args.json.write_text(json.dumps(rows, indent=1) + "\n")
   return 0
