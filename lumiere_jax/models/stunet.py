@@ -82,7 +82,8 @@ class _TemporalHooks(unet2d.Inflation):
     self.batch = batch
     self.context = context
     self.context_bias = unet2d.layers.mask_to_bias(context_mask[:, None, None, :])
-    self.pooled = tl.pooled_text(context, context_mask)
+    self.pooled = (tl.pooled_text(context, context_mask)
+                   if temporal.spec.conv_text_conditioning else None)
     self.coarsest = temporal.unet.levels - 1
 
   def _video(self, h):
