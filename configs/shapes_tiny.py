@@ -43,7 +43,7 @@ def get_config(arg: str = "t2v") -> ml_collections.ConfigDict:
   model.temporal.conv_text_conditioning = True
 
   text = config.text
-  text.vocab_size = 4096
+  text.vocab_size = 64  # the 23-word shapes vocabulary + 4 special tokens, room to grow
   text.max_length = 24
   text.width = 64
   text.num_layers = 2

@@ -15,6 +15,7 @@ import ml_collections
 
 from lumiere_jax.data.masks import DEFAULT_MASK_WEIGHTS
 from lumiere_jax.diffusion.config import default_diffusion_config, validate_diffusion_config
+from lumiere_jax.models import text as text_lib
 from lumiere_jax.errors import ConfigError, UserError
 from lumiere_jax.train.config import default_train_config, validate_train_config
 
@@ -85,7 +86,10 @@ def base_config() -> ml_collections.ConfigDict:
   temporal.conv_text_conditioning = False
 
   config.text = text = ml_collections.ConfigDict()
-  text.vocab_size = 4096
+  # A built-in word vocabulary by name ("shapes") or a word list file, one word per line;
+  # text.vocab_size (the embedding table) must hold it and its special tokens.
+  text.vocabulary = "shapes"
+  text.vocab_size = 64
   text.max_length = 24
   text.width = 64
   text.num_layers = 2
@@ -257,7 +261,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(text.width % text.num_heads == 0, "text.num_heads", text.num_heads,
          f"a divisor of text.width={text.width}")
   _check(text.max_length >= 2, "text.max_length", text.max_length, "an integer >= 2")
-  _check(text.vocab_size >= 64, "text.vocab_size", text.vocab_size, "an integer >= 64")
+  try:
+    words = text_lib.vocabulary_words(text.vocabulary)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  needed = text_lib.NUM_SPECIAL + len(words)
+  _check(text.vocab_size >= needed, "text.vocab_size", text.vocab_size,
+         f"an integer >= {needed} (text.vocabulary has {len(words)} words + "
+         f"{text_lib.NUM_SPECIAL} special tokens)")
 
   if model.kind == "stunet":
     temporal = model.temporal

@@ -16,7 +16,7 @@ from lumiere_jax.config import load_config
 from lumiere_jax.data import builders, pipeline, shapes
 from lumiere_jax.data.text_embeddings import save_text_embeddings
 from lumiere_jax.errors import UserError
-from lumiere_jax.models.text import Tokenizer
+from lumiere_jax.models.text import SHAPES_WORDS, Tokenizer
 
 N = 24
 
@@ -76,7 +76,7 @@ def test_train_iterator_batches(data_dir):
                                             process_count=1))
   assert batch["video"].shape == (4, 16, 32, 32, 3) and batch["video"].dtype == np.uint8
   assert batch["tokens"].shape == (4, 24) and batch["tokens"].dtype == np.int32
-  tokenizer = Tokenizer(4096, 24)
+  tokenizer = Tokenizer(SHAPES_WORDS, 24)
   np.testing.assert_array_equal(batch["tokens"], tokenizer.encode(list(batch["caption"])))
   assert set(batch["caption"]) <= set(shapes.all_captions())
 

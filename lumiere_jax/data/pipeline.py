@@ -28,7 +28,7 @@ import numpy as np
 from lumiere_jax.data import builders
 from lumiere_jax.data import masks as mask_lib
 from lumiere_jax.errors import UserError
-from lumiere_jax.models.text import Tokenizer
+from lumiere_jax.models.text import Tokenizer, tokenizer_from_config
 
 DATA_ITEM = "data"  # the iterator's item name in the run's orbax CheckpointManager
 DEFAULT_READ_THREADS = 2
@@ -179,7 +179,7 @@ def _source_and_transform(config, clips) -> tuple:
   if height != data.resolution or width != data.resolution:
     raise UserError(f"the dataset has {height}x{width} clips but data.resolution="
                     f"{data.resolution}; build it with --resolution {data.resolution}")
-  tokenizer = Tokenizer(config.text.vocab_size, config.text.max_length)
+  tokenizer = tokenizer_from_config(config.text)
   if config.model.kind == "unet2d":
     return FramesSource(clips, frames), ExampleTransform(tokenizer)
   if frames < data.num_frames:

@@ -44,7 +44,7 @@ def build_text_encoder(config) -> text_lib.TextEncoder:
 
 
 def tokenizer(config) -> text_lib.Tokenizer:
-  return text_lib.Tokenizer(config.text.vocab_size, config.text.max_length)
+  return text_lib.tokenizer_from_config(config.text)
 
 
 def denoiser_input_shape(config, batch: int) -> tuple:

@@ -1,45 +1,102 @@
 """A small trainable text encoder behind the (embeddings [B, L, D], mask [B, L]) interface.
 
-The tokenizer is word-level with a hashed vocabulary: offline, deterministic and free of
-any downloaded vocabulary file. Every prompt starts with BOS, so even the empty prompt (the
-unconditional input for classifier-free guidance) has one valid token and cross-attention
-never sees an all-masked row. Precomputed or external encoders plug in by producing the
-same (embeddings, mask) pair.
+The tokenizer is word-level over a fixed vocabulary (HuggingFace `tokenizers`, built in
+memory: offline, deterministic, nothing downloaded). Every word of the vocabulary has its
+own id; any other word maps to UNK, and `unknown_words` names them so callers can warn.
+Every prompt starts with BOS, so even the empty prompt (the unconditional input for
+classifier-free guidance) has one valid token and cross-attention never sees an all-masked
+row. Precomputed or external encoders (T5, CLIP) plug in by producing the same
+(embeddings, mask) pair.
 """
 
+import os
 import re
-import zlib
 from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
+import tokenizers
+from tokenizers import models as tok_models
+from tokenizers import normalizers, pre_tokenizers, processors
 
 from lumiere_jax.models import layers
 
-PAD, BOS, EOS = 0, 1, 2
-NUM_SPECIAL = 3
-_WORD = re.compile(r"[a-z0-9]+")
+PAD, BOS, EOS, UNK = 0, 1, 2, 3
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
+NUM_SPECIAL = len(SPECIAL_TOKENS)
+_NON_WORD = r"[^a-z0-9]+"
+
+# The words of the shapes captions ("a {colour} {shape} {motion} and a ..."), in a fixed
+# order: a word's id is its position here plus NUM_SPECIAL, and shipped weights depend on
+# it, so append, never reorder.
+SHAPES_WORDS = (
+    "a", "and",
+    "red", "green", "blue", "yellow", "magenta", "cyan", "white",
+    "circle", "square", "triangle",
+    "moving", "left", "right", "up", "down", "bouncing", "around", "growing", "shrinking",
+    "standing", "still",
+)
+VOCABULARIES = {"shapes": SHAPES_WORDS}
+
+
+def vocabulary_words(name_or_path: str) -> tuple:
+  """A built-in vocabulary by name, or a word list file (one word per line)."""
+  if name_or_path in VOCABULARIES:
+    return VOCABULARIES[name_or_path]
+  if not os.path.isfile(name_or_path):
+    raise ValueError(f"text.vocabulary {name_or_path!r} is neither a built-in vocabulary "
+                     f"({', '.join(VOCABULARIES)}) nor a word list file")
+  with open(name_or_path, encoding="utf-8") as f:
+    words = tuple(w.strip().lower() for w in f if w.strip())
+  bad = [w for w in words if re.fullmatch(r"[a-z0-9]+", w) is None]
+  if bad or len(set(words)) != len(words):
+    raise ValueError(f"word list {name_or_path}: words must be distinct and [a-z0-9]+ "
+                     f"(offending: {bad[:3] or 'duplicates'})")
+  return words
 
 
 class Tokenizer:
-  """Lower-cased words -> ids in [3, vocab_size) by CRC32 hashing; BOS ... EOS, PAD."""
+  """Lower-cased words -> ids: BOS word... EOS, then PAD to max_length; UNK for others."""
 
-  def __init__(self, vocab_size: int, max_length: int):
-    self.vocab_size = vocab_size
+  def __init__(self, words: Sequence[str], max_length: int):
+    self.words = tuple(words)
     self.max_length = max_length
+    vocab = {tok: i for i, tok in enumerate((*SPECIAL_TOKENS, *self.words))}
+    if len(vocab) != NUM_SPECIAL + len(self.words):
+      raise ValueError("the vocabulary repeats a word")
+    tok = tokenizers.Tokenizer(tok_models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Split(tokenizers.Regex(_NON_WORD), behavior="removed")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", special_tokens=[("<bos>", BOS), ("<eos>", EOS)])
+    tok.enable_truncation(max_length)
+    tok.enable_padding(length=max_length, pad_id=PAD, pad_token="<pad>")
+    self._tokenizer = tok
 
-  def word_id(self, word: str) -> int:
-    return NUM_SPECIAL + zlib.crc32(word.encode("utf-8")) % (self.vocab_size - NUM_SPECIAL)
+  @property
+  def vocab_size(self) -> int:
+    return NUM_SPECIAL + len(self.words)
 
   def encode(self, prompts: Sequence[str]) -> np.ndarray:
     """int32 [N, max_length]; words beyond max_length - 2 are dropped."""
-    tokens = np.full((len(prompts), self.max_length), PAD, np.int32)
-    for row, prompt in enumerate(prompts):
-      ids = [self.word_id(w) for w in _WORD.findall(prompt.lower())][: self.max_length - 2]
-      ids = [BOS, *ids, EOS]
-      tokens[row, : len(ids)] = ids
-    return tokens
+    if not prompts:
+      return np.zeros((0, self.max_length), np.int32)
+    encodings = self._tokenizer.encode_batch(list(prompts))
+    return np.asarray([e.ids for e in encodings], np.int32)
+
+  def unknown_words(self, prompts: Sequence[str]) -> list:
+    """The distinct words of `prompts` outside the vocabulary, in order of appearance."""
+    known, unknown = set(self.words), []
+    for prompt in prompts:
+      for word in re.split(_NON_WORD, prompt.lower()):
+        if word and word not in known and word not in unknown:
+          unknown.append(word)
+    return unknown
+
+
+def tokenizer_from_config(text_config) -> Tokenizer:
+  return Tokenizer(vocabulary_words(text_config.vocabulary), text_config.max_length)
 
 
 class TextEncoder(nn.Module):

@@ -11,6 +11,7 @@ initialised from `config.seed` (so it does not change with the sampling seed).
 """
 
 import json
+import logging
 import pathlib
 import re
 from typing import Optional, Sequence
@@ -99,6 +100,15 @@ def load_params(config, checkpoint: Optional[str] = None) -> dict:
   return jax.jit(lambda rng: build.init_params(config, rng))(jax.random.key(config.seed))
 
 
+def warn_unknown_words(tokenizer, prompts: Sequence[str]) -> list:
+  """One warning naming the words the model's vocabulary lacks (they become <unk>)."""
+  unknown = tokenizer.unknown_words(prompts)
+  if unknown:
+    logging.warning("words outside the model's vocabulary (encoded as <unk>): %s",
+                    ", ".join(unknown))
+  return unknown
+
+
 class TextToVideo:
   """A model with fixed sampler settings; call it with prompts to get videos."""
 
@@ -127,6 +137,7 @@ class TextToVideo:
     if init_video is not None:
       init = np.broadcast_to(video_io.from_uint8(init_video),
                              (len(prompts),) + self.video_shape)
+    warn_unknown_words(self.tokenizer, prompts)
     tokens = self.tokenizer.encode(prompts)
     empty = self.tokenizer.encode([""])
     seeds = np.arange(seed, seed + len(prompts), dtype=np.int32)
