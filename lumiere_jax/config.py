@@ -84,6 +84,11 @@ def base_config() -> ml_collections.ConfigDict:
   # at the coarsest level cannot see where an object is, so "moving left" has no cheap way
   # to steer the (2+1)D convolutions that move it (docs/learning_record.md).
   temporal.conv_text_conditioning = False
+  # The attention inflation blocks (coarsest level and mid block) attend over every
+  # (frame, row, column) token with frame, row and column embeddings instead of over frames
+  # at each pixel. Not in the paper: per-pixel attention cannot see where an object is,
+  # while "moving left" is a function of position and frame (shared/notes/MOTION.md).
+  temporal.spacetime_attention = False
 
   config.text = text = ml_collections.ConfigDict()
   # A built-in word vocabulary by name ("shapes") or a word list file, one word per line;

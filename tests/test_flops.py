@@ -63,6 +63,7 @@ def test_conv_counts_valid_taps_like_xla(size, kernel, stride):
     ("shapes_tiny:t2v", ["model.temporal.down_levels=(False, False)",
                          "model.temporal.text_conditioning=False",
                          "model.temporal.conv_text_conditioning=False"]),
+    ("shapes_tiny:t2v", ["model.temporal.spacetime_attention=True"]),
     ("shapes_tiny:t2i", ["train.trainable=('backbone',)"]),
     ("shapes_tiny:ssr", ["train.trainable=('backbone', 'temporal')"]),
 ])

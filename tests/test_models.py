@@ -96,9 +96,35 @@ def test_inflation_blocks_are_zero_residual_at_init():
   x = jax.random.normal(jax.random.key(3), (2, 4, 4, 4, 16))
   np.testing.assert_array_equal(_apply(tl.ConvInflationBlock(groups=4), x), np.asarray(x))
   context = jax.random.normal(jax.random.key(4), (2, 5, 16))
-  block = tl.AttentionInflationBlock(heads=4)
+  for spacetime in (False, True):
+    block = tl.AttentionInflationBlock(heads=4, spacetime=spacetime)
+    params = block.init(jax.random.key(0), x, context)
+    np.testing.assert_array_equal(block.apply(params, x, context), x)
+
+
+@pytest.mark.parametrize("spacetime", [False, True])
+def test_spacetime_attention_mixes_pixels_and_temporal_attention_does_not(spacetime):
+  x = jax.random.normal(jax.random.key(3), (1, 4, 4, 4, 16))
+  context = jax.random.normal(jax.random.key(4), (1, 5, 16))
+  block = tl.AttentionInflationBlock(heads=4, spacetime=spacetime)
   params = block.init(jax.random.key(0), x, context)
-  np.testing.assert_array_equal(block.apply(params, x, context), x)
+  params = jax.tree_util.tree_map(  # a trained-looking output projection
+      lambda p: p + 0.1 * jax.random.normal(jax.random.key(5), p.shape), params)
+  nudged = x.at[0, 0, 0, 0, 0].add(1.0)  # one channel: LayerNorm removes a uniform shift
+  changed = np.abs(np.asarray(block.apply(params, nudged, context)
+                              - block.apply(params, x, context))).max(axis=(0, 1, 4))
+  # Per-pixel temporal attention changes only the nudged pixel; space-time attention
+  # spreads the change to every pixel.
+  others = np.delete(changed.reshape(-1), 0)
+  assert changed[0, 0] > 1e-3
+  assert (others > 1e-6).all() if spacetime else (others == 0).all()
+
+
+def test_spacetime_position_embedding_tells_every_token_apart():
+  pos = np.asarray(tl.spacetime_position_embedding(4, 8, 8, 64)).reshape(-1, 64)
+  distances = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
+  np.fill_diagonal(distances, np.inf)
+  assert distances.min() > 0.1
 
 
 def test_pooled_text_is_the_mean_over_valid_tokens():

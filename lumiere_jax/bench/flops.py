@@ -228,10 +228,12 @@ class _Walk:
     c, pixels = a.channels, a.res * a.res
     per_video = a.frames // self.batch
     norm = self.trainable[TEMPORAL]
-    grad = self.attention(TEMPORAL, self.batch * pixels, per_video, c, a.grad or norm)
+    rows, queries = self.batch * pixels, per_video
+    if self.model.temporal.spacetime_attention:  # one sequence of every token per video
+      rows, queries = self.batch, per_video * pixels
+    grad = self.attention(TEMPORAL, rows, queries, c, a.grad or norm)
     if self.model.temporal.text_conditioning:
-      grad |= self.attention(TEMPORAL, self.batch * pixels, per_video, c, grad or norm,
-                             context=True)
+      grad |= self.attention(TEMPORAL, rows, queries, c, grad or norm, context=True)
     grad = self.dense(TEMPORAL, a.tokens, c, c, grad)
     return dataclasses.replace(a, grad=a.grad or grad)
 

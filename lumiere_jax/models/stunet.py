@@ -29,6 +29,7 @@ class TemporalSpec:
   heads: int
   text_conditioning: bool
   conv_text_conditioning: bool
+  spacetime_attention: bool
 
   @classmethod
   def from_config(cls, temporal_config) -> "TemporalSpec":
@@ -37,7 +38,8 @@ class TemporalSpec:
                attention_blocks=temporal_config.attention_blocks,
                heads=temporal_config.num_heads,
                text_conditioning=temporal_config.text_conditioning,
-               conv_text_conditioning=temporal_config.conv_text_conditioning)
+               conv_text_conditioning=temporal_config.conv_text_conditioning,
+               spacetime_attention=temporal_config.spacetime_attention)
 
 
 class TemporalLayers(nn.Module):
@@ -55,7 +57,8 @@ class TemporalLayers(nn.Module):
 
     def inflation(level):
       if level == coarsest:
-        return attention_block(s.heads, s.text_conditioning, dtype=dtype)
+        return attention_block(s.heads, s.text_conditioning, s.spacetime_attention,
+                               dtype=dtype)
       return conv_block(u.groups, s.kernel_size, s.conv_text_conditioning, dtype=dtype)
 
     blocks = {}
@@ -65,7 +68,8 @@ class TemporalLayers(nn.Module):
       for j in range(u.layers_per_block + 1):
         blocks[f"up_{level}_{j}"] = inflation(level)
     self.blocks = blocks
-    self.mid = [attention_block(s.heads, s.text_conditioning, dtype=dtype)
+    self.mid = [attention_block(s.heads, s.text_conditioning, s.spacetime_attention,
+                                dtype=dtype)
                 for _ in range(s.attention_blocks)]
     self.downsample = {str(i): tl.TemporalDownsample(s.kernel_size, dtype=dtype)
                        for i, on in enumerate(s.down_levels) if on}

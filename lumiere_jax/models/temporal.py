@@ -119,25 +119,49 @@ class ConvInflationBlock(nn.Module):
     return x + h.astype(x.dtype)
 
 
+def spacetime_position_embedding(t: int, hh: int, ww: int, c: int):
+  """[T, H, W, C] sinusoidal embedding of (frame, row, column) on disjoint channel groups:
+  the frame on the first C - 2 * (C // 4) channels, the row and the column on C // 4 each."""
+  cs = c // 4
+  ct = c - 2 * cs
+  grid = jnp.meshgrid(jnp.arange(t), jnp.arange(hh), jnp.arange(ww), indexing="ij")
+  parts = [layers.sinusoidal_embedding(axis.reshape(-1), dim, max_period=period)
+           for axis, dim, period in zip(grid, (ct, cs, cs), (10000.0, 100.0, 100.0))]
+  return jnp.concatenate(parts, axis=-1).reshape(t, hh, ww, c)
+
+
 class AttentionInflationBlock(nn.Module):
   """Temporal self-attention at each pixel (sequence = frames), optionally followed by
-  cross-attention to the text, then a zero-initialised projection added to the input."""
+  cross-attention to the text, then a zero-initialised projection added to the input.
+
+  With `spacetime`, the sequence is instead every (frame, row, column) token of the clip,
+  with sinusoidal frame, row and column embeddings: an extension, not in the paper, which
+  lets attention see where an object is and move it ("moving left" is a function of
+  position and frame). Same parameters; identity at init either way."""
 
   heads: int
   text_conditioning: bool = True
+  spacetime: bool = False
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, context=None, context_bias=None):
     b, t, hh, ww, c = x.shape
-    pos = layers.sinusoidal_embedding(jnp.arange(t), c).astype(self.dtype)
-    h = layers.LayerNorm(name="norm1")(x) + pos[None, :, None, None]
-    h = h.transpose(0, 2, 3, 1, 4).reshape(b * hh * ww, t, c)  # sequences over time
+    if self.spacetime:
+      pos = spacetime_position_embedding(t, hh, ww, c).astype(self.dtype)
+      h = (layers.LayerNorm(name="norm1")(x) + pos[None]).reshape(b, t * hh * ww, c)
+    else:
+      pos = layers.sinusoidal_embedding(jnp.arange(t), c).astype(self.dtype)
+      h = layers.LayerNorm(name="norm1")(x) + pos[None, :, None, None]
+      h = h.transpose(0, 2, 3, 1, 4).reshape(b * hh * ww, t, c)  # sequences over time
     h = layers.Attention(self.heads, c // self.heads, dtype=self.dtype, name="attn1")(h)
     if self.text_conditioning:
       h = h + layers.Attention(self.heads, c // self.heads, dtype=self.dtype, name="attn2")(
           layers.LayerNorm(name="norm2")(h), context, context_bias)
     h = layers.Dense(c, ("mlp", "embed"), dtype=self.dtype,
                      kernel_init=nn.initializers.zeros, name="proj_out")(h)
-    h = h.reshape(b, hh, ww, t, c).transpose(0, 3, 1, 2, 4)
+    if self.spacetime:
+      h = h.reshape(b, t, hh, ww, c)
+    else:
+      h = h.reshape(b, hh, ww, t, c).transpose(0, 3, 1, 2, 4)
     return x + h.astype(x.dtype)
