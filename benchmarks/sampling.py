@@ -78,19 +78,20 @@ def python_loop(model, batch, steps):
   import numpy as np
   from lumiere_jax.diffusion import denoisers, guidance
 
-  cond = model.encode(model.text_params, model.tokenizer.encode(["a red circle"] * batch))
-  uncond = model.encode(model.text_params, model.tokenizer.encode([""]))
+  net, params = model.model, model.params
+  cond = net.encode(params["text"], net.tokenize(["a red circle"] * batch))
+  uncond = net.encode(params["text"], net.tokenize([""]))
   guided = jax.jit(lambda p, x, t: guidance.classifier_free_guidance(
-      denoisers.bind(model.denoise, p), uncond, 3.0)(x, t, cond))
-  x0 = np.zeros((batch,) + model.video_shape, np.float32)
+      denoisers.bind(net.denoise, p), uncond, 3.0)(x, t, cond))
+  x0 = net.to_model_layout(np.zeros((batch,) + model.video_shape, np.float32))
   t = np.full((batch,), 0.5, np.float32)
-  jax.block_until_ready(guided(model.model_params, x0, t))
+  jax.block_until_ready(guided(params, x0, t))
 
   def run():
     start = time.perf_counter()
     x = x0
     for _ in range(steps):
-      x = jax.block_until_ready(guided(model.model_params, x, t))
+      x = jax.block_until_ready(guided(params, x, t))
     return time.perf_counter() - start
 
   return run
@@ -134,7 +135,7 @@ def main():
   machine = (f"{platform.machine()} {os.cpu_count()} CPUs, {jax.devices()[0].device_kind}, "
              f"jax {jax.__version__}")
   start = time.perf_counter()
-  params = jax.block_until_ready(pipeline.load_params(config))
+  params = jax.block_until_ready(pipeline.fresh_params(config))
   init_seconds = time.perf_counter() - start
   settings = SamplerSettings(args.sampler, args.steps, threshold="dynamic")
   prompts = ["a red circle moving left", "a blue square growing", "a white triangle moving up",

@@ -10,7 +10,13 @@ from PIL import Image
 from lumiere_jax import cli
 
 
+# A freshly initialised model: these tests are about the command, not a trained model.
+FRESH = ("--config", "shapes_tiny:t2v")
+
+
 def run_cli(capsys, *argv):
+  if not {"--config", "--checkpoint", "--model"} & set(argv):
+    argv = (*FRESH, *argv)
   code = cli.main(["generate", *argv])
   captured = capsys.readouterr()
   return code, captured.out, captured.err
@@ -48,6 +54,9 @@ BAD_INPUTS = [
     (["--prompt", "a", "--checkpoint", "{tmp}/missing"], "does not exist"),
     (["--prompt", "a", "--config", "shapes_tiny:ssr"], "model.in_channels=3"),
     (["--prompt", "a", "--sheet", "{tmp}/sheet.gif"], "written as .png or .jpg"),
+    (["--prompt", "a", "--model", "no_such_model"], "no shipped model named 'no_such_model'"),
+    (["--prompt", "a", "--step", "3"], "--step selects a step of --checkpoint"),
+    (["--quiet"], "give --prompt TEXT"),
 ]
 
 

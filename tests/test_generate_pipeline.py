@@ -36,7 +36,7 @@ def count_compilations():
 @pytest.fixture(scope="module")
 def model():
   config = load_config("shapes_tiny:t2v", ["data.num_frames=8"])
-  params = pipeline.load_params(config)
+  params = pipeline.fresh_params(config)
   return pipeline.TextToVideo(config, params, SamplerSettings("dpmpp", steps=2,
                                                               threshold="dynamic"))
 
@@ -84,3 +84,30 @@ def test_bad_requests_are_refused(model, kwargs, match):
   request = dict(prompts=["a red circle"], seed=0, guidance_scale=1.0) | kwargs
   with pytest.raises(UserError, match=match):
     model(**request)
+
+
+def _predictions(model, prompts, negative, scale, x, t):
+  denoiser, cond = model.guided_denoiser(model.params, model.model.tokenize(prompts),
+                                         model.model.tokenize([negative]), scale)
+  return np.asarray(denoiser(x, t, cond))
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.5, 1.0, 3.0, 7.5])
+def test_empty_negative_prompt_is_plain_cfg_and_a_negative_prompt_replaces_it(model, scale):
+  net, params = model.model, model.params
+  prompts = ["a red circle moving left", "a blue square growing"]
+  x = jax.random.normal(jax.random.key(0), (2,) + model.video_shape)
+  t = np.array([0.9, 0.4], np.float32)
+
+  def alone(texts):  # each branch run on its own, not interleaved with the other
+    return np.asarray(net.denoise(params, x, t, net.encode_prompts(params, texts)))
+
+  conditional, empty = alone(prompts), alone([""] * 2)
+  np.testing.assert_allclose(_predictions(model, prompts, "", scale, x, t),
+                             scale * conditional + (1 - scale) * empty, atol=2e-5, rtol=0)
+  negative = alone(["a red circle moving right"] * 2)
+  guided = _predictions(model, prompts, "a red circle moving right", scale, x, t)
+  np.testing.assert_allclose(guided, negative + scale * (conditional - negative),
+                             atol=2e-5, rtol=0)
+  if scale != 1.0:  # at w = 1 both are the conditional prediction
+    assert np.abs(guided - _predictions(model, prompts, "", scale, x, t)).max() > 1e-4

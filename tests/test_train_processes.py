@@ -134,7 +134,7 @@ def _check_generate_from_checkpoint(workdir, config, params) -> None:
   guidance = config.diffusion.guidance
   from_weights = generate.TextToVideo(config, params, settings)(
       ["a red circle moving left"], 3, guidance)[0]
-  fresh = generate.TextToVideo(config, generate.load_params(config), settings)(
+  fresh = generate.TextToVideo(config, generate.fresh_params(config), settings)(
       ["a red circle moving left"], 3, guidance)[0]
   assert video.shape == (config.data.num_frames, 32, 32, 3)
   np.testing.assert_array_equal(video, from_weights)

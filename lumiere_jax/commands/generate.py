@@ -3,6 +3,7 @@
 import pathlib
 
 from lumiere_jax.config import finalize, load_config
+from lumiere_jax import weights
 from lumiere_jax.diffusion import config as diffusion_config
 from lumiere_jax.diffusion.guidance import THRESHOLDS
 from lumiere_jax.diffusion.samplers import SAMPLERS
@@ -11,23 +12,29 @@ from lumiere_jax.io import video as video_io
 from lumiere_jax.pipelines import generate as pipeline
 
 HELP = "Text-to-video generation."
-DEFAULT_CONFIG = "shapes_tiny:t2v"
 DEFAULT_STRENGTH = 0.6
 
 
 def add_arguments(parser):
-  parser.add_argument("--config",
-                      help="config file[:variant] (default: the checkpoint's own config, "
-                           f"else {DEFAULT_CONFIG})")
-  parser.add_argument("--checkpoint", metavar="DIR",
+  source = parser.add_mutually_exclusive_group()
+  source.add_argument("--model", metavar="NAME",
+                      help="a shipped model (default: "
+                           f"{weights.DEFAULT_MODEL}; `lumiere generate --list-models`)")
+  source.add_argument("--checkpoint", metavar="DIR",
                       help="a training workdir (or its checkpoints/ or a step folder); the "
-                           "EMA weights are used. Without it the model is freshly "
-                           "initialised from config.seed")
-  prompts = parser.add_mutually_exclusive_group(required=True)
+                           "EMA weights are used")
+  source.add_argument("--config",
+                      help="NAME[:VARIANT] or path.py[:VARIANT]: a freshly initialised "
+                           "model of this config (untrained: for development)")
+  parser.add_argument("--step", type=int, metavar="N",
+                      help="with --checkpoint: this step instead of the newest")
+  parser.add_argument("--list-models", action="store_true",
+                      help="list the shipped models and exit")
+  prompts = parser.add_mutually_exclusive_group()
   prompts.add_argument("--prompt", action="append", metavar="TEXT",
                        help="a prompt; repeat for several (all generated as one batch)")
   prompts.add_argument("--prompts", metavar="FILE", help="file with one prompt per line")
-  outputs = parser.add_mutually_exclusive_group(required=True)
+  outputs = parser.add_mutually_exclusive_group()
   outputs.add_argument("--out", metavar="PATH",
                        help="one video as .mp4, .gif or .npy (uint8 [T, H, W, 3])")
   outputs.add_argument("--out-dir", metavar="DIR",
@@ -48,6 +55,9 @@ def add_arguments(parser):
   parser.add_argument("--guidance", type=float, metavar="W",
                       help="classifier-free guidance scale >= 0; 1 is the conditional model "
                            "alone (default: config.diffusion.guidance)")
+  parser.add_argument("--negative-prompt", metavar="TEXT",
+                      help="guide away from this prompt instead of the empty one "
+                           "(default: the model's diffusion.negative_prompt)")
   parser.add_argument("--seed", type=int, default=0, metavar="S",
                       help="video i uses seed S + i (default 0)")
   parser.add_argument("--num-frames", type=int, metavar="T", help="frames per video")
@@ -61,6 +71,8 @@ def add_arguments(parser):
 
 def read_prompts(args) -> list:
   if args.prompts is None:
+    if args.prompt is None:
+      raise UserError("give --prompt TEXT (repeatable) or --prompts FILE")
     return pipeline.check_prompts(args.prompt)
   path = pathlib.Path(args.prompts)
   if not path.is_file():
@@ -71,33 +83,53 @@ def read_prompts(args) -> list:
   return pipeline.check_prompts(prompts)
 
 
-def _config(args, overrides):
-  """--config if given; else the config the checkpoint was trained with; else the default."""
-  if args.config is not None or args.checkpoint is None:
-    return load_config(args.config or DEFAULT_CONFIG, overrides)
-  from lumiere_jax.train import checkpoint as train_checkpoint  # orbax only when asked
-  return finalize(train_checkpoint.load_run_config(args.checkpoint), overrides)
+def load(args, overrides=()):
+  """(config, params) of the model the arguments name: --model, --checkpoint (its own
+  config), --config (fresh init), else the default shipped model. `overrides` are
+  sampling-time config changes (e.g. data.num_frames)."""
+  if args.config is not None:
+    config = load_config(args.config, overrides)
+    return config, pipeline.fresh_params(config)
+  config, params = weights.load_model(checkpoint=args.checkpoint, name=args.model,
+                                      step=args.step)
+  if overrides:
+    config = finalize(config.unlock(), overrides)
+  return config, params
+
+
+def list_models() -> int:
+  models = weights.manifest()
+  if not models:
+    print("no shipped models in this install")
+  for name, entry in sorted(models.items()):
+    print(f"{name}: {entry.get('description', '')}")
+  return 0
 
 
 def run(args) -> int:
+  if args.list_models:
+    return list_models()
+  if args.step is not None and args.checkpoint is None:
+    raise UserError("--step selects a step of --checkpoint")
   prompts = read_prompts(args)
   pipeline.check_outputs(len(prompts), args.out, args.out_dir, args.also, args.xt_slice,
                          args.sheet)
   if args.strength is not None and args.init_video is None:
     raise UserError("--strength applies to --init-video (SDEdit)")
+  init_video = None if args.init_video is None else video_io.read_video(args.init_video)
   overrides = [] if args.num_frames is None else [f"data.num_frames={args.num_frames}"]
-  config = _config(args, overrides)
+  config, params = load(args, overrides)
   section = config.diffusion
   settings = diffusion_config.sampler_settings(section, method=args.sampler, steps=args.steps,
                                                eta=args.eta, threshold=args.threshold)
   guidance = section.guidance if args.guidance is None else args.guidance
-  init_video, strength = None, 1.0
-  if args.init_video is not None:
+  negative = section.negative_prompt if args.negative_prompt is None else args.negative_prompt
+  strength = 1.0
+  if init_video is not None:
     strength = DEFAULT_STRENGTH if args.strength is None else args.strength
-    init_video = video_io.read_video(args.init_video)
-  videos = pipeline.generate(config, prompts, settings=settings, guidance_scale=guidance,
-                             seed=args.seed, checkpoint=args.checkpoint,
-                             init_video=init_video, strength=strength,
+  videos = pipeline.generate(config, params, prompts, settings=settings,
+                             guidance_scale=guidance, seed=args.seed, init_video=init_video,
+                             strength=strength, negative_prompt=negative,
                              progress=not args.quiet)
   for path in pipeline.save_outputs(videos, prompts, args.seed, args.out, args.out_dir,
                                     args.also, args.xt_slice, args.sheet):

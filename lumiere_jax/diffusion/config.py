@@ -33,6 +33,9 @@ def default_diffusion_config() -> ml_collections.ConfigDict:
   c.steps = 64
   c.eta = 0.0                          # DDIM noise (0 = deterministic); 'ddpm' is eta 1
   c.guidance = 3.0                     # classifier-free guidance scale (1 = conditional)
+  # Guidance pushes away from this prompt instead of the empty one (n + w (c - n)); "" is
+  # plain classifier-free guidance. A model's sampling default, like steps and guidance.
+  c.negative_prompt = ""
   c.threshold = "dynamic"              # 'none' | 'static' | 'dynamic'
   c.threshold_percentile = 0.995       # dynamic thresholding quantile of |x0|
   return c

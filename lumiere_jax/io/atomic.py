@@ -27,3 +27,8 @@ def atomic_path(path):
 def write_text(path, text: str) -> None:
   with atomic_path(path) as tmp:
     tmp.write_text(text)
+
+
+def write_bytes(path, data: bytes) -> None:
+  with atomic_path(path) as tmp:
+    tmp.write_bytes(data)

@@ -1,12 +1,18 @@
 """Building models from configs, initialising and inflating parameters, and the one
 function that labels every parameter frozen or trainable.
 
+`Model(config)` is the model object, built once at the edge from a config: it tokenizes
+and encodes prompts, denoises, says what input it takes (clip shape, conditioning
+channels) and which parameter groups it has. Training, the pipelines and the benchmarks
+all use it instead of reading `model.kind` and `model.in_channels` themselves.
+
 The full parameter tree of a model is
   {'backbone': UNet2D params, 'temporal': STUNet temporal layers (STUNet only),
    'text': text encoder params}
 and a stage's `config.train.trainable` names the top-level entries it trains.
 """
 
+import dataclasses
 from typing import Sequence
 
 import flax
@@ -15,11 +21,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lumiere_jax.diffusion import denoisers
+from lumiere_jax.models import conditioning as cond_lib
 from lumiere_jax.models import text as text_lib
 from lumiere_jax.models.stunet import STUNet, TemporalSpec
 from lumiere_jax.models.unet2d import UNet2D, UNetSpec
 
 TRAINABLE, FROZEN = "trainable", "frozen"
+VIDEO_GROUPS = ("backbone", "temporal", "text")
+IMAGE_GROUPS = ("backbone", "text")
 
 
 class ImageDenoiser(nn.Module):
@@ -129,3 +139,73 @@ def params_by_component(params) -> dict:
     key = f"backbone/{path[0]}"
     counts[key] = counts.get(key, 0) + int(np.prod(leaf.shape))
   return counts
+
+
+class Model:
+  """One model, built once from a (validated) config.
+
+  Layout: a video model (STUNet) takes clips [B, T, H, W, C]; an image model (the T2I
+  U-Net) takes frames [B, H, W, C] and is seen from outside as making 1-frame clips.
+  Parameters: the full tree {'backbone'[, 'temporal'], 'text'}; `denoise` takes it whole.
+  """
+
+  def __init__(self, config):
+    self.config = config
+    self.is_video = config.model.kind == "stunet"
+    self.frames = config.data.num_frames if self.is_video else 1
+    self.resolution = config.data.resolution
+    self.in_channels = config.model.in_channels
+    self.conditioning = cond_lib.kind(self.in_channels)
+    self.param_groups = VIDEO_GROUPS if self.is_video else IMAGE_GROUPS
+    self.tokenizer = tokenizer(config)
+    self.text_encoder = build_text_encoder(config)
+    self.denoiser = build_denoiser(config.model)
+    self._denoise = denoisers.text_denoiser(self.denoiser)
+
+  @property
+  def clip_shape(self) -> tuple:
+    """[T, H, W, 3] of one clip the model makes (T = 1 for an image model)."""
+    return (self.frames, self.resolution, self.resolution, 3)
+
+  @property
+  def pixel_field(self) -> str:
+    """The data batch's name for the model's clean pixels."""
+    return "video" if self.is_video else "image"
+
+  def tokenize(self, prompts: Sequence[str]):
+    return self.tokenizer.encode(list(prompts))
+
+  def encode(self, text_params, tokens) -> dict:
+    """Token ids [N, L] -> the conditioning {'emb' [N, L, D], 'mask' [N, L]}."""
+    emb, mask = self.text_encoder.apply({"params": text_params}, tokens)
+    return {"emb": emb, "mask": mask}
+
+  def encode_prompts(self, params, prompts: Sequence[str]) -> dict:
+    return self.encode(params["text"], jnp.asarray(self.tokenize(prompts)))
+
+  def denoise(self, params, x, t, cond, extra=None):
+    """The prediction for noisy inputs x in the model's layout (`to_model_layout`) at
+    t [B] in [0, 1]; `extra`: the conditioning channels (models/conditioning.py)."""
+    return self._denoise(denoiser_params(params), cond_lib.model_input(x, extra), t, cond)
+
+  def to_model_layout(self, clips):
+    """Clips [B, T, H, W, C] -> what the denoiser takes (frames [B, H, W, C] for an image
+    model, whose clips have one frame)."""
+    return clips if self.is_video else clips[:, 0]
+
+  def from_model_layout(self, x):
+    return x if self.is_video else x[:, None]
+
+  def init(self, rng) -> dict:
+    return init_params(self.config, rng)
+
+  def abstract(self):
+    return abstract_params(self.config)
+
+  def split(self, params, trainable: Sequence[str]):
+    return split_trainable(params, trainable)
+
+
+def denoiser_params(params: dict) -> dict:
+  """The denoiser's part of the full tree ({'backbone'[, 'temporal']})."""
+  return {k: v for k, v in params.items() if k != "text"}

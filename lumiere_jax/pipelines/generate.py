@@ -5,9 +5,8 @@ starting noise, the guided sampling loop and the uint8 conversion). The program 
 once per batch size and kept by the `TextToVideo` object: new prompts, seeds, guidance
 scales or SDEdit strengths reuse it.
 
-The weights come from a training run (`load_params(config, checkpoint)`: the EMA of the
-trained groups, the frozen groups as saved); without a checkpoint the model is freshly
-initialised from `config.seed` (so it does not change with the sampling seed).
+The weights come from lumiere_jax.weights (a shipped model by name, or a training run's
+EMA weights); `fresh_params` initialises an untrained model for development and tests.
 """
 
 import json
@@ -28,7 +27,7 @@ from lumiere_jax.errors import UserError
 from lumiere_jax.io import atomic
 from lumiere_jax.io import sheet as sheet_io
 from lumiere_jax.io import video as video_io
-from lumiere_jax.models import build
+from lumiere_jax.models import build, conditioning
 
 MAX_SEED = 2**31 - 1
 XT_SLICE_SCALE = 8  # a 16-frame, 32-pixel slice becomes a viewable 128 x 256 picture
@@ -53,7 +52,7 @@ def check_seed(seed: int, count: int) -> None:
 
 
 def check_generation_config(config) -> None:
-  if config.model.in_channels != 3:
+  if conditioning.kind(config.model.in_channels) != conditioning.NONE:
     raise UserError(f"generate needs a text-to-video or text-to-image config "
                     f"(model.in_channels=3), got model.in_channels="
                     f"{config.model.in_channels} (stage {config.stage!r})")
@@ -61,9 +60,7 @@ def check_generation_config(config) -> None:
 
 def video_shape(config) -> tuple:
   """[T, H, W, 3] of one generated video (T = 1 for a text-to-image model)."""
-  r = config.data.resolution
-  frames = config.data.num_frames if config.model.kind == "stunet" else 1
-  return (frames, r, r, 3)
+  return build.Model(config).clip_shape
 
 
 def check_init_video(config, init_video, strength: float, count: int) -> None:
@@ -91,12 +88,9 @@ def check_request(config, prompts, seed, guidance_scale, init_video=None,
   return prompts
 
 
-def load_params(config, checkpoint: Optional[str] = None) -> dict:
-  """The full parameter tree: a trained run's weights (workdir, its checkpoints/ folder
-  or one step folder; the EMA of the trained groups), else a fresh init from config.seed."""
-  if checkpoint is not None:
-    from lumiere_jax.train import checkpoint as train_checkpoint  # orbax only when asked
-    return train_checkpoint.load_trained_params(checkpoint, config)
+def fresh_params(config) -> dict:
+  """A freshly initialised model (from config.seed, so it does not change with the
+  sampling seed): for development and tests; trained models come from lumiere_jax.weights."""
   return jax.jit(lambda rng: build.init_params(config, rng))(jax.random.key(config.seed))
 
 
@@ -113,72 +107,69 @@ class TextToVideo:
   """A model with fixed sampler settings; call it with prompts to get videos."""
 
   def __init__(self, config, params: dict, settings: SamplerSettings,
-               progress: bool = False):
+               progress: bool = False, model: Optional[build.Model] = None):
     check_generation_config(config)
     self.config = config
+    self.model = model or build.Model(config)
     self.settings = settings
-    self.video_shape = video_shape(config)
-    self.schedule = schedule_from_config(config.diffusion,
-                                         config.data.resolution)
-    self.tokenizer = build.tokenizer(config)
-    self.text_encoder = build.build_text_encoder(config)
-    self.denoise = denoisers.text_denoiser(build.build_denoiser(config.model))
-    self.model_params = {k: v for k, v in params.items() if k != "text"}
-    self.text_params = params["text"]
+    self.video_shape = self.model.clip_shape
+    self.schedule = schedule_from_config(config.diffusion, config.data.resolution)
+    self.params = params
     self.progress = TqdmProgress(settings.steps, "generating") if progress else None
     self.program = jax.jit(self._sample_batch)
 
   def __call__(self, prompts: Sequence[str], seed: int, guidance_scale: float,
-               init_video: Optional[np.ndarray] = None, strength: float = 1.0) -> np.ndarray:
+               init_video: Optional[np.ndarray] = None, strength: float = 1.0,
+               negative_prompt: str = "") -> np.ndarray:
     """uint8 [N, T, H, W, 3]; video i uses seed + i. With `init_video` (uint8
-    [T, H, W, 3], or one per prompt) each video is an SDEdit of it at level `strength`."""
+    [T, H, W, 3], or one per prompt) each video is an SDEdit of it at level `strength`.
+    `negative_prompt` takes the place of the empty prompt in guidance (guided =
+    n + w (c - n)): the samples are pushed away from it; "" is plain CFG."""
     prompts = check_request(self.config, prompts, seed, guidance_scale, init_video, strength)
     init = None
     if init_video is not None:
       init = np.broadcast_to(video_io.from_uint8(init_video),
                              (len(prompts),) + self.video_shape)
-    warn_unknown_words(self.tokenizer, prompts)
-    tokens = self.tokenizer.encode(prompts)
-    empty = self.tokenizer.encode([""])
+    warn_unknown_words(self.model.tokenizer, [*prompts, negative_prompt])
+    tokens = self.model.tokenize(prompts)
+    negative = self.model.tokenize([negative_prompt])
     seeds = np.arange(seed, seed + len(prompts), dtype=np.int32)
-    videos = self.program(self.model_params, self.text_params, tokens, empty, seeds,
-                          np.float32(guidance_scale), init, np.float32(strength))
+    videos = self.program(self.params, tokens, negative, seeds, np.float32(guidance_scale),
+                          init, np.float32(strength))
     return np.asarray(videos)
 
-  def encode(self, text_params, tokens):
-    """Token ids [N, L] -> the conditioning pytree {'emb', 'mask'} the denoiser takes."""
-    emb, mask = self.text_encoder.apply({"params": text_params}, tokens)
-    return {"emb": emb, "mask": mask}
+  def guided_denoiser(self, params, tokens, negative_tokens, guidance_scale):
+    """(fn(x, t, cond) -> guided prediction, cond): classifier-free guidance with the
+    negative prompt's encoding in the unconditional's place, n + w (c - n)."""
+    cond = self.model.encode(params["text"], tokens)
+    negative = self.model.encode(params["text"], negative_tokens)
+    return guidance.classifier_free_guidance(
+        denoisers.bind(self.model.denoise, params), negative, guidance_scale), cond
 
-  def _to_model_layout(self, video):
-    return video if self.config.model.kind == "stunet" else video[:, 0]
-
-  def _sample_batch(self, model_params, text_params, tokens, empty_tokens, seeds,
-                    guidance_scale, init, strength):
+  def _sample_batch(self, params, tokens, negative_tokens, seeds, guidance_scale, init,
+                    strength):
     """The compiled program: text encoding, noise, guided sampling, uint8 conversion."""
-    cond = self.encode(text_params, tokens)
-    uncond = self.encode(text_params, empty_tokens)
+    model = self.model
+    denoiser, cond = self.guided_denoiser(params, tokens, negative_tokens, guidance_scale)
     keys = jax.vmap(jax.random.key)(seeds)
-    denoiser = guidance.classifier_free_guidance(
-        denoisers.bind(self.denoise, model_params), uncond, guidance_scale)
     if init is None:
       noise = samplers.initial_noise(keys, (seeds.shape[0],) + self.video_shape)
-      x = samplers.sample(denoiser, self._to_model_layout(noise), cond, keys, self.schedule,
+      x = samplers.sample(denoiser, model.to_model_layout(noise), cond, keys, self.schedule,
                           self.settings, progress=self.progress)
     else:
-      x = samplers.sdedit(denoiser, self._to_model_layout(init), cond, keys, self.schedule,
+      x = samplers.sdedit(denoiser, model.to_model_layout(init), cond, keys, self.schedule,
                           self.settings, strength, progress=self.progress)
     return video_io.to_uint8(x.reshape((seeds.shape[0],) + self.video_shape))
 
 
-def generate(config, prompts: Sequence[str], *, settings: SamplerSettings,
-             guidance_scale: float, seed: int, checkpoint: Optional[str] = None,
-             init_video: Optional[np.ndarray] = None, strength: float = 1.0,
+def generate(config, params: dict, prompts: Sequence[str], *, settings: SamplerSettings,
+             guidance_scale: float, seed: int, init_video: Optional[np.ndarray] = None,
+             strength: float = 1.0, negative_prompt: str = "",
              progress: bool = False) -> np.ndarray:
-  """One-shot generation from a config: validates the request, loads the model, samples."""
+  """One-shot generation: validates the request, builds the model, samples."""
   prompts = check_request(config, prompts, seed, guidance_scale, init_video, strength)
-  model = TextToVideo(config, load_params(config, checkpoint), settings, progress)
-  return model(prompts, seed, guidance_scale, init_video, strength)
+  model = TextToVideo(config, params, settings, progress)
+  return model(prompts, seed, guidance_scale, init_video, strength, negative_prompt)
 
 
 def output_name(index: int, prompt: str) -> str:

@@ -95,7 +95,7 @@ def disk_errors(manager):
     code = _disk_errno(error)
     if code not in DISK_ERRNOS:
       raise
-    steps = _committed_steps(manager.directory)
+    steps = committed_steps(manager.directory)
     kept = (f"step {steps[-1]} is the newest intact checkpoint" if steps
             else "no earlier checkpoint exists")
     raise UserError(f"could not write a checkpoint to {manager.directory}: "
@@ -115,7 +115,7 @@ def _disk_errno(error) -> Optional[int]:
   return None
 
 
-def _committed_steps(directory) -> list:
+def committed_steps(directory) -> list:
   directory = pathlib.Path(directory)
   if not directory.is_dir():
     return []
@@ -215,7 +215,7 @@ def find_checkpoint(path) -> tuple:
   if path.name.isdigit() and (path / STATE).is_dir():
     return path.parent, int(path.name)
   directory = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
-  steps = _committed_steps(directory)
+  steps = committed_steps(directory)
   if not steps:
     what = "does not exist" if not path.exists() else "holds no complete checkpoint"
     raise UserError(f"checkpoint {path} {what}")
