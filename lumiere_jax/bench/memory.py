@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lumiere_jax.config import load_config
+from lumiere_jax.models import build
 from lumiere_jax.train import state as state_lib
 from lumiere_jax.train import step as step_lib
 from lumiere_jax.train.loss import make_loss_fn
@@ -49,11 +50,9 @@ class MemoryReport:
 def abstract_batch(config, sharding: NamedSharding) -> dict:
   """The data pipeline's numeric fields for a video or image stage (uint8 pixels, int32
   tokens), split along the batch axis. Stages with more fields (ssr, cond) need theirs."""
-  data, b = config.data, config.data.batch_size
-  pixels = ("video", (b, data.num_frames, data.resolution, data.resolution, 3))
-  if config.model.kind == "unet2d":
-    pixels = ("image", (b, data.resolution, data.resolution, 3))
-  return {pixels[0]: jax.ShapeDtypeStruct(pixels[1], jnp.uint8, sharding=sharding),
+  model, b = build.Model(config), config.data.batch_size
+  clip = model.clip_shape if model.is_video else model.clip_shape[1:]
+  return {model.pixel_field: jax.ShapeDtypeStruct((b, *clip), jnp.uint8, sharding=sharding),
           "tokens": jax.ShapeDtypeStruct((b, config.text.max_length), jnp.int32,
                                          sharding=sharding)}
 

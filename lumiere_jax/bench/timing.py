@@ -148,10 +148,9 @@ def throughput(flops: int, seconds: Optional[float], peak: Peak) -> dict:
 def random_batch(config) -> dict:
   """A fixed batch in the data pipeline's format: uint8 pixels, int32 tokens."""
   rng = np.random.default_rng(0)
-  b, r = config.data.batch_size, config.data.resolution
-  pixels = (b, r, r, 3) if config.model.kind == "unet2d" else (b, config.data.num_frames, r, r, 3)
-  name = "image" if config.model.kind == "unet2d" else "video"
-  return {name: rng.integers(0, 256, pixels, dtype=np.uint8),
+  model, b = build.Model(config), config.data.batch_size
+  clip = model.clip_shape if model.is_video else model.clip_shape[1:]
+  return {model.pixel_field: rng.integers(0, 256, (b, *clip), dtype=np.uint8),
           "tokens": rng.integers(3, config.text.vocab_size, (b, config.text.max_length),
                                  dtype=np.int32)}
 
@@ -303,7 +302,7 @@ def bench_config(preset: str, spec: str, overrides: Sequence[str], steps: int, w
                              peak)}
   settings = {"config": spec, "overrides": list(overrides), "steps": steps,
               "warmup": warmup, "batch": batch, "sample_batch": sample_batch,
-              "frames": config.data.num_frames if config.model.kind == "stunet" else 1,
+              "frames": build.Model(config).frames,
               "resolution": config.data.resolution, "dtype": config.model.dtype,
               "remat": config.model.remat, "trainable": list(config.train.trainable),
               "devices": 1}

@@ -28,7 +28,8 @@ import numpy as np
 from lumiere_jax.data import builders
 from lumiere_jax.data import masks as mask_lib
 from lumiere_jax.errors import UserError
-from lumiere_jax.models.text import Tokenizer, tokenizer_from_config
+from lumiere_jax.models import build, conditioning
+from lumiere_jax.models.text import Tokenizer
 
 DATA_ITEM = "data"  # the iterator's item name in the run's orbax CheckpointManager
 DEFAULT_READ_THREADS = 2
@@ -179,9 +180,9 @@ def _source_and_transform(config, clips) -> tuple:
   if height != data.resolution or width != data.resolution:
     raise UserError(f"the dataset has {height}x{width} clips but data.resolution="
                     f"{data.resolution}; build it with --resolution {data.resolution}")
-  tokenizer = tokenizer_from_config(config.text)
-  if config.model.kind == "unet2d":
-    return FramesSource(clips, frames), ExampleTransform(tokenizer)
+  model = build.Model(config)
+  if not model.is_video:
+    return FramesSource(clips, frames), ExampleTransform(model.tokenizer)
   if frames < data.num_frames:
     raise UserError(f"the dataset has {frames}-frame clips but data.num_frames="
                     f"{data.num_frames}; build it with --frames {data.num_frames} or more")
@@ -189,13 +190,13 @@ def _source_and_transform(config, clips) -> tuple:
     raise UserError(f"data.low_resolution={data.low_resolution} must divide "
                     f"data.resolution={data.resolution}")
   weights = None
-  if config.model.in_channels == 7:
+  if model.conditioning == conditioning.MASKED:
     weights = dict(data.mask_weights)
     try:
       mask_lib.check_weights(weights)
     except ValueError as e:
       raise UserError(f"data.mask_weights: {e}") from e
-  return clips, ExampleTransform(tokenizer, data.num_frames, weights, data.low_resolution)
+  return clips, ExampleTransform(model.tokenizer, data.num_frames, weights, data.low_resolution)
 
 
 def iterator_save_args(iterator: grain.DatasetIterator):

@@ -49,6 +49,11 @@ def build_denoiser(model_config) -> nn.Module:
   return ImageDenoiser(unet)
 
 
+def param_groups(model_config) -> tuple:
+  """The top-level parameter groups of the model a config builds."""
+  return VIDEO_GROUPS if model_config.kind == "stunet" else IMAGE_GROUPS
+
+
 def build_text_encoder(config) -> text_lib.TextEncoder:
   return text_lib.text_encoder_from_config(config.text, jnp.dtype(config.model.dtype))
 
@@ -156,7 +161,7 @@ class Model:
     self.resolution = config.data.resolution
     self.in_channels = config.model.in_channels
     self.conditioning = cond_lib.kind(self.in_channels)
-    self.param_groups = VIDEO_GROUPS if self.is_video else IMAGE_GROUPS
+    self.param_groups = param_groups(config.model)
     self.tokenizer = tokenizer(config)
     self.text_encoder = build_text_encoder(config)
     self.denoiser = build_denoiser(config.model)

@@ -7,6 +7,7 @@ change the model's program, not the training loop.
 import ml_collections
 
 from lumiere_jax.errors import ConfigError
+from lumiere_jax.models import build
 
 
 def default_train_config() -> ml_collections.ConfigDict:
@@ -58,7 +59,6 @@ def default_train_config() -> ml_collections.ConfigDict:
   return train
 
 
-PARAM_GROUPS = ("backbone", "temporal", "text")
 
 
 def validate_train_config(config: ml_collections.ConfigDict) -> None:
@@ -69,7 +69,7 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
     if not ok:
       raise ConfigError(f"train.{field}={t[field]!r} is invalid; allowed: {allowed}")
 
-  groups = PARAM_GROUPS if config.model.kind == "stunet" else ("backbone", "text")
+  groups = build.param_groups(config.model)
   check(len(t.trainable) >= 1 and set(t.trainable) <= set(groups), "trainable",
         f"a non-empty subset of {groups} (model.kind={config.model.kind!r})")
   # A trainable group named here is simply trained (overriding `trainable` alone works).
