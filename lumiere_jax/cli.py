@@ -13,7 +13,7 @@ from lumiere_jax import runtime
 from lumiere_jax.errors import UserError
 
 SUBCOMMANDS = ("train", "generate", "upsample", "animate", "inpaint", "cinemagraph",
-               "stylize", "edit", "data", "eval", "demo", "bench")
+               "stylize", "edit", "data", "eval", "demo", "bench", "export")
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -27,8 +27,8 @@ from typing import Optional
 import flax
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from lumiere_jax.errors import UserError
 from lumiere_jax.io import atomic
@@ -109,7 +109,7 @@ def _read_config(path: pathlib.Path) -> ml_collections.ConfigDict:
 
 
 def _read_weights(path: pathlib.Path, sha256: str, config) -> dict:
-  from safetensors.numpy import load as load_safetensors  # pylint: disable=g-import-not-at-top
+  import safetensors  # pylint: disable=g-import-not-at-top
   from lumiere_jax.models import build
   if not path.is_file():
     raise UserError(f"model weights {path} are missing")
@@ -118,8 +118,9 @@ def _read_weights(path: pathlib.Path, sha256: str, config) -> dict:
   if digest != sha256:
     raise UserError(f"model weights {path}: checksum {digest[:12]}... differs from the "
                     f"manifest's {sha256[:12]}... (a corrupt or replaced file)")
-  try:
-    flat = load_safetensors(data)
+  try:  # read from the file: the in-memory loader has no bfloat16
+    with safetensors.safe_open(str(path), framework="flax") as f:
+      flat = {key: f.get_tensor(key) for key in f.keys()}
   except Exception as e:  # safetensors raises its own error types
     raise UserError(f"model weights {path} are unreadable: {e}") from None
   expected = {"/".join(k): v for k, v in flax.traverse_util.flatten_dict(
@@ -142,10 +143,10 @@ def export_model(config, params: dict, name: str, description: str,
                  directory: pathlib.Path = ASSETS, dtype: str = "float32") -> pathlib.Path:
   """Writes `name`'s weights (safetensors, `dtype`) and config, then its manifest entry
   (each file atomically, the manifest last, so it only lists complete models)."""
-  from safetensors.numpy import save as save_safetensors  # pylint: disable=g-import-not-at-top
+  from safetensors.flax import save as save_safetensors  # pylint: disable=g-import-not-at-top
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
-  flat = {"/".join(k): np.asarray(jax.device_get(v)).astype(dtype)
+  flat = {"/".join(k): jnp.asarray(v, dtype)
           for k, v in flax.traverse_util.flatten_dict(params).items()}
   weights = save_safetensors(flat)
   weights_name, config_name = f"{name}.safetensors", f"{name}.json"

@@ -1,0 +1,52 @@
+"""`lumiere export`: a training run's weights as a named model (what `--model NAME`,
+`lumiere demo` and `lumiere eval --model` load)."""
+
+import pathlib
+
+from lumiere_jax import weights
+from lumiere_jax.config import finalize
+from lumiere_jax.diffusion.guidance import THRESHOLDS
+from lumiere_jax.diffusion.samplers import SAMPLERS
+from lumiere_jax.errors import UserError
+
+HELP = "Export a training run's EMA weights as a named model (safetensors + manifest)."
+NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+def add_arguments(parser):
+  parser.add_argument("--checkpoint", required=True, metavar="DIR",
+                      help="a training workdir (its newest step, or --step)")
+  parser.add_argument("--step", type=int, metavar="N")
+  parser.add_argument("--name", required=True, help="model name: [a-z0-9_]+")
+  parser.add_argument("--out", default=str(weights.ASSETS), metavar="DIR",
+                      help="models folder with manifest.json (default: the package's "
+                           "shipped models)")
+  parser.add_argument("--description", default="")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  sampling = parser.add_argument_group("sampling defaults stored with the model")
+  sampling.add_argument("--sampler", choices=SAMPLERS)
+  sampling.add_argument("--steps", type=int)
+  sampling.add_argument("--guidance", type=float)
+  sampling.add_argument("--threshold", choices=THRESHOLDS)
+  sampling.add_argument("--negative-prompt")
+
+
+def sampling_overrides(args) -> list:
+  pairs = {"sampler": args.sampler, "steps": args.steps, "guidance": args.guidance,
+           "threshold": args.threshold, "negative_prompt": args.negative_prompt}
+  return [f"diffusion.{k}={v!r}" if isinstance(v, str) else f"diffusion.{k}={v}"
+          for k, v in pairs.items() if v is not None]
+
+
+def run(args) -> int:
+  if not args.name or set(args.name) - NAME_CHARS:
+    raise UserError(f"--name {args.name!r}: use lower-case letters, digits and _")
+  out = pathlib.Path(args.out)
+  if out.exists() and not out.is_dir():
+    raise UserError(f"--out {out} exists and is not a directory")
+  config, params = weights.load_model(checkpoint=args.checkpoint, step=args.step)
+  config = finalize(config.unlock(), sampling_overrides(args))
+  path = weights.export_model(config, params, args.name, args.description, out, args.dtype)
+  print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB) and its entry in "
+        f"{out / weights.MANIFEST}")
+  return 0
