@@ -3,7 +3,7 @@ devices: abstract inputs only, nothing allocated or run (lumiere_jax/bench/memor
 The step is the real one (lumiere_jax/train/step.py) with the config's remat and dtype.
 
   python benchmarks/memory.py                      # lumiere_base:t2v, 8 devices, fsdp=8
-  python benchmarks/memory.py --config shapes_tiny:t2v --mesh 2,4,1 model.remat=none
+  python benchmarks/memory.py --config shapes_tiny:t2v --mesh 2,4,1 --config.model.remat=none
 
 Prints a table of the per-device bytes and whether they fit 16 GiB (TPU v5e), 95 GiB
 (TPU v5p) and 80 GiB (H100). Compiling the paper-scale step takes minutes on a CPU.
@@ -21,6 +21,8 @@ import os
 import platform
 import sys
 
+from lumiere_jax import config as config_lib
+
 DEVICES_FLAG = "--xla_force_host_platform_device_count"
 SCHEDULERS = {"memory": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
               "default": "CPU_SCHEDULER_TYPE_DEFAULT"}
@@ -35,28 +37,28 @@ def parse_args(argv):
   parser.add_argument("--per-device-batch", type=int, default=1)
   parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="memory",
                       help="XLA:CPU scheduler (see above)")
-  parser.add_argument("overrides", nargs="*", help="config overrides a.b=value")
+  config_lib.accept_overrides(parser)
   return parser.parse_args(argv)
 
 
 def main(argv):
   args = parse_args(argv)
-  # Before jax is imported: the device count is fixed when the CPU backend starts.
+  # Before the CPU backend starts: the device count is fixed then.
   os.environ["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} {DEVICES_FLAG}={args.devices} "
                              f"--xla_cpu_scheduler_type={SCHEDULERS[args.scheduler]}")
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   import jax
 
   from lumiere_jax.bench import memory
-  from lumiere_jax.config import load_config
   from lumiere_jax.parallel.mesh import make_mesh
 
-  overrides = [f"mesh.shape=({args.mesh})", *args.overrides]
-  mesh = make_mesh(load_config(args.config, overrides).mesh)
+  given = config_lib.parse_overrides(args.config_overrides)
+  overrides = [f"mesh.shape=({args.mesh})", *given]
+  mesh = make_mesh(config_lib.load_config(args.config, overrides).mesh)
   config, report = memory.train_step_memory(args.config, overrides, mesh,
                                             args.per_device_batch)
   gib = lambda n: f"{n / memory.GIB:.3f}"
-  print(f"{args.config} {' '.join(args.overrides)}: train step, mesh {dict(mesh.shape)}, "
+  print(f"{args.config} {' '.join(given)}: train step, mesh {dict(mesh.shape)}, "
         f"per-device batch {args.per_device_batch}, {config.data.num_frames} frames at "
         f"{config.data.resolution}x{config.data.resolution}, remat {config.model.remat}, "
         f"compute {config.model.dtype}, {args.scheduler} scheduler; jax {jax.__version__}, "

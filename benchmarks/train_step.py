@@ -9,7 +9,7 @@ state for them).
 
   python benchmarks/train_step.py                      # shapes_tiny, one device
   python benchmarks/train_step.py --steps 10 --json /tmp/train_step.json
-  python benchmarks/train_step.py --config shapes_tiny --override data.batch_size=4
+  python benchmarks/train_step.py --config shapes_tiny --config.data.batch_size=4
 """
 
 import argparse
@@ -19,7 +19,7 @@ import jax
 
 from lumiere_jax.bench import flops as flops_lib
 from lumiere_jax.bench import timing
-from lumiere_jax.config import load_config
+from lumiere_jax import config as config_lib
 from lumiere_jax.io import atomic
 
 CASES = (("t2i", "t2i", ()),
@@ -44,15 +44,15 @@ def time_case(config, steps: int, warmup: int) -> dict:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--config", default="shapes_tiny")
-  parser.add_argument("--override", action="append", default=[],
-                      help="config override a.b=value, applied to every case")
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--json", help="also write the results here")
+  config_lib.accept_overrides(parser)  # applied to every case
   args = parser.parse_args()
+  given = config_lib.parse_overrides(args.config_overrides)
   results = []
   for name, variant, overrides in CASES:
-    config = load_config(f"{args.config}:{variant}", [*args.override, *overrides])
+    config = config_lib.load_config(f"{args.config}:{variant}", [*given, *overrides])
     result = {"case": name, "batch": config.data.batch_size,
               "frames": config.data.num_frames if config.model.kind == "stunet" else 1,
               **time_case(config, args.steps, args.warmup)}

@@ -6,7 +6,7 @@ the most that 80 = 2^4 * 5 allows, so that most computation happens on a compact
 space-time representation. Meant for TPU pods; on CPU use it only through jax.eval_shape.
 
 Run:
-  lumiere train --config configs/lumiere_base.py:t2v --workdir gs://BUCKET/lumiere_base_t2v
+  lumiere train --config lumiere_base:t2v --workdir gs://BUCKET/lumiere_base_t2v
 """
 
 import ml_collections

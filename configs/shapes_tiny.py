@@ -9,9 +9,9 @@ Variants, one per training stage:
 
 Run:
   lumiere data build shapes --out data/shapes16 --num-videos 2000 --resolution 32 --frames 16
-  lumiere train --config configs/shapes_tiny.py:t2i --workdir workdirs/tiny_t2i \
+  lumiere train --config shapes_tiny:t2i --workdir workdirs/tiny_t2i \
       --config.train.data_dir=data/shapes16
-  lumiere train --config configs/shapes_tiny.py:t2v --workdir workdirs/tiny_t2v \
+  lumiere train --config shapes_tiny:t2v --workdir workdirs/tiny_t2v \
       --config.train.data_dir=data/shapes16 --config.train.init_checkpoint=workdirs/tiny_t2i
 """
 
@@ -39,7 +39,7 @@ def get_config(arg: str = "t2v") -> ml_collections.ConfigDict:
   model.temporal.down_levels = (True, True)  # 16 -> 8 -> 4 frames
   model.temporal.attention_blocks = 1
   model.temporal.num_heads = 4
-  # The conv inflation blocks see the caption too (FiLM; lumiere_jax/config.py says why).
+  # The conv inflation blocks see the caption too (FiLM; lumiere_jax/config/defaults.py says why).
   model.temporal.conv_text_conditioning = True
 
   text = config.text
@@ -89,7 +89,7 @@ def get_sweep(arg: str = "t2v") -> list:
   """What launch/sweep.py expands: a list of {key: [values]}; runs are the product over
   the entries, and keys inside one entry vary together (zip).
 
-    python launch/sweep.py --config configs/shapes_tiny.py:t2i \
+    python launch/sweep.py --config shapes_tiny:t2i \
         --workdir-root workdirs/tiny_t2i_sweep --dry-run
   """
   learning_rates = {"train.learning_rate": [1e-4, 3e-4, 1e-3]}

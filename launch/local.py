@@ -2,7 +2,7 @@
 a pod runs one process per host: for testing multi-process code without a pod.
 
   python launch/local.py --num-processes 2 -- \
-      lumiere train --config configs/shapes_tiny.py:t2v --workdir workdirs/tiny_2proc
+      lumiere train --config shapes_tiny:t2v --workdir workdirs/tiny_2proc
 
 Each process gets the distributed environment (launch/common.py) with the coordinator on
 127.0.0.1 at a free port, JAX_PLATFORMS=cpu and --devices-per-process forced host devices.

@@ -3,7 +3,7 @@
 # each driving all of its node's GPUs; the allocation's first node is the coordinator.
 #
 #   sbatch --nodes=4 --gpus-per-node=8 launch/slurm_gpu.sh \
-#       lumiere train --config configs/lumiere_base.py:t2v --workdir /shared/lumiere_base_t2v
+#       lumiere train --config lumiere_base:t2v --workdir /shared/lumiere_base_t2v
 #
 # Every process gets the distributed environment of launch/common.py:
 #   LUMIERE_COORDINATOR_ADDRESS  first node of SLURM_JOB_NODELIST, port

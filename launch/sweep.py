@@ -1,8 +1,8 @@
 """Expand the sweep a config file declares into training runs and run them one after the
 other, each in its own workdir, after checking every run's config first.
 
-  python launch/sweep.py --config configs/shapes_tiny.py:t2i --workdir-root workdirs/sweep1 \
-      train.data_dir=data/shapes                  # fixed overrides, the same for every run
+  python launch/sweep.py --config shapes_tiny:t2i --workdir-root workdirs/sweep1 \
+      --config.train.data_dir=data/shapes         # fixed overrides, the same for every run
   python launch/sweep.py ... --dry-run            # print the commands only
   python launch/sweep.py ... --launcher "python launch/local.py --num-processes 2 --"
 
@@ -30,7 +30,6 @@ line and exit code 2. A run that fails does not stop the others; the sweep then 
 """
 
 import ast
-import importlib.util
 import itertools
 import pathlib
 import re
@@ -41,7 +40,7 @@ import sys
 from typing import Dict, List
 
 import common
-from lumiere_jax.config import CONFIG_DIR, load_config
+from lumiere_jax import config as config_lib
 from lumiere_jax.errors import UserError
 
 PROG = common.prog_name(__file__)
@@ -49,32 +48,27 @@ PROG = common.prog_name(__file__)
 
 def parse_args(argv):
   parser = common.OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
-  parser.add_argument("--config", required=True, help="configs/NAME.py[:VARIANT]")
+  parser.add_argument("--config", required=True, metavar="NAME[:VARIANT]",
+                      help="a shipped config or a file PATH.py[:VARIANT]")
   parser.add_argument("--workdir-root", required=True, help="one workdir per run in here")
   parser.add_argument("--launcher", default="",
                       help="command prefix for every run, e.g. 'python launch/local.py --'")
   parser.add_argument("--dry-run", action="store_true", help="print the commands only")
-  parser.add_argument("overrides", nargs="*", metavar="a.b=value",
-                      help="fixed overrides for every run (data_dir, init_checkpoint, ...)")
+  config_lib.accept_overrides(parser)  # fixed for every run (data_dir, init_checkpoint)
   return parser.parse_args(argv)
 
 
 def declared_sweep(spec: str):
   """The value of get_sweep(variant) in the config file named by `spec`."""
-  path_str, _, variant = spec.partition(":")
-  path = pathlib.Path(path_str)
-  if not path.suffix:
-    path = CONFIG_DIR / f"{path_str}.py"
-  module_spec = importlib.util.spec_from_file_location(f"lumiere_sweep_{path.stem}", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  module, variant = config_lib.config_module(spec)
   if not hasattr(module, "get_sweep"):
-    raise UserError(f"config file {path} defines no get_sweep(arg); "
+    raise UserError(f"config file {module.__file__} defines no get_sweep(arg); "
                     f"see launch/sweep.py for the format")
   try:
     return module.get_sweep(variant)
   except Exception as e:  # a broken sweep is the user's input
-    raise UserError(f"{path}: get_sweep({variant!r}) failed: {type(e).__name__}: {e}") from e
+    raise UserError(f"{module.__file__}: get_sweep({variant!r}) failed: "
+                    f"{type(e).__name__}: {e}") from e
 
 
 def expand(sweep) -> List[Dict[str, object]]:
@@ -137,7 +131,7 @@ def _plain(value) -> str:
 def validate_run(spec: str, overrides: List[str]) -> None:
   """What `lumiere train` checks before it starts: the overrides' keys and types, then
   the model, train and diffusion sections (commands/train.py:parse_flags)."""
-  load_config(spec, overrides)
+  config_lib.load_config(spec, overrides)
 
 
 def run_commands(spec: str, workdir_root: str, launcher: List[str], fixed: List[str]):
@@ -155,15 +149,16 @@ def run_commands(spec: str, workdir_root: str, launcher: List[str], fixed: List[
       raise UserError(f"sweep run {name}: {e}") from e
     workdir = str(pathlib.Path(workdir_root) / name)
     commands.append((name, [*launcher, "lumiere", "train", "--config", spec,
-                            "--workdir", workdir, *(f"--config.{o}" for o in overrides)]))
+                            "--workdir", workdir, *config_lib.as_flags(overrides)]))
   return commands
 
 
 def run(args) -> int:
   try:
-    validate_run(args.config, args.overrides)  # before looking for a sweep in the file
+    fixed = config_lib.parse_overrides(args.config_overrides)
+    validate_run(args.config, fixed)  # before looking for a sweep in the file
     commands = run_commands(args.config, args.workdir_root, shlex.split(args.launcher),
-                            args.overrides)
+                            fixed)
   except UserError as e:
     common.fail(PROG, str(e))
   if args.dry_run:

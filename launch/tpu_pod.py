@@ -4,7 +4,7 @@ the TPU VM afterwards (also when a step fails or the launcher is stopped).
 
   python launch/tpu_pod.py --project my-project --zone us-west4-a --tpu-name lumiere-v5e \
       --accelerator-type v5litepod-16 -- \
-      lumiere train --config configs/lumiere_base.py:t2v --workdir gs://BUCKET/lumiere_base_t2v
+      lumiere train --config lumiere_base:t2v --workdir gs://BUCKET/lumiere_base_t2v
 
 --dry-run prints the gcloud commands instead of running them. The project, zone and TPU
 name come from the flags or from CLOUDSDK_CORE_PROJECT, CLOUDSDK_COMPUTE_ZONE and

@@ -2,12 +2,14 @@
 naming the field and the allowed values, before anything is traced or compiled."""
 
 import json
+import pathlib
 
 import flax
 import jax
 import pytest
 
-from lumiere_jax.config import finalize, load_config, resolve_mesh_shape
+from lumiere_jax.config import (finalize, load_config, parse_overrides, resolve_mesh_shape,
+                                shipped_names)
 from lumiere_jax.errors import ConfigError, UserError
 from lumiere_jax.models import build
 
@@ -76,6 +78,38 @@ def test_unknown_variant_and_missing_file():
     load_config("shapes_tiny:video")
   with pytest.raises(UserError, match="config file not found"):
     load_config("configs/nope.py")
+
+
+def test_an_unknown_config_name_lists_the_shipped_ones():
+  assert {"shapes_tiny", "lumiere_base"} <= set(shipped_names())
+  with pytest.raises(UserError) as error:
+    load_config("shapes_tny:t2v")
+  message = str(error.value)
+  assert message.startswith("unknown config 'shapes_tny'; the shipped configs are ")
+  assert all(name in message for name in shipped_names()) and "\n" not in message
+
+
+def test_a_name_and_a_path_load_the_same_config(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # a name does not depend on the working directory
+  path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "shapes_tiny.py"
+  assert load_config("shapes_tiny:t2i").to_dict() == load_config(f"{path}:t2i").to_dict()
+
+
+def test_override_values_follow_the_field_type():
+  config = load_config("shapes_tiny:t2v", ["train.data_dir=123", "train.progress_bar=true",
+                                           "train.learning_rate=1", "seed=7"])
+  assert config.train.data_dir == "123" and config.train.progress_bar is True
+  assert config.train.learning_rate == 1.0 and isinstance(config.train.learning_rate, float)
+  with pytest.raises(UserError, match="expects int, got 1.5"):
+    load_config("shapes_tiny:t2v", ["seed=1.5"])
+
+
+def test_override_flags_are_one_syntax():
+  assert parse_overrides(["--config.a.b=1", "--config.c=(1, 2)"]) == ["a.b=1", "c=(1, 2)"]
+  with pytest.raises(UserError, match="--config.a.b given more than once"):
+    parse_overrides(["--config.a.b=1", "--config.a.b=2"])
+  with pytest.raises(UserError, match="write a config override as --config.a.b=VALUE"):
+    parse_overrides(["--config.a.b"])
 
 
 def test_mesh_shape_rest_of_devices():

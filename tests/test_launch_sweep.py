@@ -140,15 +140,15 @@ def test_runs_go_one_after_another_and_a_failure_does_not_stop_the_rest(tmp_path
 def test_fixed_overrides_go_to_every_run_and_are_validated_like_training(tmp_path):
   config = _config(tmp_path, [{"seed": [0, 1]}])
   result = _sweep(["--config", config, "--workdir-root", str(tmp_path), "--dry-run",
-                   "train.data_dir=data/shapes"])
+                   "--config.train.data_dir=data/shapes"])
   assert result.returncode == 0, result.stderr
   assert all("--config.train.data_dir=data/shapes --config.seed=" in line
              for line in result.stdout.splitlines())
   bad = _sweep(["--config", config, "--workdir-root", str(tmp_path), "--dry-run",
-                "train.learning_rate=-1.0"])
+                "--config.train.learning_rate=-1.0"])
   assert bad.returncode == 2 and "train.learning_rate=-1.0 is invalid" in bad.stderr
   swept = _sweep(["--config", config, "--workdir-root", str(tmp_path), "--dry-run",
-                  "seed=4"])
+                  "--config.seed=4"])
   assert swept.returncode == 2 and "fixed override of swept key(s) ['seed']" in swept.stderr
 
 

@@ -145,7 +145,11 @@ def test_full_disk_during_a_save_is_one_line_naming_the_intact_checkpoint(t2i_ch
       "--config.train.learnin_rate=1"],
      "unknown config key 'train.learnin_rate'; did you mean 'train.learning_rate'?"),
     (["--config", "configs/shapes_tiny.py:t2i", "--workdir", "w", "--config.train.num_steps=x"],
-     "--config.train.num_steps=x"),
+     "config key 'train.num_steps' expects int, got 'x'"),
+    (["--config", "shapes_tiny:t2i", "--workdir", "w", "--config.train.num_steps"],
+     "--config.train.num_steps: write a config override as --config.a.b=VALUE"),
+    (["--config", "shapes_tny:t2i", "--workdir", "w"],
+     "unknown config 'shapes_tny'; the shipped configs are lumiere_base, shapes_tiny"),
     (["--config", "configs/shapes_tiny.py:t2i", "--workdir", "w", "--config.train.ema_decay=1.5"],
      "train.ema_decay=1.5 is invalid"),
     (["--config", "configs/shapes_tiny.py:t2x", "--workdir", "w"], "unknown variant 't2x'"),
@@ -164,10 +168,20 @@ def test_overrides_reach_the_locked_config(monkeypatch):
   monkeypatch.chdir(support.REPO)
   values = train_command.parse_flags(["--config", "configs/shapes_tiny.py:t2v", "--workdir",
                                       "w", "--config.train.learning_rate=0.003",
-                                      "--config.model.temporal.down_levels=(True,False)"])
+                                      "--config.model.temporal.down_levels=(True,False)",
+                                      "--config.train.progress_bar=false"])
   assert values.config.train.learning_rate == 0.003
   assert values.config.model.temporal.down_levels == (True, False)
+  assert values.config.train.progress_bar is False
   assert values.config.is_locked
+
+
+def test_a_config_name_works_from_any_directory(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  values = train_command.parse_flags(["--config", "shapes_tiny:t2i", "--workdir", "w",
+                                      "--config.train.data_dir=123", "--stop_at_step=3"])
+  assert values.config.stage == "t2i" and values.config.train.data_dir == "123"
+  assert values.stop_at_step == 3 and values.workdir == "w"
 
 
 def test_help_and_console_script_errors(capsys):

@@ -1,14 +1,15 @@
 """`lumiere bench`: benchmark train and sampling steps (time, FLOPs, MFU, memory).
 
   lumiere bench tiny-t2v --json /tmp/tiny_t2v.json
-  lumiere bench peer-matched --json /tmp/peer_matched.json --steps 7 --warmup 3
+  lumiere bench tiny-t2i --config.data.resolution=16 --batch 4
   lumiere bench base --json /tmp/base.json        # analytic FLOPs + compiled memory
   XLA_FLAGS=--xla_force_host_platform_device_count=8 lumiere bench base   # fsdp over 8
 
 Prints a table and, with --json, writes every number (per row: median seconds and each
 timed call, model FLOPs, achieved FLOP/s, MFU, compile seconds, compiled memory per
 device) plus the machine, the versions and the settings. The library functions behind
-the presets are lumiere_jax/bench/timing.py and lumiere_jax/bench/peer_unet.py.
+the presets are in lumiere_jax/bench/timing.py. The lumiere-pytorch peer's model and the
+side-by-side with it are benchmarks in the repository, not presets: benchmarks/peer/.
 """
 
 import json
@@ -16,18 +17,17 @@ import os
 import pathlib
 import tempfile
 
+from lumiere_jax import config as config_lib
+from lumiere_jax.bench import report
 from lumiere_jax.errors import UserError
 from lumiere_jax.io import atomic
 
 HELP = "Benchmark train and sampling steps (time, FLOPs, MFU, memory)."
 
 PRESETS = {
-    "tiny-t2i": "configs/shapes_tiny.py:t2i on one device (backbone trained, text frozen)",
-    "tiny-t2v": "configs/shapes_tiny.py:t2v on one device (temporal layers trained)",
-    "peer-matched": "the lumiere-pytorch peer's STUNet rebuilt in Flax (16x32x32x3, "
-                    "width 32, mults 1,2,4, batch 2, float32): full training, frozen-base "
-                    "training, sampling forward",
-    "base": "configs/lumiere_base.py:t2v at paper scale: parameters, FLOPs, compiled peak "
+    "tiny-t2i": "shapes_tiny:t2i on one device (backbone trained, text frozen)",
+    "tiny-t2v": "shapes_tiny:t2v on one device (temporal layers trained)",
+    "base": "lumiere_base:t2v at paper scale: parameters, FLOPs, compiled peak "
             "memory per device on all available devices (remat=block, per-device batch 1); "
             "timed only with --time or on an accelerator",
 }
@@ -48,10 +48,9 @@ def add_arguments(parser):
                       help="tiny-*: train batch (default: the config's)")
   parser.add_argument("--sample-batch", type=int, metavar="N",
                       help="tiny-*: videos per sampling step (default: the train batch)")
-  parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                      help="tiny-*, base: config override, repeatable")
   parser.add_argument("--time", action="store_true",
                       help="base: time the steps on a CPU too (very slow)")
+  config_lib.accept_overrides(parser)
 
 
 def check_args(args) -> None:
@@ -70,8 +69,6 @@ def check_args(args) -> None:
     for flag, value in (("--batch", args.batch), ("--sample-batch", args.sample_batch)):
       if value is not None:
         raise UserError(f"{flag} applies to the tiny-* presets, not {args.preset}")
-  if args.override and args.preset == "peer-matched":
-    raise UserError("--override applies to config presets; peer-matched is fixed")
   if args.time and args.preset != "base":
     raise UserError("--time applies to the base preset (the others are always timed)")
   if args.json is not None:
@@ -104,56 +101,24 @@ def run_preset(args) -> dict:
     # scheduler runs remat recomputation early, so its peak would ignore remat
     # (benchmarks/memory.py explains); accelerators place it where it is used.
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {MEMORY_SCHEDULER_FLAG}"
-  from lumiere_jax.bench import peer_unet, timing  # jax work only after the checks
-  if args.preset == "peer-matched":
-    return peer_unet.benchmark(peer_unet.PeerSpec(), args.steps, args.warmup)
+  overrides = config_lib.parse_overrides(args.config_overrides)
+  from lumiere_jax.bench import timing  # jax work only after the checks
   if args.preset == "base":
     import jax
     timed = args.time or jax.devices()[0].platform != "cpu"
     return timing.bench_paper_scale(args.preset, BASE_SPEC,
-                                    ["model.remat=block", *args.override], args.steps,
+                                    ["model.remat=block", *overrides], args.steps,
                                     args.warmup, timed=timed)
-  overrides = list(args.override)
   if args.batch is not None:
     overrides.append(f"data.batch_size={args.batch}")
   return timing.bench_config(args.preset, CONFIG_PRESETS[args.preset], overrides,
                              args.steps, args.warmup, args.sample_batch)
 
 
-def format_table(result: dict) -> str:
-  """A markdown table: one line per program, then the peak and the notes."""
-  lines = [f"{result['preset']}: {json.dumps(result['settings'])}",
-           "| program | median s | GFLOP | GFLOP/s | MFU | compile s | peak MiB/device |",
-           "|---|---:|---:|---:|---:|---:|---:|"]
-  for name, r in result["rows"].items():
-    memory = r["memory"]["peak_bytes"] / 2 ** 20 if r["memory"] else None
-    lines.append(f"| {name} | {_fmt(r['seconds'], '.4f')} | {r['flops'] / 1e9:,.2f} | "
-                 f"{_fmt(r['achieved_flops_per_s'] and r['achieved_flops_per_s'] / 1e9, '.2f')}"
-                 f" | {_fmt(r['mfu'], '.1%')} | {_fmt(r['compile_s'], '.1f')} | "
-                 f"{_fmt(memory, ',.0f')} |")
-  peak = result["peak"]
-  lines.append(f"peak: {_fmt(peak['flops_per_s'] and peak['flops_per_s'] / 1e9, '.1f')} "
-               f"GFLOP/s ({peak['source']}); params: {result['params']}")
-  if "fits" in result:
-    lines.append("fits per device: " + ", ".join(
-        f"{chip} {'yes' if ok else 'no'}" for chip, ok in result["fits"].items()))
-  machine = result["machine"]
-  lines.append(f"{machine['device_kind']} x {machine['devices']}, {machine['cpu_count']} "
-               f"CPUs, load {machine['load_average']}, jax {machine['jax']}; compilation "
-               f"cache {machine['compilation_cache']} (compile s is a load where it holds "
-               "the program; LUMIERE_COMPILATION_CACHE=off compiles afresh)")
-  lines.extend(f"note: {note}" for note in result["notes"])
-  return "\n".join(lines)
-
-
-def _fmt(value, spec: str) -> str:
-  return "-" if value is None else format(value, spec)
-
-
 def run(args) -> int:
   check_args(args)
   result = run_preset(args)
-  print(format_table(result))
+  print(report.format_table(result))
   if args.json is not None:
     try:
       atomic.write_text(args.json, json.dumps(result, indent=1) + "\n")

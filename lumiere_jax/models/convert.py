@@ -27,6 +27,7 @@ from flax import traverse_util
 import flax.linen as nn
 
 from lumiere_jax.errors import UserError
+from lumiere_jax.models.unet2d import heads_per_level
 
 PathLike = Union[str, pathlib.Path]
 
@@ -52,7 +53,6 @@ def diffusers_unet_kwargs(model_config, sample_size: Optional[int] = None) -> di
   `attention_head_dim` is the number of heads per level (`num_attention_heads` may not be
   passed), which is what our `model.num_attention_heads` means.
   """
-  from lumiere_jax.config import heads_per_level
   cross = tuple(bool(c) for c in model_config.cross_attention_levels)
   down = tuple("CrossAttnDownBlock2D" if c else "DownBlock2D" for c in cross)
   up = tuple("CrossAttnUpBlock2D" if c else "UpBlock2D" for c in reversed(cross))

@@ -13,6 +13,7 @@ them right after temporal down-sampling.
 """
 
 import dataclasses
+from typing import Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -145,6 +146,15 @@ class TimestepEmbedding(nn.Module):
                         name="linear_2")(nn.silu(x))
 
 
+def heads_per_level(model_config) -> Tuple[int, ...]:
+  """Attention heads of each level: `model.num_attention_heads` is one int for every
+  level or one int per level (diffusers' `attention_head_dim` means the same)."""
+  heads = model_config.num_attention_heads
+  if isinstance(heads, int):
+    return (heads,) * len(model_config.block_out_channels)
+  return tuple(heads)
+
+
 @dataclasses.dataclass(frozen=True)
 class UNetSpec:
   """Static structure of the backbone, derived once from the model config."""
@@ -165,7 +175,6 @@ class UNetSpec:
 
   @classmethod
   def from_config(cls, model_config) -> "UNetSpec":
-    from lumiere_jax.config import heads_per_level
     return cls(in_channels=model_config.in_channels, out_channels=model_config.out_channels,
                block_out_channels=tuple(model_config.block_out_channels),
                layers_per_block=model_config.layers_per_block,

@@ -1,11 +1,25 @@
 """Device meshes from the config: axes ('data', 'fsdp', 'tensor'), -1 = the rest."""
 
+import math
 from typing import Optional, Sequence
 
 import jax
 from jax.sharding import AxisType, Mesh
 
-from lumiere_jax.config import resolve_mesh_shape
+from lumiere_jax.errors import ConfigError
+
+
+def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple:
+  """Replaces -1 by the rest of the devices; refuses shapes that don't use them all."""
+  known = math.prod(s for s in shape if s != -1)
+  if -1 in shape:
+    if num_devices % known:
+      raise ConfigError(f"mesh.shape={tuple(shape)} does not divide {num_devices} devices")
+    shape = tuple(num_devices // known if s == -1 else s for s in shape)
+  if math.prod(shape) != num_devices:
+    raise ConfigError(f"mesh.shape={tuple(shape)} needs {math.prod(shape)} devices, "
+                      f"have {num_devices}")
+  return tuple(shape)
 
 
 def make_mesh(mesh_config, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:

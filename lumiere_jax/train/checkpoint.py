@@ -25,6 +25,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from lumiere_jax.config.defaults import base_config
 from lumiere_jax.data import pipeline
 from lumiere_jax.errors import UserError
 from lumiere_jax.models import build
@@ -231,7 +232,6 @@ def load_run_config(path) -> ml_collections.ConfigDict:
 def config_from_saved(saved: dict) -> ml_collections.ConfigDict:
   """A saved config (JSON: lists back to tuples) on top of today's defaults: a run saved
   before a field existed reads it as its default; every saved value is kept."""
-  from lumiere_jax.config import base_config  # the config module imports train.config
   config = base_config()
   _merge(config, _tuples(saved))
   return config

@@ -1,12 +1,12 @@
 """Side by side with the lumiere-pytorch peer: peer seconds / our seconds for full
 training, frozen-base training and the sampling step, on this machine, in one go.
 
-  python benchmarks/peer_compare.py --repeats 3 --json /tmp/peer_compare.json
-  python benchmarks/peer_compare.py --repeats 1 --iters 2 --warmup 1     # a quick look
+  python benchmarks/peer/compare.py --repeats 3 --json /tmp/peer_compare.json
+  python benchmarks/peer/compare.py --repeats 1 --iters 2 --warmup 1     # a quick look
 
 Each repeat runs, one after the other, the peer (../shared/bench/lumiere_pytorch_peer.py,
 with the .peer-venv Python) with --train-mode full, the peer with --train-mode temporal,
-and `lumiere bench peer-matched` (this Python), each in a fresh process; so load from
+and peer_unet.py beside this file (this Python), each in a fresh process; so load from
 other processes on a shared machine falls on all three alike within a repeat. Every run
 reports its own median; the table gives the median over repeats of those, and the ratio
 peer / ours (above 1: we are faster). The peer's sampling step is timed in both of its
@@ -27,7 +27,8 @@ import tempfile
 
 from lumiere_jax.io import atomic
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+OURS = pathlib.Path(__file__).resolve().parent / "peer_unet.py"
 PEER_PYTHON = ROOT / ".peer-venv" / "bin" / "python"
 PEER_SCRIPT = ROOT.parent / "shared" / "bench" / "lumiere_pytorch_peer.py"
 SETUP = ("python3 -m venv .peer-venv && .peer-venv/bin/pip install torch==2.13.0 "
@@ -70,9 +71,9 @@ def run_peer(args, mode: str, with_peak: bool) -> dict:
 def run_ours(args) -> dict:
   with tempfile.TemporaryDirectory() as tmp:
     out = pathlib.Path(tmp) / "peer_matched.json"
-    subprocess.run([sys.executable, "-m", "lumiere_jax.cli", "bench", "peer-matched",
-                    "--steps", str(args.iters), "--warmup", str(args.warmup),
-                    "--json", str(out)], capture_output=True, text=True, check=True)
+    subprocess.run([sys.executable, str(OURS), "--steps", str(args.iters),
+                    "--warmup", str(args.warmup), "--json", str(out)],
+                   capture_output=True, text=True, check=True)
     return json.loads(out.read_text())
 
 

@@ -1,5 +1,12 @@
 """The lumiere-pytorch peer's STUNet, rebuilt in Flax for a like-for-like benchmark.
 
+  python benchmarks/peer/peer_unet.py --json /tmp/peer_matched.json --steps 7 --warmup 3
+
+times full training, frozen-base training and the sampling forward (16x32x32x3, width 32,
+mults 1,2,4, batch 2, float32) and prints the table `lumiere bench` prints; compare.py
+beside it runs this and the peer side by side. Kept out of the package: it exists only
+to be compared with the peer.
+
 The peer (shared/bench/lumiere_pytorch_peer.py) is a DDPM-style 2D U-Net that
 lumiere-pytorch 0.0.24's `Lumiere` wrapper inflates with temporal modules run from forward
 hooks. This module builds the same network, block for block and width for width, with the
@@ -41,16 +48,19 @@ identity (temporal.TemporalConv) where the peer uses a [0.5, 1, 0.5] kernel, whi
 not change what is computed.
 
 FLOPs: `flop_count` counts matmul work (convolutions, projections, attention einsums, a
-multiply-add = 2) with bench/flops.py's gradient rules, for the train step (all
+multiply-add = 2) with lumiere_jax/bench/flops.py's gradient rules, for the train step (all
 parameters trained), the frozen-base train step (temporal parameters only) and the
 sampling forward, in two conventions: the conv taps that read input (XLA's; tests hold it
 equal to `flops.traced_flops` of the jitted programs), and every tap, padding included
 (torch's FlopCounterMode, the peer's; within 0.1% of the peer's own count).
 """
 
+import argparse
 import dataclasses
 import functools
+import json
 import math
+import sys
 from typing import Any, Tuple
 
 import flax
@@ -59,8 +69,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lumiere_jax import runtime
 from lumiere_jax.bench import flops as flops_lib
+from lumiere_jax.bench import report
 from lumiere_jax.bench import timing
+from lumiere_jax.io import atomic
 from lumiere_jax.models import layers
 from lumiere_jax.models import temporal as temporal_lib
 
@@ -396,7 +409,7 @@ TAPS = ("valid", "all")
 def flop_count(spec: PeerSpec, batch: int, trainable=(BASE, TEMPORAL),
                taps: str = "valid") -> flops_lib.FlopCount:
   """Matmul FLOPs of one PeerSTUNet call on `batch` videos; train-step costs follow the
-  rules of bench/flops.py with `trainable` naming the groups that get gradients.
+  rules of lumiere_jax/bench/flops.py with `trainable` naming the groups that get gradients.
 
   taps="valid" counts the conv taps that land inside the input (XLA's convention, what
   `flops.traced_flops` reports); taps="all" counts every tap at every output position,
@@ -609,7 +622,7 @@ def jit_sample_step(spec: PeerSpec):
   return jax.jit(lambda params, x, time: model.apply({"params": params}, x, time))
 
 
-# -- the `lumiere bench peer-matched` preset ---------------------------------------------
+# -- the peer-matched benchmark ------------------------------------------------------
 
 PROGRAMS = (("train_step", (BASE, TEMPORAL)), ("train_step_frozen", (TEMPORAL,)),
             ("sample_step", None))
@@ -681,3 +694,31 @@ def param_counts(spec: PeerSpec) -> dict:
   counts = {group: sum(math.prod(a.shape) for a in jax.tree_util.tree_leaves(tree))
             for group, tree in shapes.items()}
   return {**counts, "total": sum(counts.values())}
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--steps", type=int, default=5,
+                      help="timed calls of each program, median reported (default 5)")
+  parser.add_argument("--warmup", type=int, default=2,
+                      help="untimed calls after compiling (default 2)")
+  parser.add_argument("--json", metavar="PATH", help="also write the results here")
+  args = parser.parse_args(argv)
+  if args.steps < 1 or args.warmup < 0:
+    parser.error("--steps must be >= 1, --warmup >= 0")
+  return args
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  runtime.enable_compilation_cache()  # as `lumiere bench` does
+  result = benchmark(PeerSpec(), args.steps, args.warmup)
+  print(report.format_table(result))
+  if args.json:
+    atomic.write_text(args.json, json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.json}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,106 @@
+"""The defaults every config file starts from (`base_config`); a config file overrides
+what it changes. The section defaults of lower layers (diffusion, train, data masks)
+are assembled here, so that those layers never import the config package."""
+
+import ml_collections
+
+from lumiere_jax.data.masks import DEFAULT_MASK_WEIGHTS
+from lumiere_jax.diffusion.config import default_diffusion_config
+from lumiere_jax.train.config import default_train_config
+
+# Logical axis name -> mesh axes, tried in order; a rule whose mesh axes are already used
+# in the same spec, or that does not divide the dimension, falls through to the next.
+DEFAULT_LOGICAL_AXIS_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("batch", "data"),
+    ("time", None),
+    ("height", None),
+    ("width", None),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("vocab", "tensor"),
+    ("conv_in", "fsdp"),
+    ("conv_out", "tensor"),
+    ("conv_t", None),
+    ("conv_h", None),
+    ("conv_w", None),
+    ("norm", None),
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults shared by every config file; config files override what they change."""
+  config = ml_collections.ConfigDict()
+  config.stage = "t2v"
+  config.seed = 0
+
+  config.model = model = ml_collections.ConfigDict()
+  model.kind = "stunet"
+  model.in_channels = 3
+  model.out_channels = 3
+  model.block_out_channels = (32, 64, 64)
+  model.layers_per_block = 1
+  model.cross_attention_levels = (False, True, True)
+  model.num_attention_heads = 4
+  model.transformer_layers_per_block = 1
+  model.norm_num_groups = 8
+  model.norm_eps = 1e-5
+  model.cross_attention_dim = 64
+  model.flip_sin_to_cos = True
+  model.freq_shift = 0
+  model.dtype = "float32"
+  model.remat = "none"
+  model.temporal = temporal = ml_collections.ConfigDict()
+  temporal.down_levels = (True, True)
+  temporal.kernel_size = 3
+  temporal.attention_blocks = 1
+  temporal.num_heads = 4
+  # Temporal attention blocks cross-attend to the text. In the t2v stage the backbone is
+  # frozen and its cross-attention was trained on still images, so the temporal layers are
+  # the only trainable place where motion words ("moving left") can steer motion.
+  temporal.text_conditioning = True
+  # Conv inflation blocks (every level but the coarsest) FiLM-modulated by the pooled
+  # caption. Not in the paper, whose conv blocks see no text: per-pixel temporal attention
+  # at the coarsest level cannot see where an object is, so "moving left" has no cheap way
+  # to steer the (2+1)D convolutions that move it (docs/learning_record.md).
+  temporal.conv_text_conditioning = False
+  # The attention inflation blocks (coarsest level and mid block) attend over every
+  # (frame, row, column) token with frame, row and column embeddings instead of over frames
+  # at each pixel. Not in the paper: per-pixel attention cannot see where an object is,
+  # while "moving left" is a function of position and frame (shared/notes/MOTION.md).
+  temporal.spacetime_attention = False
+
+  config.text = text = ml_collections.ConfigDict()
+  # A built-in word vocabulary by name ("shapes") or a word list file, one word per line;
+  # text.vocab_size (the embedding table) must hold it and its special tokens.
+  text.vocabulary = "shapes"
+  text.vocab_size = 64
+  text.max_length = 24
+  text.width = 64
+  text.num_layers = 2
+  text.num_heads = 4
+  text.mlp_ratio = 4
+
+  config.data = data = ml_collections.ConfigDict()
+  data.resolution = 32
+  data.low_resolution = 0
+  data.num_frames = 16
+  data.batch_size = 8  # global batch, split evenly over processes
+  data.eval_split = "heldout"
+  data.worker_count = 0  # grain worker processes (0: read in the main process)
+  data.read_threads = 2
+  data.prefetch_batches = 4
+  # Conditional (7-channel) stage: how often each mask kind is drawn.
+  data.mask_weights = ml_collections.ConfigDict(dict(DEFAULT_MASK_WEIGHTS))
+
+  config.train = default_train_config()
+  config.diffusion = default_diffusion_config()
+
+  config.mesh = mesh = ml_collections.ConfigDict()
+  mesh.axes = ("data", "fsdp", "tensor")
+  mesh.shape = (-1, 1, 1)
+  config.logical_axis_rules = DEFAULT_LOGICAL_AXIS_RULES
+  return config

@@ -1,0 +1,110 @@
+"""Validation: every shape constraint, checked in Python before anything is traced or
+compiled; each failure names the field and the values it allows."""
+
+import ml_collections
+
+from lumiere_jax.diffusion.config import validate_diffusion_config
+from lumiere_jax.errors import ConfigError
+from lumiere_jax.models import text as text_lib
+from lumiere_jax.models.unet2d import heads_per_level
+from lumiere_jax.train.config import validate_train_config
+
+MODEL_KINDS = ("unet2d", "stunet")
+DTYPES = ("float32", "bfloat16", "float16")
+REMAT_POLICIES = ("none", "block")
+
+
+def temporal_factor(model: ml_collections.ConfigDict) -> int:
+  """Total temporal down-sampling factor N of a STUNet (1 for a 2D model)."""
+  if model.kind != "stunet":
+    return 1
+  return 2 ** sum(bool(d) for d in model.temporal.down_levels)
+
+
+def spatial_factor(model: ml_collections.ConfigDict) -> int:
+  """Total spatial down-sampling factor: 2 per level after the first."""
+  return 2 ** (len(model.block_out_channels) - 1)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first field whose value the model cannot use."""
+  model, data, text = config.model, config.data, config.text
+  _check(model.kind in MODEL_KINDS, "model.kind", model.kind, f"one of {MODEL_KINDS}")
+  _check(model.dtype in DTYPES, "model.dtype", model.dtype, f"one of {DTYPES}")
+  _check(model.remat in REMAT_POLICIES, "model.remat", model.remat,
+         f"one of {REMAT_POLICIES}")
+  channels = tuple(model.block_out_channels)
+  levels = len(channels)
+  _check(levels >= 1, "model.block_out_channels", channels, "at least one level")
+  _check(model.layers_per_block >= 1, "model.layers_per_block", model.layers_per_block,
+         "an integer >= 1")
+  groups = model.norm_num_groups
+  _check(groups >= 1, "model.norm_num_groups", groups, "an integer >= 1")
+  for i, c in enumerate(channels):
+    _check(c > 0 and c % groups == 0, f"model.block_out_channels[{i}]", c,
+           f"a positive multiple of model.norm_num_groups={groups}")
+  _check(len(model.cross_attention_levels) == levels, "model.cross_attention_levels",
+         tuple(model.cross_attention_levels),
+         f"one bool per level ({levels} levels in model.block_out_channels)")
+  heads = heads_per_level(model)
+  _check(len(heads) == levels, "model.num_attention_heads", model.num_attention_heads,
+         f"an int or one int per level ({levels})")
+  for i, (c, h) in enumerate(zip(channels, heads)):
+    _check(h >= 1 and c % h == 0, f"model.num_attention_heads[{i}]", h,
+           f"a divisor of model.block_out_channels[{i}]={c}")
+  _check(model.in_channels in (3, 6, 7), "model.in_channels", model.in_channels,
+         "3 (video), 6 (SSR: noisy + low-res) or 7 (conditional <J, C, M>)")
+  _check(model.out_channels == 3, "model.out_channels", model.out_channels, "3")
+  _check(model.cross_attention_dim == text.width, "model.cross_attention_dim",
+         model.cross_attention_dim, f"text.width={text.width}")
+  _check(text.width % text.num_heads == 0, "text.num_heads", text.num_heads,
+         f"a divisor of text.width={text.width}")
+  _check(text.max_length >= 2, "text.max_length", text.max_length, "an integer >= 2")
+  try:
+    words = text_lib.vocabulary_words(text.vocabulary)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  needed = text_lib.NUM_SPECIAL + len(words)
+  _check(text.vocab_size >= needed, "text.vocab_size", text.vocab_size,
+         f"an integer >= {needed} (text.vocabulary has {len(words)} words + "
+         f"{text_lib.NUM_SPECIAL} special tokens)")
+
+  if model.kind == "stunet":
+    temporal = model.temporal
+    _check(len(temporal.down_levels) == levels - 1, "model.temporal.down_levels",
+           tuple(temporal.down_levels),
+           f"one bool per spatial down-sampling ({levels - 1})")
+    _check(temporal.kernel_size % 2 == 1 and temporal.kernel_size >= 1,
+           "model.temporal.kernel_size", temporal.kernel_size, "an odd integer >= 1")
+    _check(temporal.attention_blocks >= 0, "model.temporal.attention_blocks",
+           temporal.attention_blocks, "an integer >= 0")
+    _check(channels[-1] % temporal.num_heads == 0, "model.temporal.num_heads",
+           temporal.num_heads, f"a divisor of the coarsest width {channels[-1]}")
+    factor = temporal_factor(model)
+    _check(data.num_frames >= 1 and data.num_frames % factor == 0, "data.num_frames",
+           data.num_frames, f"a positive multiple of the temporal factor {factor} "
+           f"(2 ** number of True in model.temporal.down_levels)")
+  else:
+    _check(data.num_frames >= 1, "data.num_frames", data.num_frames, "an integer >= 1")
+  factor = spatial_factor(model)
+  _check(data.resolution >= factor and data.resolution % factor == 0, "data.resolution",
+         data.resolution, f"a positive multiple of the spatial factor {factor} "
+         f"(2 ** (levels - 1))")
+  _check(data.batch_size >= 1, "data.batch_size", data.batch_size, "an integer >= 1")
+  _validate_mesh(config.mesh)
+  validate_diffusion_config(config.diffusion)
+  validate_train_config(config)
+
+
+def _validate_mesh(mesh: ml_collections.ConfigDict) -> None:
+  _check(len(mesh.axes) == len(mesh.shape), "mesh.shape", tuple(mesh.shape),
+         f"one size per axis of mesh.axes={tuple(mesh.axes)}")
+  _check(sum(s == -1 for s in mesh.shape) <= 1, "mesh.shape", tuple(mesh.shape),
+         "positive sizes with at most one -1 (the rest of the devices)")
+  _check(all(s == -1 or s >= 1 for s in mesh.shape), "mesh.shape", tuple(mesh.shape),
+         "positive sizes or -1")
+
+
+def _check(ok: bool, field: str, value, allowed: str) -> None:
+  if not ok:
+    raise ConfigError(f"{field}={value!r} is invalid; allowed: {allowed}")
