@@ -2,8 +2,9 @@
 
 import pathlib
 
-from lumiere_jax.config import finalize, load_config
+from lumiere_jax import config as config_lib
 from lumiere_jax import weights
+from lumiere_jax.config import finalize, load_config
 from lumiere_jax.diffusion import config as diffusion_config
 from lumiere_jax.diffusion.guidance import THRESHOLDS
 from lumiere_jax.diffusion.samplers import SAMPLERS
@@ -67,6 +68,7 @@ def add_arguments(parser):
   parser.add_argument("--strength", type=float, metavar="S",
                       help=f"SDEdit noise level in (0, 1] (default {DEFAULT_STRENGTH})")
   parser.add_argument("--quiet", action="store_true", help="no progress bar")
+  config_lib.accept_overrides(parser)
 
 
 def read_prompts(args) -> list:
@@ -117,7 +119,9 @@ def run(args) -> int:
   if args.strength is not None and args.init_video is None:
     raise UserError("--strength applies to --init-video (SDEdit)")
   init_video = None if args.init_video is None else video_io.read_video(args.init_video)
-  overrides = [] if args.num_frames is None else [f"data.num_frames={args.num_frames}"]
+  overrides = config_lib.parse_overrides(args.config_overrides)
+  if args.num_frames is not None:
+    overrides.append(f"data.num_frames={args.num_frames}")
   config, params = load(args, overrides)
   section = config.diffusion
   settings = diffusion_config.sampler_settings(section, method=args.sampler, steps=args.steps,
