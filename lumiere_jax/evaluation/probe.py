@@ -1,4 +1,4 @@
-"""Has a t2v checkpoint learned prompt -> motion? A 30-second probe instead of sampling.
+"""Has a t2v checkpoint learned prompt -> motion? A one-minute probe instead of sampling.
 
 Two measurements on a training run's checkpoint (EMA weights unless --raw):
 
@@ -26,17 +26,24 @@ Two measurements on a training run's checkpoint (EMA weights unless --raw):
    that ignores it has a gap of exactly 0. It is measured per noise level because the
    direction only matters where the noise hides where the object goes.
 
-  python benchmarks/motion_probe.py runs/tiny_t2v [--data runs/data/shapes16] [--json F]
+  lumiere eval probe runs/tiny_t2v [--data runs/data/shapes16] [--json F]
 """
 
-import argparse
 import json
 import pathlib
-import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from motion_check import weighted_track  # this folder: python puts it on sys.path
+from lumiere_jax import weights
+from lumiere_jax.data import pipeline
+from lumiere_jax.diffusion import denoisers, predictions
+from lumiere_jax.diffusion import guidance as guidance_lib
+from lumiere_jax.diffusion.schedules import alpha_sigma_from_logsnr, schedule_from_config
+from lumiere_jax.errors import UserError
+from lumiere_jax.io import atomic
+from lumiere_jax.models import build
 
 # One object for every probe, so that the rows differ only in the motion phrase.
 MOTIONS = ("moving left", "moving right", "moving up", "moving down", "growing",
@@ -52,6 +59,16 @@ OPPOSITE = {"moving left": "moving right", "moving right": "moving left",
             "moving up": "moving down", "moving down": "moving up"}
 
 
+def weighted_track(weights_: np.ndarray) -> tuple:
+  """weights [T, H, W] >= 0 -> (centroids [T, 2] as (x, y), total weight [T]); a frame
+  with no weight gets centroid (0, 0)."""
+  ys, xs = np.mgrid[:weights_.shape[1], :weights_.shape[2]]
+  mass = weights_.sum(axis=(1, 2))
+  safe = np.where(mass > 0, mass, 1.0)
+  return np.stack([(weights_ * xs).sum(axis=(1, 2)) / safe,
+                   (weights_ * ys).sum(axis=(1, 2)) / safe], axis=-1), mass
+
+
 def summary(brightness: np.ndarray) -> dict:
   centroids, mass = weighted_track(brightness)
   d = centroids[-1] - centroids[0]
@@ -65,7 +82,6 @@ def motion_of(prompt: str) -> str:
 
 def single_object_clips(data_dir, num_frames: int):
   """Yields (caption, uint8 video [T, H, W, 3]) for the dataset's single-object clips."""
-  from lumiere_jax.data import pipeline
   clips = pipeline.open_split(data_dir)
   for i in range(len(clips)):
     record = clips[i]
@@ -95,30 +111,16 @@ def swapped_direction(caption: str):
 
 def probe(checkpoint: str, use_ema: bool, noise_levels, seeds: int, guidance: float,
           data_dir=None, swap_clips: int = 0, swap_levels=()) -> dict:
-  import jax
-  import jax.numpy as jnp
-
-  from lumiere_jax.config import finalize
-  from lumiere_jax.errors import UserError
-  from lumiere_jax.data.pipeline import to_model_range
-  from lumiere_jax.diffusion import denoisers, predictions
-  from lumiere_jax.diffusion import guidance as guidance_lib
-  from lumiere_jax.diffusion.schedules import alpha_sigma_from_logsnr, schedule_from_config
-  from lumiere_jax.models import build
-  from lumiere_jax.train import checkpoint as ck
-
-  config = finalize(ck.load_run_config(checkpoint), [])
-  if config.model.kind != "stunet":
+  config, params = weights.load_model(checkpoint=checkpoint, use_ema=use_ema)
+  model = build.Model(config)
+  if not model.is_video:
     raise UserError(f"{checkpoint} is a {config.model.kind} run, not a t2v one")
-  params = ck.load_trained_params(checkpoint, config, use_ema=use_ema)
-  tokenizer = build.tokenizer(config)
-  encoder = build.build_text_encoder(config)
-  denoise = denoisers.text_denoiser(build.build_denoiser(config.model))
+  tokenizer = model.tokenizer
   schedule = schedule_from_config(config.diffusion, config.data.resolution)
-  model_params = {k: v for k, v in params.items() if k != "text"}
-  shape = (config.data.num_frames, config.data.resolution, config.data.resolution, 3)
+  shape = model.clip_shape
 
-  encode = jax.jit(lambda tokens: encoder.apply({"params": params["text"]}, tokens))
+  encode = jax.jit(lambda tokens: model.text_encoder.apply({"params": params["text"]},
+                                                           tokens))
 
   def noise_scales(t, n):
     alpha, sigma = alpha_sigma_from_logsnr(schedule.logsnr(jnp.full((n,), t)))
@@ -144,7 +146,7 @@ def probe(checkpoint: str, use_ema: bool, noise_levels, seeds: int, guidance: fl
     # the prompt's doing ("standing still" is the control).
     z = sigma * jnp.broadcast_to(jax.random.normal(key, (1,) + shape), (n,) + shape)
     out = guidance_lib.classifier_free_guidance(
-        denoisers.bind(denoise, model_params), uncond, guidance)(z, jnp.full((n,), t), cond)
+        denoisers.bind(model.denoise, params), uncond, guidance)(z, jnp.full((n,), t), cond)
     return predictions.to_x0_eps(out, z, alpha, sigma, config.diffusion.prediction)[0]
 
   tokens = tokenizer.encode(list(PROBES))
@@ -161,13 +163,13 @@ def probe(checkpoint: str, use_ema: bool, noise_levels, seeds: int, guidance: fl
   @jax.jit
   def per_clip_error(video, true_tokens, swapped_tokens, t, key):
     """v-MSE per clip [2] with the true and the swapped caption, same noise."""
-    x0 = to_model_range(video)[None]
+    x0 = pipeline.to_model_range(video)[None]
     alpha, sigma = noise_scales(t, 1)
     eps = jax.random.normal(key, x0.shape)
     z = alpha * x0 + sigma * eps
     goal = predictions.target(x0, eps, alpha, sigma, config.diffusion.prediction)
     cond = dict(zip(("emb", "mask"), encode(jnp.concatenate([true_tokens, swapped_tokens]))))
-    out = denoise(model_params, jnp.concatenate([z, z]), jnp.full((2,), t), cond)
+    out = model.denoise(params, jnp.concatenate([z, z]), jnp.full((2,), t), cond)
     return jnp.mean(jnp.square(out.astype(jnp.float32) - goal), axis=(1, 2, 3, 4))
 
   errors = {t: [] for t in swap_levels}
@@ -206,8 +208,10 @@ def _with(caption: str, word: str) -> str:
   raise ValueError(word)
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+HELP = "Does a t2v checkpoint read the motion word? (caption-swap gap, conditional means)"
+
+
+def add_arguments(parser) -> None:
   parser.add_argument("checkpoint", help="a t2v workdir, its checkpoints/ or a step folder")
   parser.add_argument("--data", type=pathlib.Path, help="dataset folder: add its own means")
   parser.add_argument("--raw", action="store_true", help="the raw weights, not the EMA")
@@ -218,22 +222,21 @@ def main(argv=None) -> int:
                       help="clips for the caption-swap loss gap (needs --data; 0: skip)")
   parser.add_argument("--swap-t", type=float, nargs="+", default=[0.5, 0.7, 0.9])
   parser.add_argument("--json", type=pathlib.Path)
-  args = parser.parse_args(argv)
+
+
+def run(args) -> int:
+  """`lumiere eval probe`: prints the three measurements; --json writes them."""
   if args.seeds < 1 or args.swap_clips < 0 or not all(0 < t <= 1
                                                       for t in args.t + args.swap_t):
-    print("motion_probe: --seeds must be >= 1, --swap-clips >= 0 and every --t and --swap-t "
-          "in (0, 1]", file=sys.stderr)
-    return 2
-  from lumiere_jax.errors import UserError
-  try:
-    result = probe(args.checkpoint, not args.raw, args.t, args.seeds, args.guidance,
-                   args.data, args.swap_clips, args.swap_t)
-    reference = {}
-    if args.data is not None:
-      reference = dataset_means(args.data, result["config"].data.num_frames)
-  except UserError as e:
-    print(f"motion_probe: {e}", file=sys.stderr)
-    return 2
+    raise UserError("--seeds must be >= 1, --swap-clips >= 0 and every --t and --swap-t "
+                    "in (0, 1]")
+  if args.json is not None and not args.json.parent.is_dir():
+    raise UserError(f"--json {args.json}: folder {args.json.parent} does not exist")
+  result = probe(args.checkpoint, not args.raw, args.t, args.seeds, args.guidance,
+                 args.data, args.swap_clips, args.swap_t)
+  reference = {}
+  if args.data is not None:
+    reference = dataset_means(args.data, result["config"].data.num_frames)
 
   print("text encoder: relative output change when one word changes: " + ", ".join(
       f"{k} {v:.3f}" for k, v in result["text"].items()))
@@ -263,11 +266,7 @@ def main(argv=None) -> int:
       print(f"  t={t}: true {row['true']:.4f}  swapped {row['swapped']:.4f}  "
             f"gap {row['gap']:+.2%}  swapped worse on {row['worse']:.0%} of {row['clips']} clips")
   if args.json:
-    args.json.write_text(json.dumps(dict(text=result["text"], rows=rows,
-                                         swap={str(t): r for t, r in swap.items()}),
-                                    indent=1) + "\n")
+    atomic.write_text(args.json, json.dumps(dict(text=result["text"], rows=rows,
+                                                 swap={str(t): r for t, r in swap.items()}),
+                                            indent=1) + "\n")
   return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

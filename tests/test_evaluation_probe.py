@@ -1,21 +1,13 @@
-"""benchmarks/motion_probe.py: the centroid it reads off a conditional mean is right, and
-on the dataset's own means it sees the captioned motions (what a learned model must match)."""
-
-import importlib.util
-import pathlib
-import sys
+"""`lumiere eval probe` (evaluation/probe.py): the centroid it reads off a conditional
+mean is right, and on the dataset's own means it sees the captioned motions (what a
+learned model must match)."""
 
 import numpy as np
 import pytest
 
-from lumiere_jax.data import builders, shapes
-
-_BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(_BENCHMARKS))  # as when the script runs: motion_check beside it
-_SPEC = importlib.util.spec_from_file_location("motion_probe", _BENCHMARKS / "motion_probe.py")
-motion_probe = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(motion_probe)
-import motion_check  # noqa: E402  (benchmarks/ is on sys.path now)
+from lumiere_jax import cli
+from lumiere_jax.data import builders
+from lumiere_jax.evaluation import probe as motion_probe
 
 
 def test_centroid_of_a_moving_square_is_closed_form():
@@ -68,28 +60,10 @@ def test_swapped_direction_is_the_opposite_direction_and_only_that():
     assert motion_probe.OPPOSITE[b] == a
 
 
-def test_dataset_clips_move_as_captioned_and_steadily():
-  """motion_check on rendered clips: every single-object clip with a direction moves as
-  captioned, by under 2 px a frame (thresholded centroids of anti-aliased shapes wobble a
-  little) and straight; the same track held 4 frames at a time jumps twice as far."""
-  judged = 0
-  for index in range(60):
-    clip = shapes.render_clip((7, 0, index), 32, 16, two_object_fraction=0.0)
-    motion = clip.tracks[0].motion
-    if motion not in motion_check.DIRECTIONS:
-      continue
-    centroids, _ = motion_check.object_track(clip.video, 100)
-    max_step, straightness = motion_check.steadiness(centroids)
-    assert motion_check.judge(clip.caption, centroids[-1] - centroids[0], 1.0, 3.0, 0.25)
-    assert max_step < 2.0 and straightness > 0.95, (clip.caption, max_step, straightness)
-    jumpy = centroids[(np.arange(16) // 4) * 4]
-    assert motion_check.steadiness(jumpy)[0] > 2 * max_step
-    judged += 1
-  assert judged >= 20
-
-
-def test_steadiness_is_closed_form():
-  line = np.stack([np.arange(5.0), np.zeros(5)], axis=-1)
-  assert motion_check.steadiness(line) == (1.0, 1.0)
-  back_and_forth = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 0.0], [2.0, 0.0]])
-  assert motion_check.steadiness(back_and_forth) == (2.0, pytest.approx(1 / 3))
+def test_probe_bad_input_is_one_line_exit_2(tmp_path, capsys):
+  code = cli.main(["eval", "probe", str(tmp_path / "missing"), "--seeds", "0"])
+  err = capsys.readouterr().err
+  assert code == 2 and len(err.strip().splitlines()) == 1 and "--seeds" in err
+  code = cli.main(["eval", "probe", str(tmp_path / "missing")])
+  err = capsys.readouterr().err
+  assert code == 2 and "does not exist" in err, err

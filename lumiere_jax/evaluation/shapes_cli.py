@@ -1,0 +1,100 @@
+"""`lumiere eval shapes`: the shapes evaluator from the command line (see shapes_eval)."""
+
+import pathlib
+
+import numpy as np
+import tqdm
+
+from lumiere_jax import weights
+from lumiere_jax.diffusion import config as diffusion_config
+from lumiere_jax.errors import UserError
+from lumiere_jax.evaluation import shapes_eval
+from lumiere_jax.io import sheet as sheet_io
+from lumiere_jax.io import video as video_io
+from lumiere_jax.pipelines import generate
+
+HELP = "Held-out shapes prompts: colour, shape, motion and consistency vs ground truth."
+XT_SCALE = 4
+
+
+def add_arguments(parser) -> None:
+  source = parser.add_mutually_exclusive_group()
+  source.add_argument("--checkpoint", metavar="DIR", help="a training workdir (EMA weights)")
+  source.add_argument("--model", metavar="NAME",
+                      help=f"a shipped model (default: {weights.DEFAULT_MODEL})")
+  parser.add_argument("--step", type=int, metavar="N", help="with --checkpoint: this step")
+  parser.add_argument("--num", type=int, default=64, help="prompts (default 64)")
+  parser.add_argument("--seed", type=int, default=0, help="prompts and sampling seed")
+  parser.add_argument("--batch", type=int, default=8, help="videos sampled at once")
+  parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+  parser.add_argument("--guidance", type=float, help="(default: the model's)")
+  parser.add_argument("--negative-prompt", help="(default: the model's)")
+  parser.add_argument("--json", type=pathlib.Path, help="write the report and settings")
+  parser.add_argument("--sheet", type=pathlib.Path, help="contact sheet (.png) of the "
+                      "model's videos above the ground truth's, the first 16 prompts")
+  parser.add_argument("--xt-slice", type=pathlib.Path, help="X-T slices (.png), same")
+  parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def check_args(args) -> None:
+  """Everything that can be wrong with the request, before any work."""
+  if args.num < 1:
+    raise UserError(f"--num must be >= 1, got {args.num}")
+  if args.batch < 1:
+    raise UserError(f"--batch must be >= 1, got {args.batch}")
+  if args.steps is not None and args.steps < 1:
+    raise UserError(f"--steps must be >= 1, got {args.steps}")
+  if args.step is not None and args.checkpoint is None:
+    raise UserError("--step selects a step of --checkpoint")
+  for flag, path, suffixes in (("--json", args.json, (".json",)),
+                               ("--sheet", args.sheet, (".png", ".jpg")),
+                               ("--xt-slice", args.xt_slice, (".png",))):
+    if path is None:
+      continue
+    if path.suffix.lower() not in suffixes:
+      raise UserError(f"{flag} {path}: write it as {' or '.join(suffixes)}")
+    if not path.parent.is_dir():
+      raise UserError(f"{flag} {path}: folder {path.parent} does not exist")
+    if path.is_dir():
+      raise UserError(f"{flag} {path} is a directory")
+
+
+def run(args) -> int:
+  check_args(args)
+  config, params = weights.load_model(checkpoint=args.checkpoint, name=args.model,
+                                      step=args.step)
+  section = config.diffusion
+  settings = diffusion_config.sampler_settings(section, steps=args.steps)
+  guidance = section.guidance if args.guidance is None else args.guidance
+  negative = section.negative_prompt if args.negative_prompt is None else args.negative_prompt
+  model = generate.TextToVideo(config, params, settings)
+  items = shapes_eval.held_out_items(args.num, args.seed, config.data.resolution,
+                                     config.data.num_frames)
+  bar = tqdm.tqdm(total=args.num, desc="evaluating", unit="video", disable=args.quiet)
+  sample = lambda captions, seed: model(captions, seed, guidance, negative_prompt=negative)
+  report, videos = shapes_eval.evaluate(sample, items, args.seed, args.batch,
+                                        lambda done: bar.update(done - bar.n))
+  bar.close()
+  print(shapes_eval.table(report))
+  settings_record = {
+      "num": args.num, "seed": args.seed, "sampler": settings.method,
+      "steps": settings.steps, "guidance": guidance, "negative_prompt": negative,
+      "threshold": settings.threshold, "resolution": config.data.resolution,
+      "frames": config.data.num_frames, "checkpoint": args.checkpoint,
+      "step": args.step, "model": None if args.checkpoint else (args.model or
+                                                                weights.DEFAULT_MODEL),
+      "held_out": [" ".join(t) for t in shapes_eval.HELD_OUT]}
+  if args.json is not None:
+    shapes_eval.write_json(args.json, report, settings_record)
+    print(args.json)
+  truth = np.stack([item.ground_truth for item in items])
+  shown = slice(0, 16)
+  if args.sheet is not None:
+    rows = [row for caption, v, g in zip(report["captions"][shown], videos[shown],
+                                         truth[shown])
+            for row in ((caption, v), ("ground truth", g))]
+    print(sheet_io.write_sheet(rows, args.sheet, 8))
+  if args.xt_slice is not None:
+    pairs = np.stack([x for v, g in zip(videos[shown], truth[shown]) for x in (v, g)])
+    print(video_io.write_png(args.xt_slice, video_io.xt_slices(pairs), scale=XT_SCALE))
+  return 0

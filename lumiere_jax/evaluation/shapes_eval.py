@@ -1,0 +1,129 @@
+"""The shapes evaluator: held-out prompts, the model's videos and rendered ground truth,
+judged alike (evaluation/tracker.py), side by side.
+
+Prompts come from a held-out caption split: every prompt holds one of HELD_OUT, the
+(colour, shape, motion) combinations that the shipped models' training data leaves out
+(launch/shapes_recipe.sh), so the model must compose words it saw only apart. Prompt i
+gets motion MOTIONS[i % 8]; a quarter of them add a second object (a different colour,
+any combination). The ground-truth clip of prompt i is rendered by the data builder with
+the same caption, at the model's resolution and frame count.
+"""
+
+import dataclasses
+import json
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+
+from lumiere_jax.data import shapes
+from lumiere_jax.evaluation import tracker
+from lumiere_jax.io import atomic
+
+HELD_OUT = (
+    ("red", "triangle", "moving left"),
+    ("green", "circle", "moving right"),
+    ("blue", "square", "moving up"),
+    ("yellow", "triangle", "moving down"),
+    ("magenta", "circle", "bouncing around"),
+    ("cyan", "square", "growing"),
+    ("white", "circle", "shrinking"),
+    ("red", "square", "standing still"),
+)
+TWO_OBJECT_EVERY = 4  # prompt i has two objects when i % 4 == 3
+FIGURES = ("area_stability", "centroid_jitter", "max_step", "flicker")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalItem:
+  caption: str
+  ground_truth: np.ndarray  # uint8 [T, H, W, 3]
+
+
+def held_out_items(num: int, seed: int, resolution: int, num_frames: int) -> list:
+  """`num` prompts with their ground-truth clips; deterministic in `seed`."""
+  by_motion = {motion: triple for triple in HELD_OUT for motion in [triple[2]]}
+  items = []
+  for i in range(num):
+    required = by_motion[shapes.MOTIONS[i % len(shapes.MOTIONS)]]
+    two = i % TWO_OBJECT_EVERY == TWO_OBJECT_EVERY - 1
+    clip = shapes.render_clip((seed, i), resolution, num_frames,
+                              two_object_fraction=1.0 if two else 0.0,
+                              excluded=frozenset(HELD_OUT), required=required)
+    items.append(EvalItem(clip.caption, clip.video))
+  return items
+
+
+def score(videos: Sequence[np.ndarray], captions: Sequence[str]) -> dict:
+  """Judges every named object: accuracy per motion and overall, and the mean
+  temporal-consistency figures."""
+  objects = [r for video, caption in zip(videos, captions)
+             for r in tracker.judge_video(np.asarray(video), caption)]
+  per_motion = {}
+  for motion in shapes.MOTIONS:
+    rows = [r for r in objects if r["name"] == motion]
+    per_motion[motion] = {"n": len(rows),
+                          "accuracy": _mean([r["motion"] for r in rows])}
+  overall = {key: _mean([r[key] for r in objects]) for key in ("motion", "colour", "shape")}
+  figures = {key: _nanmean([r.get(key, np.nan) for r in objects]) for key in FIGURES}
+  return {"objects": len(objects), "accuracy": overall, "per_motion": per_motion,
+          "consistency": figures}
+
+
+def _mean(values) -> float:
+  return float(np.mean(values)) if len(values) else math.nan
+
+
+def _nanmean(values) -> float:
+  values = np.asarray(values, np.float64)
+  return float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+
+
+def ratios(model: dict, truth: dict) -> dict:
+  """model / ground truth for every accuracy and figure."""
+  def ratio(a, b):
+    return a / b if b else math.nan
+  return {"accuracy": {k: ratio(v, truth["accuracy"][k]) for k, v in model["accuracy"].items()},
+          "per_motion": {m: ratio(v["accuracy"], truth["per_motion"][m]["accuracy"])
+                         for m, v in model["per_motion"].items()},
+          "consistency": {k: ratio(v, truth["consistency"][k])
+                          for k, v in model["consistency"].items()}}
+
+
+def evaluate(sample: Callable[[list, int], np.ndarray], items: Sequence[EvalItem],
+             seed: int, batch: int, progress=None) -> tuple:
+  """(report, videos): `sample(captions, seed)` -> uint8 [N, T, H, W, 3] is called in
+  batches (video i uses seed + i); the report holds the model's scores, ground truth's
+  and their ratio."""
+  captions = [item.caption for item in items]
+  videos = []
+  for start in range(0, len(items), batch):
+    videos.extend(np.asarray(sample(captions[start:start + batch], seed + start)))
+    if progress is not None:
+      progress(min(start + batch, len(items)))
+  model = score(videos, captions)
+  truth = score([item.ground_truth for item in items], captions)
+  return {"model": model, "ground_truth": truth, "ratio": ratios(model, truth),
+          "captions": captions}, np.stack(videos)
+
+
+def table(report: dict) -> str:
+  """The per-motion accuracy table and the overall figures, as text."""
+  m, g, r = report["model"], report["ground_truth"], report["ratio"]
+  lines = [f"{'':22s}{'n':>4s}{'model':>8s}{'truth':>8s}{'ratio':>8s}"]
+  for motion in shapes.MOTIONS:
+    lines.append(f"{motion:22s}{m['per_motion'][motion]['n']:4d}"
+                 f"{m['per_motion'][motion]['accuracy']:8.2f}"
+                 f"{g['per_motion'][motion]['accuracy']:8.2f}{r['per_motion'][motion]:8.2f}")
+  for key in ("motion", "colour", "shape"):
+    lines.append(f"{key + ' (all objects)':22s}{m['objects']:4d}{m['accuracy'][key]:8.2f}"
+                 f"{g['accuracy'][key]:8.2f}{r['accuracy'][key]:8.2f}")
+  for key in FIGURES:
+    lines.append(f"{key:22s}{'':4s}{m['consistency'][key]:8.2f}"
+                 f"{g['consistency'][key]:8.2f}{r['consistency'][key]:8.2f}")
+  return "\n".join(lines)
+
+
+def write_json(path, report: dict, settings: dict) -> None:
+  atomic.write_text(path, json.dumps({"settings": settings, **report}, indent=1,
+                                     default=float) + "\n")
