@@ -21,7 +21,7 @@ def run(args) -> int:
   start = time.perf_counter()
   written = demo.run_demo(args.out, args.model, progress=not args.quiet)
   sheet = next(p for p in written if p.name == "sheet.png")
-  print(f"wrote {len(demo.DEMO_PROMPTS)} videos (mp4, gif, X-T slice) and a contact "
+  print(f"wrote {len(written) // 3} videos (mp4, gif, X-T slice) and a contact "
         f"sheet to {pathlib.Path(args.out).resolve()}/ in {time.perf_counter() - start:.0f} s")
   print(f"start with {sheet}")
   return 0

@@ -6,7 +6,7 @@ its config's `diffusion` section, the settings its evaluation used), as one batc
 """
 
 import pathlib
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -69,7 +69,8 @@ def write_demo(videos: np.ndarray, prompts: Sequence[str], out_dir) -> list:
 
 
 def run_demo(out_dir, model_name: str = weights.DEFAULT_MODEL,
-             prompts: Sequence[str] = DEMO_PROMPTS, progress: bool = True) -> list:
+             prompts: Optional[Sequence[str]] = None, progress: bool = True) -> list:
+  prompts = DEMO_PROMPTS if prompts is None else prompts
   out_dir = check_out_dir(out_dir)
   config, params = weights.load_model(name=model_name)
   section = config.diffusion
