@@ -20,3 +20,24 @@ os.environ.setdefault("LUMIERE_COMPILATION_CACHE",
 from lumiere_jax import runtime  # noqa: E402  (after the environment is set)
 
 runtime.enable_compilation_cache()
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture()
+def fresh_model(monkeypatch):
+  """`weights.load_model` returns a freshly initialised 4-frame tiny t2v model (2 sampling
+  steps) instead of a shipped or trained one; the list records the calls."""
+  from lumiere_jax import weights  # pylint: disable=g-import-not-at-top
+  from lumiere_jax.config import load_config
+  from lumiere_jax.pipelines import generate
+  config = load_config("shapes_tiny:t2v", ["data.num_frames=4", "diffusion.steps=2"])
+  params = generate.fresh_params(config)
+  calls = []
+
+  def load_model(**kwargs):
+    calls.append(kwargs)
+    return config, params
+
+  monkeypatch.setattr(weights, "load_model", load_model)
+  return calls

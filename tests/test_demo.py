@@ -5,29 +5,19 @@ import numpy as np
 import pytest
 
 from lumiere_jax import cli, weights
-from lumiere_jax.config import load_config
 from lumiere_jax.pipelines import demo, generate
 
 
 @pytest.fixture()
-def fresh_model(monkeypatch):
-  config = load_config("shapes_tiny:t2v", ["data.num_frames=4", "diffusion.steps=2"])
-  params = generate.fresh_params(config)
-  calls = []
-
-  def load_model(**kwargs):
-    calls.append(kwargs)
-    return config, params
-
-  monkeypatch.setattr(weights, "load_model", load_model)
+def demo_model(fresh_model, monkeypatch):
   monkeypatch.setattr(demo, "DEMO_PROMPTS", demo.DEMO_PROMPTS[:2])
-  return calls
+  return fresh_model
 
 
-def test_demo_writes_every_file(tmp_path, capsys, fresh_model):
+def test_demo_writes_every_file(tmp_path, capsys, demo_model):
   out = tmp_path / "demo"
   assert cli.main(["demo", "--out", str(out), "--quiet"]) == 0
-  assert fresh_model == [{"name": weights.DEFAULT_MODEL}]
+  assert demo_model == [{"name": weights.DEFAULT_MODEL}]
   names = sorted(p.name for p in out.iterdir())
   stems = [generate.output_name(i, p) for i, p in enumerate(demo.DEMO_PROMPTS)]
   assert names == sorted([f"{s}{x}" for s in stems for x in (".gif", ".mp4", ".xt.png")]

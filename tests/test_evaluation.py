@@ -7,10 +7,8 @@ import numpy as np
 import pytest
 
 from lumiere_jax import cli, weights
-from lumiere_jax.config import load_config
 from lumiere_jax.data import shapes
 from lumiere_jax.evaluation import shapes_eval, tracker
-from lumiere_jax.pipelines import generate
 
 DIRECTED = ("moving left", "moving right", "moving up", "moving down", "growing",
             "shrinking")
@@ -89,18 +87,6 @@ def test_ground_truth_against_itself_has_ratio_one():
   assert report["model"] == report["ground_truth"]
 
 
-@pytest.fixture()
-def fresh_model(monkeypatch):
-  config = load_config("shapes_tiny:t2v", ["data.num_frames=4"])
-  params = generate.fresh_params(config)
-  calls = []
-
-  def load_model(**kwargs):
-    calls.append(kwargs)
-    return config, params
-
-  monkeypatch.setattr(weights, "load_model", load_model)
-  return calls
 
 
 def test_eval_shapes_end_to_end(tmp_path, capsys, fresh_model):

@@ -4,7 +4,6 @@ clear error that names it, and nothing is returned half-loaded."""
 import json
 
 import flax
-import jax
 import numpy as np
 import pytest
 

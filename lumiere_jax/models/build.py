@@ -12,7 +12,6 @@ The full parameter tree of a model is
 and a stage's `config.train.trainable` names the top-level entries it trains.
 """
 
-import dataclasses
 from typing import Sequence
 
 import flax
