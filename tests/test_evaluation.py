@@ -2,6 +2,7 @@
 wrong, an empty video matches nothing, and `lumiere eval shapes` runs end to end."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -55,6 +56,49 @@ def test_a_caption_outside_the_grammar_matches_nothing(clips):
   assert not (r["colour"] or r["shape"] or r["motion"])
 
 
+def _shaken(video, pixels, seed=0):
+  """Each frame shifted by up to `pixels` px in x and y: a jittering object."""
+  rng = np.random.default_rng(seed)
+  return np.stack([np.roll(f, tuple(rng.integers(-pixels, pixels + 1, size=2)), axis=(0, 1))
+                   for f in video])
+
+
+def test_a_jittering_object_is_not_bouncing(clips):
+  """A turn counts only with BOUNCE_LEG on both sides: +-1 px of jitter on an object that
+  moves straight, grows or stands still is not a bounce (it was, with any sign change)."""
+  judged = 0
+  for clip in clips[:60]:
+    track = clip.tracks[0]
+    if track.motion == "bouncing around":
+      continue
+    shaken = _shaken(clip.video, 1, seed=judged)
+    caption = f"a {track.colour} {track.shape} bouncing around"
+    assert not tracker.judge_video(shaken, caption)[0]["motion"], clip.caption
+    judged += 1
+  assert judged > 30
+
+
+def test_turns_count_reversals_with_legs_on_both_sides():
+  assert tracker.turns(np.array([0.0, 4, 8, 4, 0, 4]), leg=3) == 2
+  assert tracker.turns(np.array([0.0, 1, 0, 1, 0, 1, 0]), leg=3) == 0
+  assert tracker.turns(np.array([0.0, 2, 8, 6]), leg=3) == 0  # came back only 2
+  assert tracker.turns(np.array([5.0, 4, 5, 9, 4]), leg=3) == 1
+
+
+def test_background_flicker_counts_changes_away_from_the_objects():
+  video = np.zeros((4, 32, 32, 3), np.uint8)
+  video[:, 10:18, 0:8] = shapes.COLOURS["red"]  # a still square at the left edge
+  video[1::2, :, 30:] = 40                      # the right edge blinks (dim: background)
+  coverage = tracker.colour_coverage(video)
+  flicker = tracker.background_flicker(video, coverage)
+  # Changing pixels: 2 columns x 32 rows, 40 in every channel, every frame pair; the
+  # square's neighbourhood (rows 8..19, columns 0..9) is not background, and does not
+  # wrap round to the right edge.
+  background = 32 * 32 - 12 * 10
+  assert flicker == pytest.approx(40 * 2 * 32 / background)
+  assert tracker.background_flicker(video[:, :, :16], coverage[..., :16]) == 0.0
+
+
 def test_a_track_that_holds_then_jumps_has_larger_steps_and_jitter():
   clip = shapes.render_clip((3, 0), 32, 16, two_object_fraction=0.0,
                             required=("red", "square", "moving right"))
@@ -78,13 +122,38 @@ def test_held_out_prompts_cover_every_motion_and_hold_a_held_out_combination():
   assert sum(" and " in i.caption for i in items) == 24 // shapes_eval.TWO_OBJECT_EVERY
 
 
+def test_every_held_out_combination_appears_alone_and_with_a_second_object():
+  captions = [shapes_eval.held_out_items(1, 0, 32, 16)[0].caption]  # builds one clip
+  assert captions[0].startswith("a red triangle moving left")
+  paired = {shapes.MOTIONS[i % 8] for i in range(32) if shapes_eval.two_objects(i)}
+  alone = {shapes.MOTIONS[i % 8] for i in range(32) if not shapes_eval.two_objects(i)}
+  assert paired == alone == set(shapes.MOTIONS)
+  assert sum(shapes_eval.two_objects(i) for i in range(32)) == 8
+
+
 def test_ground_truth_against_itself_has_ratio_one():
   items = shapes_eval.held_out_items(16, seed=0, resolution=32, num_frames=16)
-  truth = lambda captions, seed: np.stack([items[seed + i].ground_truth
-                                           for i in range(len(captions))])
-  report, _ = shapes_eval.evaluate(truth, items, seed=0, batch=5)
-  assert all(v == 1.0 for v in report["ratio"]["accuracy"].values())
-  assert report["model"] == report["ground_truth"]
+  calls = []
+
+  def truth(captions, seed):  # video i is item i's clip (the padding repeats the last)
+    calls.append((len(captions), seed))
+    return np.stack([items[min(seed + i, len(items) - 1)].ground_truth
+                     for i in range(len(captions))])
+
+  report, videos = shapes_eval.evaluate(truth, items, seed=0, batch=5)
+  # One batch size throughout (the last padded), so a compiled sampler traces once.
+  assert calls == [(5, 0), (5, 5), (5, 10), (5, 15)] and len(videos) == 16
+  assert shapes_eval.seeds_used(16, 5) == 20 and shapes_eval.seeds_used(3, 8) == 3
+  ratio = report["ratio"]
+  for figures in (ratio["accuracy"], ratio["per_motion"], ratio["consistency"]):
+    assert all(v == 1.0 for v in figures.values()), figures
+  assert report["ground_truth"]["consistency"]["flicker"] == 0.0  # 0 / 0 counts as 1
+
+
+def test_ratio_is_model_over_truth_and_undefined_where_it_should_be():
+  assert shapes_eval.ratio(0.5, 1.0) == 0.5 and shapes_eval.ratio(0.0, 0.0) == 1.0
+  assert math.isnan(shapes_eval.ratio(1.0, 0.0))
+  assert math.isnan(shapes_eval.ratio(math.nan, 1.0))
 
 
 
@@ -95,9 +164,12 @@ def test_eval_shapes_end_to_end(tmp_path, capsys, fresh_model):
                    "--json", str(out), "--sheet", str(tmp_path / "s.png"),
                    "--xt-slice", str(tmp_path / "xt.png"), "--quiet"])
   assert code == 0, capsys.readouterr().err
-  report = json.loads(out.read_text())
-  assert report["settings"]["num"] == 3 and report["settings"]["steps"] == 2
-  assert report["settings"]["model"] == weights.DEFAULT_MODEL
+  report = json.loads(out.read_text(), parse_constant=pytest.fail)  # standard JSON
+  settings = report["settings"]
+  assert settings["num"] == 3 and settings["steps"] == 2 and settings["batch"] == 2
+  assert settings["model"] == weights.DEFAULT_MODEL and settings["frames"] == 4
+  assert settings["held_out"][0] == "red triangle moving left"
+  assert settings["judge"]["bounce_leg"] == tracker.BOUNCE_LEG
   assert len(report["captions"]) == 3 and report["ground_truth"]["accuracy"]["motion"] == 1.0
   assert (tmp_path / "s.png").is_file() and (tmp_path / "xt.png").is_file()
   assert "moving left" in capsys.readouterr().out
@@ -109,6 +181,10 @@ def test_eval_shapes_end_to_end(tmp_path, capsys, fresh_model):
     (["--json", "{tmp}/e.txt"], "write it as .json"),
     (["--sheet", "{tmp}/s.gif"], "write it as .png or .jpg"),
     (["--step", "3"], "--step selects a step of --checkpoint"),
+    (["--sheet", "{tmp}/missing/s.png"], "does not exist"),
+    (["--batch", "0"], "--batch must be >= 1"),
+    (["--guidance", "-1"], "guidance scale must be >= 0"),
+    (["--seed", str(2**31 - 2), "--num", "2"], "seed must be in"),
 ])
 def test_bad_input_is_one_line_exit_2_before_any_work(tmp_path, capsys, fresh_model, argv,
                                                       match):
@@ -116,3 +192,14 @@ def test_bad_input_is_one_line_exit_2_before_any_work(tmp_path, capsys, fresh_mo
   err = capsys.readouterr().err
   assert code == 2 and len(err.strip().splitlines()) == 1 and match in err, err
   assert fresh_model == [] and list(tmp_path.iterdir()) == []
+
+
+def test_a_model_that_is_not_text_to_video_is_refused_before_generating(
+    tmp_path, capsys, monkeypatch):
+  from lumiere_jax.config import load_config
+  config = load_config("shapes_tiny:t2i")
+  monkeypatch.setattr(weights, "load_model", lambda **kwargs: (config, None))
+  code = cli.main(["eval", "shapes", "--json", str(tmp_path / "e.json")])
+  err = capsys.readouterr().err
+  assert code == 2 and "needs a text-to-video model" in err, err
+  assert list(tmp_path.iterdir()) == []

@@ -2,11 +2,15 @@
 mean is right, and on the dataset's own means it sees the captioned motions (what a
 learned model must match)."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lumiere_jax import cli
-from lumiere_jax.data import builders
+from lumiere_jax import cli, weights
+from lumiere_jax.data import builders, shapes
+from lumiere_jax.errors import UserError
+from lumiere_jax.models import build
 from lumiere_jax.evaluation import probe as motion_probe
 
 
@@ -61,9 +65,30 @@ def test_swapped_direction_is_the_opposite_direction_and_only_that():
 
 
 def test_probe_bad_input_is_one_line_exit_2(tmp_path, capsys):
-  code = cli.main(["eval", "probe", str(tmp_path / "missing"), "--seeds", "0"])
-  err = capsys.readouterr().err
-  assert code == 2 and len(err.strip().splitlines()) == 1 and "--seeds" in err
-  code = cli.main(["eval", "probe", str(tmp_path / "missing")])
-  err = capsys.readouterr().err
-  assert code == 2 and "does not exist" in err, err
+  missing = str(tmp_path / "missing")
+  for argv, match in ((["--checkpoint", missing, "--seeds", "0"], "--seeds"),
+                      (["--checkpoint", missing], "does not exist"),
+                      (["--model", "shapes_t2v", "--raw"], "--raw selects"),
+                      (["--checkpoint", missing, "--data", missing], "is not a folder")):
+    code = cli.main(["eval", "probe", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and match in err, (argv, err)
+
+
+def test_caption_swap_gap_is_zero_for_a_model_blind_to_the_caption(fresh_model):
+  """With the text encoder zeroed every caption encodes alike, so the swapped caption
+  denoises exactly as well as the true one; with its own weights the captions differ.
+  Only clips moving in a direction are used, at most max_clips of them."""
+  config, params = weights.load_model()
+  model = build.Model(config)
+  clips = [(c.caption, c.video) for c in
+           (shapes.render_clip((2, i), 32, 4, two_object_fraction=0.0) for i in range(12))]
+  directed = sum(motion_probe.swapped_direction(caption) is not None for caption, _ in clips)
+  assert directed >= 3
+  blind = dict(params, text=jax.tree.map(jnp.zeros_like, params["text"]))
+  (gap,) = motion_probe.caption_swap_gap(model, blind, clips, [0.9], max_clips=3).values()
+  assert gap["clips"] == 3 and gap["true"] > 0 and gap["gap"] == pytest.approx(0, abs=1e-6)
+  (gap,) = motion_probe.caption_swap_gap(model, params, clips, [0.9], max_clips=3).values()
+  assert gap["swapped"] != gap["true"]
+  with pytest.raises(UserError, match="no single-object clip"):
+    motion_probe.caption_swap_gap(model, params, clips[:0], [0.9], max_clips=3)

@@ -1,6 +1,8 @@
 """Has a t2v checkpoint learned prompt -> motion? A one-minute probe instead of sampling.
 
-Two measurements on a training run's checkpoint (EMA weights unless --raw):
+Three measurements of a t2v model (a training run's EMA weights unless --raw, or a
+shipped model); each is a library function (text_sensitivity, conditional_means,
+caption_swap_gap) that `probe` composes:
 
 1. Text sensitivity: how far the text encoder's output moves when one word of a caption
    changes, as ||e(a) - e(b)|| / ||e(a)|| over the caption's tokens, averaged over pairs
@@ -26,7 +28,7 @@ Two measurements on a training run's checkpoint (EMA weights unless --raw):
    that ignores it has a gap of exactly 0. It is measured per noise level because the
    direction only matters where the noise hides where the object goes.
 
-  lumiere eval probe runs/tiny_t2v [--data runs/data/shapes16] [--json F]
+  lumiere eval probe --checkpoint runs/tiny_t2v [--data runs/data/shapes16] [--json F]
 """
 
 import json
@@ -109,39 +111,42 @@ def swapped_direction(caption: str):
   return caption[:-len(motion)] + OPPOSITE[motion]
 
 
-def probe(checkpoint: str, use_ema: bool, noise_levels, seeds: int, guidance: float,
-          data_dir=None, swap_clips: int = 0, swap_levels=()) -> dict:
-  config, params = weights.load_model(checkpoint=checkpoint, use_ema=use_ema)
-  model = build.Model(config)
-  if not model.is_video:
-    raise UserError(f"{checkpoint} is a {config.model.kind} run, not a t2v one")
-  tokenizer = model.tokenizer
-  schedule = schedule_from_config(config.diffusion, config.data.resolution)
-  shape = model.clip_shape
+def noise_scales(schedule, t, n: int) -> tuple:
+  """(alpha, sigma), each [n, 1, 1, 1, 1], at noise level t for a batch of n clips."""
+  alpha, sigma = alpha_sigma_from_logsnr(schedule.logsnr(jnp.full((n,), t)))
+  return tuple(a.reshape(n, 1, 1, 1, 1) for a in (alpha, sigma))
 
-  encode = jax.jit(lambda tokens: model.text_encoder.apply({"params": params["text"]},
-                                                           tokens))
 
-  def noise_scales(t, n):
-    alpha, sigma = alpha_sigma_from_logsnr(schedule.logsnr(jnp.full((n,), t)))
-    return tuple(a.reshape(n, 1, 1, 1, 1) for a in (alpha, sigma))
+def text_sensitivity(model: build.Model, params: dict) -> dict:
+  """{'motion'|'colour'|'shape': mean relative change of the text encoding over the
+  caption's tokens when one word of that kind changes (SWAPS)}."""
+  encode = jax.jit(lambda tokens: model.encode(params["text"], tokens))
 
   def relative_change(a: str, b: str) -> float:
-    emb, mask = (np.asarray(x) for x in encode(tokenizer.encode([a, b])))
+    cond = encode(model.tokenize([a, b]))
+    emb, mask = np.asarray(cond["emb"]), np.asarray(cond["mask"])
     valid = mask[0] & mask[1]
     change = np.linalg.norm(emb[0] - emb[1], axis=-1) / np.linalg.norm(emb[0], axis=-1)
     return float(change[valid].mean())
 
-  text = {kind: round(float(np.mean([relative_change(_with(BASE, a), _with(BASE, b))
-                                      for a, b in pairs])), 3)
+  return {kind: round(float(np.mean([relative_change(_with(BASE, a), _with(BASE, b))
+                                     for a, b in pairs])), 3)
           for kind, pairs in SWAPS.items()}
+
+
+def conditional_means(model: build.Model, params: dict, noise_levels, seeds: int,
+                      guidance: float) -> dict:
+  """{t: brightness [len(PROBES), T, H, W] in [0, 1]}: the guided x0-prediction from
+  pure noise at level t for every probe prompt, averaged over `seeds` noise draws."""
+  config = model.config
+  schedule = schedule_from_config(config.diffusion, config.data.resolution)
+  shape = model.clip_shape
 
   @jax.jit
   def mean_x0(tokens, empty, t, key):
-    cond = dict(zip(("emb", "mask"), encode(tokens)))
-    uncond = dict(zip(("emb", "mask"), encode(empty)))
+    cond, uncond = model.encode(params["text"], tokens), model.encode(params["text"], empty)
     n = tokens.shape[0]
-    alpha, sigma = noise_scales(t, n)
+    alpha, sigma = noise_scales(schedule, t, n)
     # No signal, and the same noise for every prompt: what differs between the rows is
     # the prompt's doing ("standing still" is the control).
     z = sigma * jnp.broadcast_to(jax.random.normal(key, (1,) + shape), (n,) + shape)
@@ -149,50 +154,73 @@ def probe(checkpoint: str, use_ema: bool, noise_levels, seeds: int, guidance: fl
         denoisers.bind(model.denoise, params), uncond, guidance)(z, jnp.full((n,), t), cond)
     return predictions.to_x0_eps(out, z, alpha, sigma, config.diffusion.prediction)[0]
 
-  tokens = tokenizer.encode(list(PROBES))
-  empty = tokenizer.encode([""] * len(PROBES))
+  tokens = model.tokenize(PROBES)
+  empty = model.tokenize([""] * len(PROBES))
   means = {}
   for t in noise_levels:
     x0 = np.mean([np.asarray(mean_x0(tokens, empty, np.float32(t), jax.random.key(s)))
                   for s in range(seeds)], axis=0)
     means[t] = np.clip((x0.max(axis=-1) + 1) / 2, 0, 1)
-  result = dict(config=config, text=text, means=means)
-  if not swap_clips or data_dir is None:
-    return result
+  return means
+
+
+def caption_swap_gap(model: build.Model, params: dict, clips, noise_levels,
+                     max_clips: int, seed: int = 1234) -> dict:
+  """{t: {clips, true, swapped, gap, worse}}: the denoising error (v-MSE, conditional,
+  no guidance) of each (caption, uint8 clip [T, H, W, 3]) in `clips` that moves left,
+  right, up or down, with its true caption and with the opposite direction, the same
+  noise and t for both; gap = mean of swapped / true - 1 (0 exactly for a model that
+  ignores the caption), worse = the share of clips where the swap hurts. At most
+  `max_clips` clips; raises UserError if none moves in a direction."""
+  config = model.config
+  schedule = schedule_from_config(config.diffusion, config.data.resolution)
 
   @jax.jit
-  def per_clip_error(video, true_tokens, swapped_tokens, t, key):
-    """v-MSE per clip [2] with the true and the swapped caption, same noise."""
+  def per_clip_error(video, tokens, t, key):
+    """v-MSE per caption [2] (true, swapped) of one clip, same noise."""
     x0 = pipeline.to_model_range(video)[None]
-    alpha, sigma = noise_scales(t, 1)
+    alpha, sigma = noise_scales(schedule, t, 1)
     eps = jax.random.normal(key, x0.shape)
     z = alpha * x0 + sigma * eps
     goal = predictions.target(x0, eps, alpha, sigma, config.diffusion.prediction)
-    cond = dict(zip(("emb", "mask"), encode(jnp.concatenate([true_tokens, swapped_tokens]))))
+    cond = model.encode(params["text"], tokens)
     out = model.denoise(params, jnp.concatenate([z, z]), jnp.full((2,), t), cond)
     return jnp.mean(jnp.square(out.astype(jnp.float32) - goal), axis=(1, 2, 3, 4))
 
-  errors = {t: [] for t in swap_levels}
+  errors = {t: [] for t in noise_levels}
   used = 0
-  for caption, video in single_object_clips(data_dir, config.data.num_frames):
+  for caption, video in clips:
     swapped = swapped_direction(caption)
+    if used == max_clips:
+      break
     if swapped is None:
       continue
-    pair = tokenizer.encode([caption, swapped])
-    for t in swap_levels:
-      key = jax.random.fold_in(jax.random.key(1234), used)
-      errors[t].append(np.asarray(per_clip_error(video, pair[:1], pair[1:], np.float32(t),
-                                                 key)))
+    tokens = model.tokenize([caption, swapped])
+    key = jax.random.fold_in(jax.random.key(seed), used)
+    for t in noise_levels:
+      errors[t].append(np.asarray(per_clip_error(video, tokens, np.float32(t), key)))
     used += 1
-    if used == swap_clips:
-      break
   if not used:
-    raise UserError(f"{data_dir} has no single-object clip moving left, right, up or down")
-  result["swap"] = {t: dict(clips=used, true=float(np.mean([e[0] for e in errs])),
-                            swapped=float(np.mean([e[1] for e in errs])),
-                            gap=float(np.mean([e[1] / e[0] - 1 for e in errs])),
-                            worse=float(np.mean([e[1] > e[0] for e in errs])))
-                    for t, errs in errors.items()}
+    raise UserError("no single-object clip moving left, right, up or down to swap")
+  return {t: dict(clips=used, true=float(np.mean([e[0] for e in errs])),
+                  swapped=float(np.mean([e[1] for e in errs])),
+                  gap=float(np.mean([e[1] / e[0] - 1 for e in errs])),
+                  worse=float(np.mean([e[1] > e[0] for e in errs])))
+          for t, errs in errors.items()}
+
+
+def probe(config, params: dict, noise_levels, seeds: int, guidance: float, data_dir=None,
+          swap_clips: int = 0, swap_levels=()) -> dict:
+  """The three measurements of a t2v model: {'text', 'means'[, 'swap']} (the swap needs
+  `data_dir` and `swap_clips` > 0)."""
+  model = build.Model(config)
+  if not model.is_video:
+    raise UserError(f"the probe needs a t2v model, got a {config.model.kind} one")
+  result = dict(text=text_sensitivity(model, params),
+                means=conditional_means(model, params, noise_levels, seeds, guidance))
+  if swap_clips and data_dir is not None:
+    clips = single_object_clips(data_dir, config.data.num_frames)
+    result["swap"] = caption_swap_gap(model, params, clips, swap_levels, swap_clips)
   return result
 
 
@@ -212,9 +240,15 @@ HELP = "Does a t2v checkpoint read the motion word? (caption-swap gap, condition
 
 
 def add_arguments(parser) -> None:
-  parser.add_argument("checkpoint", help="a t2v workdir, its checkpoints/ or a step folder")
-  parser.add_argument("--data", type=pathlib.Path, help="dataset folder: add its own means")
-  parser.add_argument("--raw", action="store_true", help="the raw weights, not the EMA")
+  source = parser.add_mutually_exclusive_group()
+  source.add_argument("--checkpoint", metavar="DIR",
+                      help="a t2v training workdir, its checkpoints/ or a step folder")
+  source.add_argument("--model", metavar="NAME",
+                      help=f"a shipped model (default: {weights.DEFAULT_MODEL})")
+  parser.add_argument("--data", type=pathlib.Path, help="dataset folder: add its own means "
+                      "and the caption-swap gap")
+  parser.add_argument("--raw", action="store_true",
+                      help="with --checkpoint: the raw weights, not the EMA")
   parser.add_argument("--t", type=float, nargs="+", default=[0.98, 0.9])
   parser.add_argument("--seeds", type=int, default=4)
   parser.add_argument("--guidance", type=float, default=3.0)
@@ -224,19 +258,30 @@ def add_arguments(parser) -> None:
   parser.add_argument("--json", type=pathlib.Path)
 
 
-def run(args) -> int:
-  """`lumiere eval probe`: prints the three measurements; --json writes them."""
+def check_args(args) -> None:
+  """Every input problem as one line, before the model loads."""
   if args.seeds < 1 or args.swap_clips < 0 or not all(0 < t <= 1
                                                       for t in args.t + args.swap_t):
     raise UserError("--seeds must be >= 1, --swap-clips >= 0 and every --t and --swap-t "
                     "in (0, 1]")
+  if args.raw and args.checkpoint is None:
+    raise UserError("--raw selects the raw weights of --checkpoint")
+  if args.data is not None and not args.data.is_dir():
+    raise UserError(f"--data {args.data} is not a folder")
   if args.json is not None and not args.json.parent.is_dir():
     raise UserError(f"--json {args.json}: folder {args.json.parent} does not exist")
-  result = probe(args.checkpoint, not args.raw, args.t, args.seeds, args.guidance,
-                 args.data, args.swap_clips, args.swap_t)
+
+
+def run(args) -> int:
+  """`lumiere eval probe`: prints the three measurements; --json writes them."""
+  check_args(args)
+  config, params = weights.load_model(checkpoint=args.checkpoint, name=args.model,
+                                      use_ema=not args.raw)
+  result = probe(config, params, args.t, args.seeds, args.guidance, args.data,
+                 args.swap_clips, args.swap_t)
   reference = {}
   if args.data is not None:
-    reference = dataset_means(args.data, result["config"].data.num_frames)
+    reference = dataset_means(args.data, config.data.num_frames)
 
   print("text encoder: relative output change when one word changes: " + ", ".join(
       f"{k} {v:.3f}" for k, v in result["text"].items()))

@@ -1,14 +1,16 @@
 """`lumiere eval shapes`: the shapes evaluator from the command line (see shapes_eval)."""
 
+import os
 import pathlib
 
 import numpy as np
 import tqdm
 
 from lumiere_jax import weights
+from lumiere_jax.data import shapes
 from lumiere_jax.diffusion import config as diffusion_config
 from lumiere_jax.errors import UserError
-from lumiere_jax.evaluation import shapes_eval
+from lumiere_jax.evaluation import shapes_eval, tracker
 from lumiere_jax.io import sheet as sheet_io
 from lumiere_jax.io import video as video_io
 from lumiere_jax.pipelines import generate
@@ -46,6 +48,9 @@ def check_args(args) -> None:
     raise UserError(f"--steps must be >= 1, got {args.steps}")
   if args.step is not None and args.checkpoint is None:
     raise UserError("--step selects a step of --checkpoint")
+  if args.guidance is not None:
+    diffusion_config.check_guidance(args.guidance)
+  generate.check_seed(args.seed, shapes_eval.seeds_used(args.num, args.batch))
   for flag, path, suffixes in (("--json", args.json, (".json",)),
                                ("--sheet", args.sheet, (".png", ".jpg")),
                                ("--xt-slice", args.xt_slice, (".png",))):
@@ -57,12 +62,29 @@ def check_args(args) -> None:
       raise UserError(f"{flag} {path}: folder {path.parent} does not exist")
     if path.is_dir():
       raise UserError(f"{flag} {path} is a directory")
+    if not os.access(path.parent, os.W_OK):
+      raise UserError(f"{flag} {path}: folder {path.parent} is not writable")
+
+
+def check_model(config) -> None:
+  """A text-to-video model whose clips the shapes renderer can draw as ground truth."""
+  generate.check_generation_config(config)
+  frames = generate.video_shape(config)[0]
+  if frames < 2:
+    raise UserError(f"eval shapes judges motion: it needs a text-to-video model, got a "
+                    f"{frames}-frame {config.model.kind} model")
+  try:
+    shapes.check_size(config.data.resolution, frames)
+  except ValueError as e:
+    raise UserError(f"the model's clips cannot be compared with rendered ground truth: "
+                    f"{e}") from None
 
 
 def run(args) -> int:
   check_args(args)
   config, params = weights.load_model(checkpoint=args.checkpoint, name=args.model,
                                       step=args.step)
+  check_model(config)
   section = config.diffusion
   settings = diffusion_config.sampler_settings(section, steps=args.steps)
   guidance = section.guidance if args.guidance is None else args.guidance
@@ -83,7 +105,8 @@ def run(args) -> int:
       "frames": config.data.num_frames, "checkpoint": args.checkpoint,
       "step": args.step, "model": None if args.checkpoint else (args.model or
                                                                 weights.DEFAULT_MODEL),
-      "held_out": [" ".join(t) for t in shapes_eval.HELD_OUT]}
+      "batch": args.batch, "held_out": [" ".join(t) for t in shapes_eval.HELD_OUT],
+      "judge": tracker.SETTINGS}
   if args.json is not None:
     shapes_eval.write_json(args.json, report, settings_record)
     print(args.json)

@@ -5,8 +5,10 @@ Prompts come from a held-out caption split: every prompt holds one of HELD_OUT, 
 (colour, shape, motion) combinations that the shipped models' training data leaves out
 (launch/shapes_recipe.sh), so the model must compose words it saw only apart. Prompt i
 gets motion MOTIONS[i % 8]; a quarter of them add a second object (a different colour,
-any combination). The ground-truth clip of prompt i is rendered by the data builder with
-the same caption, at the model's resolution and frame count.
+any combination that is not held out), and which motions get the second object rotates
+from one round of 8 prompts to the next, so over 32 prompts every held-out combination
+appears both alone and with company. The ground-truth clip of prompt i is rendered by
+the data builder with the same caption, at the model's resolution and frame count.
 """
 
 import dataclasses
@@ -30,7 +32,7 @@ HELD_OUT = (
     ("white", "circle", "shrinking"),
     ("red", "square", "standing still"),
 )
-TWO_OBJECT_EVERY = 4  # prompt i has two objects when i % 4 == 3
+TWO_OBJECT_EVERY = 4  # one prompt in 4 has two objects (see two_objects)
 FIGURES = ("area_stability", "centroid_jitter", "max_step", "flicker")
 
 
@@ -40,15 +42,22 @@ class EvalItem:
   ground_truth: np.ndarray  # uint8 [T, H, W, 3]
 
 
+def two_objects(index: int) -> bool:
+  """Whether prompt `index` names a second object: one in TWO_OBJECT_EVERY, shifted by
+  one each round of len(MOTIONS) prompts (a fixed i % 4 == 3 would give the second object
+  to the same two motions forever)."""
+  shift = index // len(shapes.MOTIONS)
+  return (index + shift) % TWO_OBJECT_EVERY == TWO_OBJECT_EVERY - 1
+
+
 def held_out_items(num: int, seed: int, resolution: int, num_frames: int) -> list:
   """`num` prompts with their ground-truth clips; deterministic in `seed`."""
   by_motion = {motion: triple for triple in HELD_OUT for motion in [triple[2]]}
   items = []
   for i in range(num):
     required = by_motion[shapes.MOTIONS[i % len(shapes.MOTIONS)]]
-    two = i % TWO_OBJECT_EVERY == TWO_OBJECT_EVERY - 1
     clip = shapes.render_clip((seed, i), resolution, num_frames,
-                              two_object_fraction=1.0 if two else 0.0,
+                              two_object_fraction=1.0 if two_objects(i) else 0.0,
                               excluded=frozenset(HELD_OUT), required=required)
     items.append(EvalItem(clip.caption, clip.video))
   return items
@@ -79,10 +88,18 @@ def _nanmean(values) -> float:
   return float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
 
 
+def ratio(model: float, truth: float) -> float:
+  """model / truth; 1 when both are 0 (ground truth has no background flicker at all,
+  and a model without any matches it); NaN when undefined."""
+  if math.isnan(model) or math.isnan(truth):
+    return math.nan
+  if truth == 0:
+    return 1.0 if model == 0 else math.nan
+  return model / truth
+
+
 def ratios(model: dict, truth: dict) -> dict:
   """model / ground truth for every accuracy and figure."""
-  def ratio(a, b):
-    return a / b if b else math.nan
   return {"accuracy": {k: ratio(v, truth["accuracy"][k]) for k, v in model["accuracy"].items()},
           "per_motion": {m: ratio(v["accuracy"], truth["per_motion"][m]["accuracy"])
                          for m, v in model["per_motion"].items()},
@@ -90,17 +107,32 @@ def ratios(model: dict, truth: dict) -> dict:
                           for k, v in model["consistency"].items()}}
 
 
+def batches(count: int, batch: int) -> list:
+  """[(start, size)] covering `count` prompts in calls of the same size: the last call is
+  padded up to `batch` (and its extra videos dropped), so a compiled sampler is traced
+  once, not again for a smaller remainder. Video i always uses seed + i."""
+  batch = min(batch, count)
+  return [(start, batch) for start in range(0, count, batch)]
+
+
+def seeds_used(count: int, batch: int) -> int:
+  """How many consecutive seeds `evaluate` draws, padding included."""
+  return sum(size for _, size in batches(count, batch))
+
+
 def evaluate(sample: Callable[[list, int], np.ndarray], items: Sequence[EvalItem],
              seed: int, batch: int, progress=None) -> tuple:
   """(report, videos): `sample(captions, seed)` -> uint8 [N, T, H, W, 3] is called in
-  batches (video i uses seed + i); the report holds the model's scores, ground truth's
-  and their ratio."""
+  batches (see `batches`; video i uses seed + i); the report holds the model's scores,
+  ground truth's and their ratio."""
   captions = [item.caption for item in items]
   videos = []
-  for start in range(0, len(items), batch):
-    videos.extend(np.asarray(sample(captions[start:start + batch], seed + start)))
+  for start, size in batches(len(items), batch):
+    chunk = captions[start:start + size]
+    padded = chunk + [chunk[-1]] * (size - len(chunk))
+    videos.extend(np.asarray(sample(padded, seed + start))[:len(chunk)])
     if progress is not None:
-      progress(min(start + batch, len(items)))
+      progress(start + len(chunk))
   model = score(videos, captions)
   truth = score([item.ground_truth for item in items], captions)
   return {"model": model, "ground_truth": truth, "ratio": ratios(model, truth),
@@ -125,5 +157,20 @@ def table(report: dict) -> str:
 
 
 def write_json(path, report: dict, settings: dict) -> None:
-  atomic.write_text(path, json.dumps({"settings": settings, **report}, indent=1,
-                                     default=float) + "\n")
+  """Standard JSON (undefined figures, NaN here, become null), written atomically."""
+  record = _nan_to_none({"settings": settings, **report})
+  atomic.write_text(path, json.dumps(record, indent=1, allow_nan=False) + "\n")
+
+
+def _nan_to_none(value):
+  if isinstance(value, dict):
+    return {k: _nan_to_none(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_nan_to_none(v) for v in value]
+  if isinstance(value, (float, np.floating)):
+    return None if math.isnan(value) else float(value)
+  if isinstance(value, np.integer):
+    return int(value)
+  if isinstance(value, np.bool_):
+    return bool(value)
+  return value

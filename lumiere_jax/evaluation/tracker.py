@@ -14,8 +14,10 @@ From an object's track (centroid, area, bounding box per frame) come the judgeme
   motion  moving left/right/up/down: displacement along the axis >= MIN_TRAVEL R and
           twice the displacement across it; growing/shrinking: area ratio last/first
           beyond GROWTH; standing still: displacement < STILL R and area ratio within
-          GROWTH; bouncing around: path length >= MIN_TRAVEL R and the velocity reverses
-          on some axis
+          GROWTH; bouncing around: path length >= MIN_TRAVEL R and the centroid turns back
+          on some axis after moving BOUNCE_LEG R one way and then BOUNCE_LEG R the other
+          (a turn needs real legs on both sides: a jittering object turns back every
+          frame by a pixel or so, and is not bouncing)
 and the temporal-consistency figures of one object: area stability (std / mean over
 frames), centroid jitter (mean |second difference|, px) and the largest step between
 frames (px).
@@ -35,8 +37,14 @@ PRESENT_SHARE = 0.75  # of frames
 MIN_TRAVEL = 0.15     # of the resolution
 STILL = 0.08          # of the resolution
 GROWTH = 1.3          # area ratio
+BOUNCE_LEG = 0.1      # of the resolution, on each side of a turn
 TRIANGLE_OFFSET = 0.07  # centroid below the box centre, share of the box height
 SQUARE_FILL = 0.86    # area / box area
+# What the judgements above depend on, for reports ("scores carry their settings").
+SETTINGS = {"min_coverage": MIN_COVERAGE, "max_residual": MAX_RESIDUAL, "min_area_px": MIN_AREA,
+            "present_share": PRESENT_SHARE, "min_travel": MIN_TRAVEL, "still": STILL,
+            "growth": GROWTH, "bounce_leg": BOUNCE_LEG, "triangle_offset": TRIANGLE_OFFSET,
+            "square_fill": SQUARE_FILL}
 RIGID = ("moving left", "moving right", "moving up", "moving down", "bouncing around",
          "standing still")
 
@@ -115,29 +123,37 @@ def judge_motion(obj: ObjectTrack, motion: str, resolution: int) -> bool:
   if motion in shapes.LINEAR_MOTIONS:
     ux, uy = shapes.LINEAR_MOTIONS[motion]
     along, across = (dx * ux, abs(dy)) if ux else (dy * uy, abs(dx))
-    return along >= MIN_TRAVEL * resolution and along >= 2 * across
+    return bool(along >= MIN_TRAVEL * resolution and along >= 2 * across)
   if motion == "growing":
-    return growth >= GROWTH
+    return bool(growth >= GROWTH)
   if motion == "shrinking":
-    return growth <= 1 / GROWTH
+    return bool(growth <= 1 / GROWTH)
   if motion == "standing still":
-    return np.hypot(dx, dy) < STILL * resolution and 1 / GROWTH < growth < GROWTH
+    return bool(np.hypot(dx, dy) < STILL * resolution and 1 / GROWTH < growth < GROWTH)
   if motion == "bouncing around":
     path = obj.centroids[obj.present]
-    steps = np.diff(path, axis=0)
-    length = np.linalg.norm(steps, axis=-1).sum()
-    return length >= MIN_TRAVEL * resolution and _reverses(steps)
+    length = np.linalg.norm(np.diff(path, axis=0), axis=-1).sum()
+    leg = BOUNCE_LEG * resolution
+    return bool(length >= MIN_TRAVEL * resolution
+                and max(turns(path[:, 0], leg), turns(path[:, 1], leg)) >= 1)
   raise ValueError(f"unknown motion {motion!r}")
 
 
-def _reverses(steps: np.ndarray, min_speed: float = 0.3) -> bool:
-  """Whether the velocity changes sign on some axis between clearly moving steps."""
-  for axis in range(2):
-    v = steps[:, axis]
-    signs = np.sign(v[np.abs(v) >= min_speed])
-    if len(signs) >= 2 and np.any(signs[1:] != signs[:-1]):
-      return True
-  return False
+def turns(values: np.ndarray, leg: float) -> int:
+  """How often a 1-D track turns back after moving at least `leg` one way, counting
+  only turns followed by at least `leg` the other way (hysteresis): wall reflections of
+  a bouncing object count, wobbles smaller than `leg` do not."""
+  count, direction, low, high, extreme = 0, 0, values[0], values[0], values[0]
+  for v in values[1:]:
+    if direction == 0:  # not yet moved `leg` from everything seen so far
+      low, high = min(low, v), max(high, v)
+      if v - low >= leg or high - v >= leg:
+        direction, extreme = (1 if v - low >= leg else -1), v
+    elif (v - extreme) * direction >= 0:
+      extreme = v
+    elif abs(v - extreme) >= leg:
+      count, direction, extreme = count + 1, -direction, v
+  return count
 
 
 def consistency(obj: ObjectTrack, motion: str) -> dict:
@@ -164,10 +180,15 @@ def background_flicker(video: np.ndarray, coverage: np.ndarray, margin: int = 2)
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-  out = mask.copy()
-  for dy in range(-radius, radius + 1):
-    for dx in range(-radius, radius + 1):
-      out |= np.roll(np.roll(mask, dy, axis=-2), dx, axis=-1)
+  """Square dilation of boolean [..., H, W] by `radius` px (edges padded, not wrapped:
+  an object at the left edge does not reach the right one)."""
+  h, w = mask.shape[-2:]
+  pad = [(0, 0)] * (mask.ndim - 2) + [(radius, radius)] * 2
+  padded = np.pad(mask, pad)
+  out = np.zeros_like(mask)
+  for dy in range(2 * radius + 1):
+    for dx in range(2 * radius + 1):
+      out |= padded[..., dy:dy + h, dx:dx + w]
   return out
 
 
