@@ -197,18 +197,6 @@ class Model:
     model, whose clips have one frame)."""
     return clips if self.is_video else clips[:, 0]
 
-  def from_model_layout(self, x):
-    return x if self.is_video else x[:, None]
-
-  def init(self, rng) -> dict:
-    return init_params(self.config, rng)
-
-  def abstract(self):
-    return abstract_params(self.config)
-
-  def split(self, params, trainable: Sequence[str]):
-    return split_trainable(params, trainable)
-
 
 def denoiser_params(params: dict) -> dict:
   """The denoiser's part of the full tree ({'backbone'[, 'temporal']})."""
