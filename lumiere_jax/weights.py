@@ -29,9 +29,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import safetensors
+import safetensors.flax
 
+from lumiere_jax.config import finalize
 from lumiere_jax.errors import UserError
 from lumiere_jax.io import atomic
+from lumiere_jax.models import build
+from lumiere_jax.train import checkpoint as train_checkpoint
 
 ASSETS = pathlib.Path(__file__).resolve().parent / "assets" / "models"
 MANIFEST = "manifest.json"
@@ -71,8 +76,6 @@ def load_model(checkpoint: Optional[str] = None, name: Optional[str] = None,
 
 
 def load_workdir(path, step: Optional[int] = None, use_ema: bool = True):
-  from lumiere_jax.config import finalize  # pylint: disable=g-import-not-at-top
-  from lumiere_jax.train import checkpoint as train_checkpoint
   path = pathlib.Path(path)
   if step is not None:
     directory, _ = train_checkpoint.find_checkpoint(path)
@@ -97,20 +100,16 @@ def load_shipped(name: str, directory: pathlib.Path = ASSETS):
 
 
 def _read_config(path: pathlib.Path) -> ml_collections.ConfigDict:
-  from lumiere_jax.config import finalize  # pylint: disable=g-import-not-at-top
-  from lumiere_jax.train.checkpoint import config_from_saved
   if not path.is_file():
     raise UserError(f"model config {path} is missing")
   try:
     saved = json.loads(path.read_text())
   except json.JSONDecodeError as e:
     raise UserError(f"model config {path} is not valid JSON: {e}") from None
-  return finalize(config_from_saved(saved))
+  return finalize(train_checkpoint.config_from_saved(saved))
 
 
 def _read_weights(path: pathlib.Path, sha256: str, config) -> dict:
-  import safetensors  # pylint: disable=g-import-not-at-top
-  from lumiere_jax.models import build
   if not path.is_file():
     raise UserError(f"model weights {path} are missing")
   data = path.read_bytes()
@@ -143,12 +142,11 @@ def export_model(config, params: dict, name: str, description: str,
                  directory: pathlib.Path = ASSETS, dtype: str = "float32") -> pathlib.Path:
   """Writes `name`'s weights (safetensors, `dtype`) and config, then its manifest entry
   (each file atomically, the manifest last, so it only lists complete models)."""
-  from safetensors.flax import save as save_safetensors  # pylint: disable=g-import-not-at-top
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   flat = {"/".join(k): jnp.asarray(v, dtype)
           for k, v in flax.traverse_util.flatten_dict(params).items()}
-  weights = save_safetensors(flat)
+  weights = safetensors.flax.save(flat)
   weights_name, config_name = f"{name}.safetensors", f"{name}.json"
   atomic.write_bytes(directory / weights_name, weights)
   atomic.write_text(directory / config_name, json.dumps(config.to_dict(), indent=1,

@@ -5,6 +5,7 @@ The videos are sampled with the model's own defaults (steps, guidance, negative 
 its config's `diffusion` section, the settings its evaluation used), as one batch.
 """
 
+import os
 import pathlib
 from typing import Optional, Sequence
 
@@ -37,7 +38,7 @@ def check_out_dir(out_dir) -> pathlib.Path:
   if out_dir.exists() and not out_dir.is_dir():
     raise UserError(f"--out {out_dir} exists and is not a directory")
   parent = next((p for p in (out_dir, *out_dir.parents) if p.exists()), pathlib.Path("."))
-  probe = parent / f".lumiere-write-test-{np.random.randint(1 << 30)}"
+  probe = parent / f".lumiere-write-test-{os.getpid()}"
   try:
     probe.touch()
     probe.unlink()
