@@ -10,6 +10,8 @@ evaluations per step. Also reported:
   * the same loop with the tqdm progress callback on, to show what progress costs, and
     the callback's cost per step measured on its own (a 2000-step loop around a trivial
     denoiser, with and without it), which is precise even on a busy machine;
+  * the same for the Ctrl-C check (the `stop` host callback that ends sampling between
+    steps, always on in the pipeline): the loop without it, and its cost per step;
   * 64 separate calls of the jitted guided denoiser, to show what the compiled loop saves
     over a Python loop that returns to the host every step.
 The three are timed interleaved (medians reported), so that load from other processes
@@ -101,25 +103,37 @@ def progress_overhead_per_step(steps=2000, repeats=5):
   """Seconds the progress callback adds per step: loops of `steps` steps around a
   denoiser that costs almost nothing, with and without it (min over interleaved
   repeats)."""
+  from lumiere_jax.diffusion.progress import TqdmProgress
+  return callback_overhead_per_step({"progress": TqdmProgress(steps, "overhead")}, steps,
+                                    repeats)
+
+
+def stop_overhead_per_step(steps=2000, repeats=5):
+  """Seconds the Ctrl-C check (`stop`, asked on the host after every step) adds per
+  step, measured as progress_overhead_per_step."""
+  from lumiere_jax import runtime
+  return callback_overhead_per_step({"stop": runtime.interrupt_requested}, steps, repeats)
+
+
+def callback_overhead_per_step(callback: dict, steps: int, repeats: int) -> float:
   import jax
   from lumiere_jax.diffusion import samplers, schedules
-  from lumiere_jax.diffusion.progress import TqdmProgress
 
   settings = samplers.SamplerSettings("ddim", steps)
   x = jax.numpy.zeros((1, 16, 32, 32, 3))
-  runs = {progress is not None: jax.jit(lambda x, p=progress: samplers.sample(
-      lambda z, t, c: 0.5 * z, x, None, None, schedules.cosine_schedule(), settings,
-      progress=p)) for progress in (None, TqdmProgress(steps, "overhead"))}
+  runs = {with_it: jax.jit(lambda x, kw=(callback if with_it else {}): samplers.sample(
+      lambda z, t, c: 0.5 * z, x, None, None, schedules.cosine_schedule(), settings, **kw))
+          for with_it in (False, True)}
   best = {}
   for fn in runs.values():
     jax.block_until_ready(fn(x))
   for _ in range(repeats):
-    for with_progress, fn in runs.items():
+    for with_it, fn in runs.items():
       start = time.perf_counter()
       jax.block_until_ready(fn(x))
       jax.effects_barrier()
       elapsed = time.perf_counter() - start
-      best[with_progress] = min(best.get(with_progress, elapsed), elapsed)
+      best[with_it] = min(best.get(with_it, elapsed), elapsed)
   return (best[True] - best[False]) / steps
 
 
@@ -146,23 +160,27 @@ def main():
              "config": args.config, "video": shape,
              "sampler": args.sampler, "steps": args.steps, "batch": args.batch,
              "model_init_s": round(init_seconds, 2)}
-  models = {progress: pipeline.TextToVideo(config, params, settings, progress=progress)
-            for progress in (False, True)}
-  for progress, model in models.items():
+  models = {name: pipeline.TextToVideo(config, params, settings, progress=name == "progress")
+            for name in ("", "progress", "no_stop")}
+  models["no_stop"].stop = None  # read when the program is traced, at its first call
+  for name, model in models.items():
     compiled, first = first_call(model, prompts)
-    summary[f"compile_s{'_progress' if progress else ''}"] = round(compiled, 2)
-    summary[f"first_call_s{'_progress' if progress else ''}"] = round(first, 2)
-  baseline = python_loop(models[False], args.batch, args.steps)
-  # Interleaved, so that load from other processes drifts into all three alike.
-  times = {"loop": [], "loop_progress": [], "python_loop": []}
+    summary[f"compile_s{'_' + name if name else ''}"] = round(compiled, 2)
+    summary[f"first_call_s{'_' + name if name else ''}"] = round(first, 2)
+  baseline = python_loop(models[""], args.batch, args.steps)
+  # Interleaved, so that load from other processes drifts into all of them alike.
+  times = {"loop": [], "loop_progress": [], "loop_no_stop": [], "python_loop": []}
   for i in range(args.repeats):
-    times["loop"].append(timed_call(models[False], prompts, seed=100 * (i + 1)))
-    times["loop_progress"].append(timed_call(models[True], prompts, seed=100 * (i + 1)))
+    times["loop"].append(timed_call(models[""], prompts, seed=100 * (i + 1)))
+    times["loop_progress"].append(timed_call(models["progress"], prompts,
+                                             seed=100 * (i + 1)))
+    times["loop_no_stop"].append(timed_call(models["no_stop"], prompts, seed=100 * (i + 1)))
     times["python_loop"].append(baseline())
     print(json.dumps({"repeat": i, **times}), flush=True)
   for name, values in times.items():
     summary[f"s_per_video_{name}"] = round(statistics.median(values) / args.batch, 2)
   summary["progress_callback_us_per_step"] = round(1e6 * progress_overhead_per_step(), 1)
+  summary["stop_callback_us_per_step"] = round(1e6 * stop_overhead_per_step(), 1)
   summary["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
   print(json.dumps(summary, indent=1))
 

@@ -1,21 +1,56 @@
-"""Process-wide JAX settings shared by the CLI and the tests.
+"""Process-wide settings shared by the CLI and the tests: the persistent compilation
+cache, and Ctrl-C.
 
 The persistent compilation cache matters on CPU: compiling the tiny model's init alone
 takes ~30 s here (its per-parameter threefry graphs dominate), so a second `lumiere`
 call with the same shapes should not pay it again.
+
+Ctrl-C. Python's own SIGINT handling (a KeyboardInterrupt in the main thread at its next
+bytecode) fails three ways in a JAX program: the main thread can sit inside XLA
+(compiling, running a compiled sampling loop) for minutes without running a bytecode; a
+KeyboardInterrupt raised inside a callback (jax's gc callback, a host callback) is
+printed as "Exception ignored" and swallowed, and the run goes on; and a process that
+unwinds while XLA's threads are still compiling can crash in interpreter shutdown. So
+`handle_interrupts` (installed by the `lumiere` command) takes SIGINT over:
+
+- The signal only sets a flag; it never raises.
+- The code checks the flag at safe points (between sampling steps, after each training
+  step, between the clips of a data build) and raises `Interrupted` there, after saving
+  what is safe to save (`check_interrupt`).
+- A watchdog thread, woken by the signal itself (`signal.set_wakeup_fd`, so even while
+  the main thread is inside XLA), ends the process with exit code 130 when no safe point
+  is reached within the grace period (INTERRUPT_GRACE_S): it runs the registered
+  cleanups (`cleanup_on_exit`: a half-built dataset's staging folder, a workdir this run
+  created) and then `os._exit`, which skips the interpreter shutdown that crashes under a
+  running compile.
+- `shielded()` marks work that must finish once started (writing the outputs, saving a
+  checkpoint): the watchdog waits for it. A second Ctrl-C ends the process at once;
+  atomic writes and orbax leave only temporary files then, never a half-written output
+  or checkpoint.
 """
 
+import contextlib
 import os
 import pathlib
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Callable, Optional
 
-import jax
+from lumiere_jax.errors import Interrupted
 
 CACHE_ENV = "LUMIERE_COMPILATION_CACHE"  # a directory, or "off"
+INTERRUPT_GRACE_S = 1.0  # how long a Ctrl-C may wait for a safe point
+GRACE_ENV = "LUMIERE_INTERRUPT_GRACE_S"  # seconds, to wait longer (slow steps, tests)
+EXIT_INTERRUPTED = 130   # 128 + SIGINT, what shells report for a process ended by Ctrl-C
 
 
 def enable_compilation_cache(default_dir: str = "~/.cache/lumiere_jax/xla") -> None:
   """Turns on JAX's persistent compilation cache (keyed by program, flags and version,
   so a stale entry is never used for a different program)."""
+  import jax  # pylint: disable=import-outside-toplevel  (`lumiere` installs Ctrl-C first)
   where = os.environ.get(CACHE_ENV, default_dir)
   if where == "off":
     return
@@ -27,3 +62,199 @@ def enable_compilation_cache(default_dir: str = "~/.cache/lumiere_jax/xla") -> N
   jax.config.update("jax_compilation_cache_dir", str(path))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+# ---------------------------------------------------------------------------------------
+# Ctrl-C
+
+
+class _Interrupts:
+  """The SIGINT flag, its watchdog and what must run before a hard exit."""
+
+  def __init__(self, prog: str, grace: float):
+    self.prog = prog
+    self.grace = self.base_grace = grace
+    self.requested = threading.Event()
+    self.lock = threading.Lock()
+    self.signals = 0
+    self.acknowledged = False
+    self.shield_depth = 0
+    self.cleanups = []
+    self.reader, self.writer = socket.socketpair()
+    self.writer.setblocking(False)
+    self.previous_handler = self.previous_fd = None
+    self.watcher = threading.Thread(target=self._watch, name="lumiere-interrupts",
+                                    daemon=True)
+
+  def install(self) -> None:
+    self.previous_handler = signal.signal(signal.SIGINT, self._ignore)
+    self.previous_fd = signal.set_wakeup_fd(self.writer.fileno(), warn_on_full_buffer=False)
+    self.watcher.start()
+
+  def uninstall(self) -> None:
+    signal.set_wakeup_fd(self.previous_fd)
+    signal.signal(signal.SIGINT, self.previous_handler)
+    self.writer.close()  # the watcher's recv returns b"" and it ends
+    self.watcher.join(timeout=1.0)
+    self.reader.close()
+
+  @staticmethod
+  def _ignore(signum, frame):
+    """The Python-level handler: the watcher does the work; raising here could land in a
+    gc or host callback, where the exception is swallowed."""
+    del signum, frame
+
+  def _watch(self) -> None:
+    while True:
+      try:
+        data = self.reader.recv(64)
+      except OSError:
+        return
+      if not data:
+        return
+      for _ in range(data.count(signal.SIGINT)):
+        self._on_sigint()
+
+  def _on_sigint(self) -> None:
+    with self.lock:
+      self.signals += 1
+      first = self.signals == 1
+    self.requested.set()
+    if not first:
+      self.hard_exit("interrupted again; stopped at once")
+    threading.Thread(target=self._deadline, name="lumiere-interrupt-deadline",
+                     daemon=True).start()
+
+  def _deadline(self) -> None:
+    """Ends the process if the main thread reaches no safe point within the grace."""
+    deadline = time.monotonic() + self.grace
+    while True:
+      time.sleep(0.02)
+      with self.lock:
+        if self.acknowledged:
+          return
+        if self.shield_depth:
+          deadline = time.monotonic() + self.grace
+          continue
+        grace_over = time.monotonic() >= deadline
+      if grace_over:
+        self.hard_exit("interrupted")
+
+  def hard_exit(self, message: str) -> None:
+    for cleanup in reversed(list(self.cleanups)):
+      try:
+        cleanup()
+      except Exception:  # pylint: disable=broad-except
+        pass  # the process ends now; a cleanup that fails must not keep it alive
+    _flush_standard_streams()
+    os.write(2, f"{self.prog}: {message}\n".encode())
+    exit_now(EXIT_INTERRUPTED)
+
+
+def _flush_standard_streams() -> None:
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except Exception:  # pylint: disable=broad-except
+      pass
+
+
+def exit_now(code: int) -> None:
+  """Ends the process without the interpreter's teardown (see cli.main)."""
+  _flush_standard_streams()
+  os._exit(code)  # pylint: disable=protected-access
+
+
+_active: Optional[_Interrupts] = None
+
+
+@contextlib.contextmanager
+def handle_interrupts(prog: str, grace: Optional[float] = None):
+  """Takes SIGINT over for the duration (see the module docstring). Only the main thread
+  can install signal handlers; elsewhere this does nothing. The grace period defaults to
+  $LUMIERE_INTERRUPT_GRACE_S, else INTERRUPT_GRACE_S."""
+  global _active  # pylint: disable=global-statement
+  if _active is not None or threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  if grace is None:
+    try:
+      grace = float(os.environ.get(GRACE_ENV, INTERRUPT_GRACE_S))
+    except ValueError:
+      grace = INTERRUPT_GRACE_S
+  interrupts = _Interrupts(prog, grace)
+  interrupts.install()
+  _active = interrupts
+  try:
+    yield
+  finally:
+    _active = None
+    interrupts.uninstall()
+
+
+def set_interrupt_prog(prog: str) -> None:
+  """The command name of the line printed when Ctrl-C ends the process at once."""
+  interrupts = _active
+  if interrupts is not None:
+    interrupts.prog = prog
+
+
+def interrupt_requested() -> bool:
+  """Whether Ctrl-C was pressed (cheap: called from inside compiled loops)."""
+  interrupts = _active
+  return interrupts is not None and interrupts.requested.is_set()
+
+
+def acknowledge_interrupt() -> None:
+  """The main thread is handling the interrupt: the watchdog stands down (a second
+  Ctrl-C still ends the process at once)."""
+  interrupts = _active
+  if interrupts is not None:
+    with interrupts.lock:
+      interrupts.acknowledged = True
+
+
+def check_interrupt(message: str = "interrupted") -> None:
+  """Raises Interrupted(message) if Ctrl-C was pressed: call it at safe points."""
+  if interrupt_requested():
+    acknowledge_interrupt()
+    raise Interrupted(message)
+
+
+def set_interrupt_grace(seconds: float) -> None:
+  """How long a Ctrl-C may wait for the next safe point (e.g. a few training steps)."""
+  interrupts = _active
+  if interrupts is not None:
+    interrupts.grace = max(interrupts.base_grace, seconds)
+
+
+@contextlib.contextmanager
+def shielded():
+  """Work that must finish once started (writing outputs, a checkpoint): a Ctrl-C waits
+  for it, then the next check_interrupt raises. A second Ctrl-C ends the process."""
+  interrupts = _active
+  if interrupts is None:
+    yield
+    return
+  with interrupts.lock:
+    interrupts.shield_depth += 1
+  try:
+    yield
+  finally:
+    with interrupts.lock:
+      interrupts.shield_depth -= 1
+
+
+@contextlib.contextmanager
+def cleanup_on_exit(cleanup: Callable[[], None]):
+  """Runs `cleanup` if the process is ended by Ctrl-C while inside (the watchdog's hard
+  exit skips `finally` blocks, so whatever they would undo is undone here)."""
+  interrupts = _active
+  if interrupts is None:
+    yield
+    return
+  interrupts.cleanups.append(cleanup)
+  try:
+    yield
+  finally:
+    interrupts.cleanups.remove(cleanup)

@@ -80,7 +80,7 @@ def load_workdir(path, step: Optional[int] = None, use_ema: bool = True):
   if step is not None:
     directory, _ = train_checkpoint.find_checkpoint(path)
     path = directory / str(step)
-    if not (path / train_checkpoint.STATE).is_dir():
+    if not train_checkpoint.is_complete(path):
       raise UserError(f"checkpoint {directory} has no step {step} (steps: "
                       f"{', '.join(map(str, train_checkpoint.committed_steps(directory)))})")
   config = finalize(train_checkpoint.load_run_config(path))

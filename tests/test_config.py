@@ -1,8 +1,11 @@
 """Config loading, overrides and validation: every invalid shape is refused with an error
 naming the field and the allowed values, before anything is traced or compiled."""
 
+import functools
 import json
+import math
 import pathlib
+import re
 
 import flax
 import jax
@@ -120,10 +123,17 @@ def test_mesh_shape_rest_of_devices():
     resolve_mesh_shape((2, 2, 1), 8)
 
 
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+@functools.lru_cache(maxsize=None)
+def _abstract_params(spec: str):
+  return flax.linen.meta.unbox(build.abstract_params(load_config(spec)))
+
+
 def test_paper_scale_init_is_abstract():
   """The paper-scale model's parameters are only shapes: nothing is allocated."""
-  config = load_config("lumiere_base:t2v")
-  abstract = flax.linen.meta.unbox(build.abstract_params(config))
+  abstract = _abstract_params("lumiere_base:t2v")
   leaves = jax.tree_util.tree_leaves(abstract)
   assert all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in leaves)
   counts = build.params_by_component(abstract)
@@ -138,3 +148,62 @@ def test_a_run_saved_before_a_field_existed_reads_it_as_its_default():
   restored = finalize(config_from_saved(saved), [])
   assert restored.train.frozen_at_init == ()
   assert restored.to_dict() == config.to_dict()
+
+
+def _count(tree) -> int:
+  return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def _component_counts(spec: str) -> dict:
+  """The README table's rows, counted here from the parameter tree (temporal module names:
+  blocks_{down|up}_{level}_{j}, mid_{n}, {down|up}sample_{i})."""
+  params = _abstract_params(spec)
+  coarsest = len(load_config(spec).model.block_out_channels) - 1
+  temporal = params["temporal"]
+  resampling = {k: v for k, v in temporal.items() if k.startswith(("downsample_", "upsample_"))}
+  attention = {k: v for k, v in temporal.items()
+               if k.startswith("mid_") or (k.startswith("blocks_")
+                                           and k.split("_")[2] == str(coarsest))}
+  conv = {k: v for k, v in temporal.items() if k not in resampling and k not in attention}
+  assert conv and attention and resampling
+  return {"backbone (T2I U-Net, frozen in t2v)": _count(params["backbone"]),
+          "temporal layers (trained in t2v)": _count(temporal),
+          "conv inflation blocks": _count(conv),
+          "attention inflation blocks (coarsest level)": _count(attention),
+          "temporal down/up-sampling": _count(resampling),
+          "text encoder": _count(params["text"]),
+          "total": _count(params)}
+
+
+def _readme_parameter_table() -> dict:
+  """README "Parameter counts": {row: (lumiere_base:t2v, shapes_tiny:t2v) as written}."""
+  section = README.read_text().split("### Parameter counts", 1)[1].split("\n### ", 1)[0]
+  rows = {}
+  for line in section.splitlines():
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if len(cells) == 3 and all(re.fullmatch(r"[\d,]+\.\d\dM", c) for c in cells[1:]):
+      rows[cells[0]] = tuple(cells[1:])
+  return rows
+
+
+def _millions(n: int) -> str:
+  return f"{n / 1e6:,.2f}M"
+
+
+def test_readme_parameter_counts_are_the_models():
+  """Every count in the README's table, and its per-block backbone line, is what the
+  configs build now (jax.eval_shape: nothing allocated)."""
+  table = _readme_parameter_table()
+  counted = {spec: _component_counts(spec) for spec in ("lumiere_base:t2v", "shapes_tiny:t2v")}
+  assert set(table) == set(counted["lumiere_base:t2v"]), sorted(table)
+  for row, written in table.items():
+    assert written == tuple(_millions(counted[spec][row]) for spec in counted), row
+  line = re.search(r"Backbone per block \(M\): down ([\d. /]+), mid ([\d.]+),\s+up ([\d. /]+)\.",
+                   README.read_text())
+  assert line, "the README's per-block backbone line"
+  written = [float(v) for group in line.groups() for v in group.split("/")]
+  backbone = _abstract_params("lumiere_base:t2v")["backbone"]
+  levels = len(load_config("lumiere_base:t2v").model.block_out_channels)
+  names = ([f"down_blocks_{i}" for i in range(levels)] + ["mid_block"]
+           + [f"up_blocks_{i}" for i in range(levels)])
+  assert written == [round(_count(backbone[name]) / 1e6, 2) for name in names]

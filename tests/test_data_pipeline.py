@@ -112,7 +112,7 @@ def test_conditional_stage_gets_deterministic_masks(data_dir):
 
 def test_ssr_stage_gets_a_frame_window_and_a_low_resolution_copy(tmp_path):
   builders.build_shapes(tmp_path, 4, 64, 16, seed=1)
-  config = _config("ssr")
+  config = _config("ssr", "data.resolution=64")  # x2 here: a cheap 64-pixel dataset
   batch = next(pipeline.make_train_iterator(config, tmp_path, process_index=0,
                                             process_count=1))
   assert batch["video"].shape == (4, 8, 64, 64, 3)

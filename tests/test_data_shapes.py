@@ -128,6 +128,31 @@ def test_bouncing_reflects_off_the_walls_at_least_once_at_constant_diagonal_spee
     assert np.sum(steps < speed - 1e-9) <= track.bounces, clip.caption
 
 
+def test_bouncing_turns_on_each_axis_and_travels_1_2_to_1_8_free_ranges(clips):
+  """docs/data.md: each axis travels 1.2-1.8 times its free range R - 2h over the clip,
+  so the object turns at least once on each axis, at a wall, and stays inside."""
+  tracks = _tracks(clips, "bouncing around")
+  for clip, track in tracks:
+    h = track.half_extents[0]
+    free = R - 2 * h
+    velocity = np.diff(track.centres, axis=0)  # [T - 1, 2]
+    speed = np.abs(velocity).max(axis=0)       # steps not straddling a wall are whole
+    travel = speed * (T - 1) / free
+    assert np.all((travel >= 1.2 - 1e-9) & (travel <= 1.8 + 1e-9)), (clip.caption, travel)
+    for axis in range(2):
+      signs = np.sign(velocity[:, axis])
+      turns = np.flatnonzero(signs[1:] != signs[:-1])
+      assert turns.size >= 1, (clip.caption, axis)
+      # Each turn happens at a wall: the frame before or after it is within a step of
+      # it (centre h or R - h).
+      position = track.centres[:, axis]
+      for turn in turns:
+        near = position[turn:turn + 3]
+        wall = np.minimum(np.abs(near - h), np.abs(near - (R - h))).min()
+        assert wall <= speed[axis] + 1e-9, (clip.caption, axis, turn)
+    assert track.bounces >= 2  # one on each axis at least
+
+
 @pytest.mark.parametrize("motion", ["growing", "shrinking"])
 def test_growing_and_shrinking_change_size_by_at_least_1_6_with_fixed_centre(clips, motion):
   tracks = _tracks(clips, motion)

@@ -20,16 +20,29 @@ def diffusion_config(**fields):
   return config
 
 
+# Min-SNR-gamma's documented default cap (docs/diffusion.md, Hang et al. 2023).
+DOCUMENTED_GAMMA = 5.0
+
+
+def expected_x0_weight(logsnr, weighting, gamma=DOCUMENTED_GAMMA):
+  """w(logSNR) on the x0 error, written out from the definitions (Kingma & Gao), not
+  taken from the module: v-MSE 1 + SNR, eps-MSE SNR, x0-MSE 1, Min-SNR min(SNR, gamma)."""
+  snr = np.exp(np.asarray(logsnr, np.float64))
+  return {"v": 1.0 + snr, "eps": snr, "x0": np.ones_like(snr),
+          "min_snr": np.minimum(snr, gamma)}[weighting]
+
+
 def off_by(x0_true, delta, prediction, schedule, seen_t):
-  """A denoiser whose x0 estimate is exactly x0 + delta, expressed as `prediction`."""
+  """A denoiser whose x0 estimate is exactly x0 + delta, expressed as `prediction` with the
+  closed forms written here: eps = (z - alpha x0) / sigma, v = alpha eps - sigma x0."""
 
   def fn(params, z, t, cond):
     del params, cond
     seen_t.append(t)
     alpha, sigma = (a.reshape(-1, 1, 1, 1, 1) for a in schedule.alpha_sigma(t))
     x0 = x0_true + delta
-    return predictions.target(x0, predictions.eps_from_x0(z, x0, alpha, sigma), alpha,
-                              sigma, prediction)
+    eps = (z - alpha * x0) / sigma
+    return {"x0": x0, "eps": eps, "v": alpha * eps - sigma * x0}[prediction]
 
   return fn
 
@@ -40,14 +53,33 @@ def test_loss_is_the_weighted_x0_error_for_every_parametrisation(prediction, wei
   """Whatever the network predicts, the loss must be mean_b w(logSNR_b) ||x0_hat - x0||^2
   with the weighting's w. An x0 error of 0.1 everywhere makes that 0.01 * mean(w)."""
   config = diffusion_config(prediction=prediction, loss_weighting=weighting)
+  assert config.min_snr_gamma == DOCUMENTED_GAMMA
   schedule = schedules.schedule_from_config(config, SHAPE[-3])
   x0 = jax.random.uniform(jax.random.key(0), SHAPE, minval=-1, maxval=1)
   seen_t = []
   loss, metrics = losses.diffusion_loss(off_by(x0, 0.1, prediction, schedule, seen_t), None,
                                         x0, None, jax.random.key(1), config)
-  w = losses.x0_weight(schedule.logsnr(seen_t[0]), weighting, config.min_snr_gamma)
-  np.testing.assert_allclose(loss, 0.01 * jnp.mean(w), rtol=2e-3)
+  w = expected_x0_weight(schedule.logsnr(seen_t[0]), weighting)
+  np.testing.assert_allclose(loss, 0.01 * np.mean(w), rtol=2e-3)
   assert metrics["loss"] == loss and float(metrics["cfg_dropped"]) == 0.0
+
+
+@pytest.mark.parametrize("gamma", [0.5, 2.0, 20.0])
+def test_min_snr_weight_caps_snr_at_gamma(gamma):
+  """min(SNR, gamma) on the x0 error, for the gamma configured; the levels drawn straddle
+  the cap, so a wrong gamma changes the loss."""
+  config = diffusion_config(prediction="v", loss_weighting="min_snr", min_snr_gamma=gamma)
+  schedule = schedules.schedule_from_config(config, SHAPE[-3])
+  x0 = jax.random.uniform(jax.random.key(0), SHAPE, minval=-1, maxval=1)
+  seen_t = []
+  loss, _ = losses.diffusion_loss(off_by(x0, 0.1, "v", schedule, seen_t), None, x0, None,
+                                  jax.random.key(1), config)
+  snr = np.exp(np.asarray(schedule.logsnr(seen_t[0]), np.float64))
+  assert (snr < gamma).any() and (snr > gamma).any()
+  np.testing.assert_allclose(loss, 0.01 * np.mean(np.minimum(snr, gamma)), rtol=2e-3)
+  np.testing.assert_allclose(
+      losses.x0_weight(jnp.log(jnp.array([gamma / 4, gamma * 4])), "min_snr", gamma),
+      [gamma / 4, gamma], rtol=1e-6)
 
 
 def test_train_logsnr_shift_moves_the_trained_noise_levels_by_exactly_the_shift():

@@ -94,13 +94,56 @@ def test_dpmpp_beats_ddim_at_20_steps(data):
   assert errors["dpmpp"] < 0.5 * errors["ddim"], errors
 
 
+def closed_form_denoiser(data, prediction):
+  """The exact optimal denoiser of `data` expressed as `prediction` with the closed forms
+  written here (not through diffusion/predictions.py, which the sampler itself uses):
+  eps = (z - alpha x0) / sigma, v = alpha eps - sigma x0."""
+
+  def fn(z, t, cond):
+    del cond
+    alpha, sigma = SCHEDULE.alpha_sigma(t)
+    x0 = data.posterior_mean(z, alpha, sigma)
+    alpha, sigma = alpha[:, None], sigma[:, None]
+    eps = (z - alpha * x0) / sigma
+    return {"x0": x0, "eps": eps, "v": alpha * eps - sigma * x0}[prediction]
+
+  return fn
+
+
+@functools.partial(jax.jit, static_argnames=("prediction",))
+def _closed_form_sample(x, prediction):
+  return samplers.sample(closed_form_denoiser(GAUSSIAN, prediction), x, None, None,
+                         SCHEDULE, SamplerSettings(method="dpmpp", steps=16,
+                                                   prediction=prediction))
+
+
 @pytest.mark.parametrize("prediction", ["v", "eps", "x0"])
 def test_samplers_agree_across_prediction_types(prediction):
-  noise = whitened_noise(512, 2)
-  settings = SamplerSettings(method="dpmpp", steps=16, prediction=prediction)
-  out = run_sampler(noise, None, GAUSSIAN, settings, prediction)
-  reference = run_sampler(noise, None, GAUSSIAN, SamplerSettings(method="dpmpp", steps=16))
+  """The same optimal denoiser, handed to the sampler as v, eps or x0 (each converted in
+  the test), gives the same samples, and they have the data's moments."""
+  noise = whitened_noise(4096, 2)
+  out = _closed_form_sample(noise, prediction)
+  reference = _closed_form_sample(noise, "v")
   np.testing.assert_allclose(out, reference, atol=2e-3)
+  mean_error, cov_error = moment_errors(out, GAUSSIAN)
+  assert mean_error < 0.01 and cov_error < 0.05, (mean_error, cov_error)
+
+
+def test_prediction_conversions_are_the_closed_forms():
+  """target() and to_x0_eps() against z = alpha x0 + sigma eps, v = alpha eps - sigma x0
+  (Salimans & Ho), written out, at noise levels across the schedule."""
+  rng = np.random.default_rng(7)
+  x0, eps = rng.standard_normal((2, 5, 3))
+  logsnr = np.linspace(-8.0, 8.0, 5)[:, None]
+  alpha, sigma = np.sqrt(1 / (1 + np.exp(-logsnr))), np.sqrt(1 / (1 + np.exp(logsnr)))
+  z = alpha * x0 + sigma * eps
+  closed = {"x0": x0, "eps": eps, "v": alpha * eps - sigma * x0}
+  for kind, value in closed.items():
+    np.testing.assert_allclose(predictions.target(x0, eps, alpha, sigma, kind), value,
+                               rtol=1e-10, atol=1e-12)
+    back_x0, back_eps = predictions.to_x0_eps(value, z, alpha, sigma, kind)
+    np.testing.assert_allclose(back_x0, x0, rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(back_eps, eps, rtol=1e-8, atol=1e-8)
 
 
 def test_ddim_eta0_is_deterministic_and_ddpm_is_not():

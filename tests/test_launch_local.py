@@ -78,10 +78,18 @@ def test_a_failing_process_stops_the_others_and_sets_the_exit_code():
 
 
 def test_sigterm_is_passed_to_every_process(tmp_path):
-  child = ("import os, pathlib, time\n"
-           f"pathlib.Path({str(tmp_path)!r}, os.environ['LUMIERE_PROCESS_ID'])"
-           ".write_text(str(os.getpid()))\n"
-           "time.sleep(120)")
+  """Each child records the signal it received in its SIGTERM handler: a launcher that
+  killed its children (SIGKILL) would stop them too, but no handler would run."""
+  child = textwrap.dedent(f"""
+      import os, pathlib, signal, sys, time
+      index = os.environ['LUMIERE_PROCESS_ID']
+      def on_sigterm(signum, frame):
+        pathlib.Path({str(tmp_path)!r}, 'signal_' + index).write_text(str(signum))
+        sys.exit(0)
+      signal.signal(signal.SIGTERM, on_sigterm)
+      pathlib.Path({str(tmp_path)!r}, index).write_text(str(os.getpid()))
+      time.sleep(120)
+      """)
   launcher = subprocess.Popen([*LAUNCHER, "--num-processes", "2", "--", sys.executable, "-c",
                                child], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
@@ -94,7 +102,10 @@ def test_sigterm_is_passed_to_every_process(tmp_path):
   _, stderr = launcher.communicate(timeout=60)
   assert launcher.returncode == 128 + signal.SIGTERM
   assert "received signal" in stderr
-  for pid_file in pid_files:
+  for index, pid_file in enumerate(pid_files):
+    received = tmp_path / f"signal_{index}"
+    assert received.exists(), f"process {index} never ran its SIGTERM handler"
+    assert received.read_text() == str(int(signal.SIGTERM))
     with pytest.raises(ProcessLookupError):
       os.kill(int(pid_file.read_text()), 0)
 
@@ -133,10 +144,6 @@ SMALL_MODEL = ["--config.model.block_out_channels=(16, 32)",
 @pytest.mark.slow
 def test_two_process_training_runs_a_few_steps(tmp_path):
   """The t2i stage (it trains from scratch; t2v needs a t2i checkpoint to freeze)."""
-  probe = subprocess.run([sys.executable, "-m", "lumiere_jax.cli", "train"],
-                         capture_output=True, text=True, timeout=120)
-  if "not available yet" in probe.stderr:
-    pytest.skip("`lumiere train` has not landed yet")
   from lumiere_jax.data import builders  # pylint: disable=import-outside-toplevel
   data_dir = tmp_path / "shapes"
   builders.build_shapes(data_dir, 8, 32, 16, seed=3)

@@ -2,11 +2,13 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import trained_weights
 from lumiere_jax.config import load_config, temporal_factor
 from lumiere_jax.models import build
 from lumiere_jax.models import temporal as tl
@@ -172,14 +174,114 @@ def test_inflate_reuses_backbone_and_text_unchanged():
 def test_time_embedding_follows_temporal_downsampling():
   """Per-video tensors are broadcast by the current frame count, so videos with different
   timesteps stay independent after the temporal down-sampling (a batch/frame bookkeeping
-  bug would mix them)."""
+  bug would mix them). Run with trained-looking temporal weights: at init every
+  inflation block is x + 0, and a bug inside one could not show."""
   config, params = _setup((True, True))
+  temporal = trained_weights.perturbed(params["temporal"], seed=11)
   x, _ = _inputs(config)
   emb, mask = build.encode_text(config, params, ["a", "b"])
   stunet = build.build_denoiser(config.model)
-  apply = jax.jit(lambda ts, v, e, m: stunet.apply(
-      {"params": {"backbone": params["backbone"], "temporal": params["temporal"]}},
-      v, ts, e, m))
-  both = apply(jnp.array([37.0, 811.0]), x, emb, mask)
-  swapped = apply(jnp.array([811.0, 37.0]), x[::-1], emb[::-1], mask[::-1])
+  apply = jax.jit(lambda temporal, ts, v, e, m: stunet.apply(
+      {"params": {"backbone": params["backbone"], "temporal": temporal}}, v, ts, e, m))
+  both = apply(temporal, jnp.array([37.0, 811.0]), x, emb, mask)
+  swapped = apply(temporal, jnp.array([811.0, 37.0]), x[::-1], emb[::-1], mask[::-1])
   np.testing.assert_allclose(both[::-1], swapped, atol=1e-5)
+  # The temporal weights really act: every frame differs from the identity-initialised
+  # model's, and a change to one video's input stays in that video.
+  at_init = apply(params["temporal"], jnp.array([37.0, 811.0]), x, emb, mask)
+  assert (np.abs(np.asarray(both - at_init)).max(axis=(0, 2, 3, 4)) > 1e-2).all()
+  nudged = apply(temporal, jnp.array([37.0, 811.0]), x.at[1].multiply(-1.0), emb, mask)
+  np.testing.assert_allclose(nudged[0], both[0], atol=1e-5)
+  assert np.abs(np.asarray(nudged[1] - both[1])).max() > 1e-2
+
+
+def _sinusoid(positions, dim):
+  """The frame embedding written out: diffusers' timestep embedding with
+  flip_sin_to_cos, i.e. [cos(p f_i), sin(p f_i)], f_i = 10000^(-i / (dim / 2))."""
+  freqs = np.exp(-np.log(10000.0) * np.arange(dim // 2) / (dim // 2))
+  args = positions[:, None] * freqs[None]
+  return np.concatenate([np.cos(args), np.sin(args)], axis=-1)
+
+
+def _layer_norm(x, p, eps=1e-5):
+  mean = x.mean(-1, keepdims=True)
+  var = np.square(x - mean).mean(-1, keepdims=True)
+  return (x - mean) / np.sqrt(var + eps) * p["scale"] + p["bias"]
+
+
+def _attention(p, x, context, heads):
+  """Multi-head attention of one sequence x [S, C] to context [L, D], head by head."""
+  q, k, v = (y @ p[name]["kernel"] for y, name in ((x, "to_q"), (context, "to_k"),
+                                                    (context, "to_v")))
+  d = q.shape[-1] // heads
+  outs = []
+  for head in range(heads):
+    cols = slice(head * d, (head + 1) * d)
+    logits = q[:, cols] @ k[:, cols].T / np.sqrt(d)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    outs.append(weights / weights.sum(-1, keepdims=True) @ v[:, cols])
+  return np.concatenate(outs, -1) @ p["to_out_0"]["kernel"] + p["to_out_0"]["bias"]
+
+
+def _reference_temporal_attention_block(p, x, context, heads):
+  """LUMIERE.md's attention inflation block, one pixel at a time: the sequence is that
+  pixel's frames (plus frame embeddings); self-attention, cross-attention to the video's
+  caption, output projection, residual."""
+  b, t, hh, ww, c = x.shape
+  out = np.empty_like(x)
+  pos = _sinusoid(np.arange(t, dtype=np.float64), c)
+  for i in range(b):
+    for row in range(hh):
+      for col in range(ww):
+        seq = _layer_norm(x[i, :, row, col], p["norm1"]) + pos
+        h = _attention(p["attn1"], seq, seq, heads)
+        h = h + _attention(p["attn2"], _layer_norm(h, p["norm2"]), context[i], heads)
+        out[i, :, row, col] = (x[i, :, row, col] + h @ p["proj_out"]["kernel"]
+                               + p["proj_out"]["bias"])
+  return out
+
+
+def test_temporal_attention_block_with_trained_weights_matches_a_per_pixel_reference():
+  """Every weight random and non-zero: attention over the wrong axis, a wrong transpose
+  back, the wrong frame embedding or a cross-attention to another video's caption all
+  change the output."""
+  x = jax.random.normal(jax.random.key(3), (2, 4, 3, 3, 8))
+  context = jax.random.normal(jax.random.key(4), (2, 5, 8))
+  block = tl.AttentionInflationBlock(heads=2)
+  init = nn.meta.unbox(jax.jit(block.init)(jax.random.key(0), x, context))
+  params = trained_weights.perturbed(init["params"], seed=5, scale=0.3)
+  out = np.asarray(jax.jit(block.apply)({"params": params}, x, context), np.float64)
+  to64 = lambda tree: jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), tree)
+  expected = _reference_temporal_attention_block(to64(params), np.asarray(x, np.float64),
+                                                 np.asarray(context, np.float64), heads=2)
+  assert np.abs(expected - np.asarray(x)).max() > 0.1  # the block does something
+  np.testing.assert_allclose(out, expected, atol=1e-4, rtol=0)
+
+
+def _reference_temporal_conv(x, kernel, bias, stride):
+  """y[:, j] = bias + sum_k x[:, stride j + k - K // 2] @ kernel[k], zero padding."""
+  size = kernel.shape[0]
+  frames = x.shape[1]
+  out = []
+  for j in range(0, frames, stride):
+    y = np.broadcast_to(bias, x.shape[:1] + x.shape[2:-1] + bias.shape).copy()
+    for k in range(size):
+      source = j + k - size // 2
+      if 0 <= source < frames:
+        y += x[:, source] @ kernel[k]
+    out.append(y)
+  return np.stack(out, axis=1)
+
+
+@pytest.mark.parametrize("kernel_size,stride", [(3, 1), (3, 2), (5, 2)])
+def test_temporal_conv_with_trained_weights_convolves_over_frames(kernel_size, stride):
+  x = jax.random.normal(jax.random.key(6), (2, 6, 3, 2, 4))
+  conv = tl.TemporalConv(4, kernel_size, stride=stride, identity_init=True)
+  init = nn.meta.unbox(jax.jit(conv.init)(jax.random.key(0), x))
+  params = trained_weights.perturbed(init, seed=7, scale=0.5)
+  out = np.asarray(jax.jit(conv.apply)(params, x), np.float64)
+  p = params["params"]
+  expected = _reference_temporal_conv(np.asarray(x, np.float64),
+                                      np.asarray(p["kernel"], np.float64),
+                                      np.asarray(p["bias"], np.float64), stride)
+  np.testing.assert_allclose(out, expected, atol=1e-5, rtol=0)

@@ -2,7 +2,9 @@
 
 Regenerate the golden files after an intended sharding change with
   LUMIERE_UPDATE_GOLDEN=1 python -m pytest tests/test_sharding.py -k golden
-and review the diff: it is the sharding change.
+and review the diff: it is the sharding change. A regenerating run writes the files and
+skips the comparison (a file compared with itself proves nothing); under CI (CI set) it
+fails instead, and .ci/run refuses to start with LUMIERE_UPDATE_GOLDEN set.
 """
 
 import json
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
+import trained_weights
 from lumiere_jax.config import load_config
 from lumiere_jax.models import build
 from lumiere_jax.parallel import mesh as mesh_lib
@@ -43,7 +46,11 @@ def test_golden_partition_specs(config_spec, golden):
   table = _spec_table(config_spec)
   path = GOLDEN_DIR / golden
   if os.environ.get("LUMIERE_UPDATE_GOLDEN"):
+    if os.environ.get("CI"):
+      pytest.fail("LUMIERE_UPDATE_GOLDEN is set under CI: the golden files would be "
+                  "compared with themselves")
     path.write_text(json.dumps(table, indent=1) + "\n")
+    pytest.skip(f"regenerated {path.name}; review its diff (nothing was compared)")
   expected = json.loads(path.read_text())
   assert sorted(table) == sorted(expected), "parameter paths changed"
   changed = {k: (expected[k], table[k]) for k in table if table[k] != expected[k]}
@@ -67,16 +74,28 @@ def test_specs_never_split_an_indivisible_dimension():
   assert specs["backbone"]["conv_in"]["kernel"] == PartitionSpec(None, None, None, "tensor")
 
 
-@pytest.mark.parametrize("frames,resolution", [(16, 32), (8, 16)])
+MISCOMPILED_TEMPORAL_ATTENTION = pytest.mark.xfail(strict=True, reason=(
+    "the XLA SPMD miscompile of test_xla_residual_matmul_on_a_data_fsdp_batch, inside the "
+    "temporal attention blocks once their weights are non-zero: examples 1 and 2 come out "
+    "wrong (max error 0.8). Keeping the attention sequences batch-sharded, as "
+    "unet2d.Transformer2D does, fixes it (measured: max error 4.6e-6)"))
+
+
+@pytest.mark.parametrize("frames,resolution", [
+    (16, 32), pytest.param(8, 16, marks=MISCOMPILED_TEMPORAL_ATTENTION)])
 def test_sharded_forward_equals_single_device(frames, resolution):
   if jax.device_count() < 8:
     pytest.skip("needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)")
   config = load_config("shapes_tiny:t2v", ["mesh.shape=(2, 2, 2)",
                                            f"data.num_frames={frames}",
                                            f"data.resolution={resolution}"])
+  assert config.model.temporal.down_levels == (True, True)  # 16 -> 8 -> 4 frames
   mesh = mesh_lib.make_mesh(config.mesh)
   params = jax.jit(lambda r: build.init_params(config, r))(jax.random.key(0))
-  denoiser_params = {"backbone": params["backbone"], "temporal": params["temporal"]}
+  # Trained-looking temporal weights: at init every inflation block is x + 0 and every
+  # resampler the identity, so a sharding bug inside them could not change the output.
+  denoiser_params = {"backbone": params["backbone"],
+                     "temporal": trained_weights.perturbed(params["temporal"], seed=3)}
   model = build.build_denoiser(config.model)
   batch = 4
   x = jax.random.normal(jax.random.key(1), build.denoiser_input_shape(config, batch))
@@ -98,7 +117,17 @@ def test_sharded_forward_equals_single_device(frames, resolution):
   assert len(out.sharding.device_set) == 8
   kernel = sharded_params["backbone"]["down_blocks_1"]["resnets_0"]["conv1"]["kernel"]
   assert kernel.sharding.spec == PartitionSpec(None, None, "fsdp", "tensor")
+  # Temporal kernels are split too (time taps whole, channels over fsdp and tensor).
+  temporal = sharded_params["temporal"]
+  for kernel in (temporal["downsample_1"]["conv"]["kernel"],
+                 temporal["blocks_down_0_0"]["temporal_conv"]["kernel"]):
+    assert kernel.sharding.spec == PartitionSpec(None, "fsdp", "tensor")
   np.testing.assert_allclose(np.asarray(out), np.asarray(expected), atol=2e-5, rtol=0)
+  # The temporal layers change the output (it is not the backbone's alone).
+  at_init = jax.jit(model.apply)({"params": {"backbone": params["backbone"],
+                                             "temporal": params["temporal"]}},
+                                 x, timesteps, emb, mask)
+  assert np.abs(np.asarray(at_init) - np.asarray(expected)).max() > 1e-2
 
 
 @pytest.mark.xfail(strict=True, reason=(

@@ -3,8 +3,11 @@ steps stop the run and keep the last good checkpoint; resuming and loading pre-t
 groups refuse configs that do not fit, naming the fields; the command line's bad input
 is one line."""
 
+import contextlib
 import errno
+import re
 import subprocess
+import time
 
 import chex
 import jax
@@ -118,8 +121,59 @@ def test_a_group_frozen_at_init_stays_at_its_seeded_init(data_dir, tmp_path):
 def test_unwritable_workdir_is_one_clear_error(data_dir, tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a folder")
-  with pytest.raises(UserError, match="is not writable"):
+  with pytest.raises(UserError, match="file is a file, not a folder"):
     loop.train(_config("t2i", data_dir), blocker / "run", loss_fn=support.cheap_loss)
+  assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+DISK_FULL = re.compile(r"lumiere train: error: could not write (?:a checkpoint|the metrics) "
+                       r"to \S+: No space left on device; step (\d+) is the newest intact "
+                       r"checkpoint")
+PROGRESS = re.compile(r"\d\d:\d\d:\d\d (step \d+: |train step compiled |resuming )")
+
+
+@contextlib.contextmanager
+def small_disk(path, size: str):
+  """A tmpfs of `size` mounted at `path` (needs the privilege to mount: root, or a
+  user namespace; skipped cleanly where there is none)."""
+  path.mkdir()
+  try:
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                              str(path)], capture_output=True, text=True, timeout=30)
+  except (OSError, subprocess.SubprocessError) as e:
+    pytest.skip(f"cannot mount a tmpfs here: {e}")
+  if mounted.returncode:
+    pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+  try:
+    yield path
+  finally:
+    subprocess.run(["umount", "-l", str(path)], check=False, timeout=30)
+
+
+def test_a_full_disk_during_real_saves_is_one_line_and_the_newest_intact_step_restores(
+    data_dir, tmp_path):
+  """Real orbax saves (checkpoint_every=1) of `lumiere train` onto a 6 MB tmpfs: the
+  disk fills after a few steps. The run ends with exit code 2 and one line naming the
+  newest intact checkpoint, with nothing else but progress lines (no tracebacks from
+  orbax, asyncio or tensorboard threads), and that checkpoint restores."""
+  with small_disk(tmp_path / "disk", "6000k") as disk:
+    workdir = disk / "run"
+    result = subprocess.run(support.lumiere_command(
+        "train", "--config", "shapes_tiny:t2i", "--workdir", str(workdir),
+        *support.cli_overrides(f"train.data_dir={data_dir}", "train.num_steps=60",
+                               "train.checkpoint_every=1", "train.keep_checkpoints=60")),
+        env=support.subprocess_env(), cwd=tmp_path, capture_output=True, text=True,
+        timeout=600)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr[-3000:]
+    error = DISK_FULL.fullmatch(lines[-1])
+    assert error, lines[-1]
+    assert [line for line in lines[:-1] if not PROGRESS.match(line)] == []
+    newest = int(error.group(1))
+    assert newest >= 1 and checkpoint.committed_steps(workdir / "checkpoints")[-1] == newest
+    step, state = _restore_latest(workdir, support.micro_config("t2i",
+                                                                f"train.data_dir={data_dir}"))
+    assert step == newest and int(state.step) == newest
 
 
 def test_full_disk_during_a_save_is_one_line_naming_the_intact_checkpoint(t2i_checkpoint):
@@ -193,3 +247,39 @@ def test_help_and_console_script_errors(capsys):
       "--config.model.widht=3"), cwd=support.REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 2 and "Traceback" not in result.stderr
   assert result.stderr.strip() == ("lumiere train: error: unknown config key 'model.widht'")
+
+
+def test_a_disk_that_fills_between_saves_is_one_line_with_nothing_printed_at_exit(
+    data_dir, tmp_path):
+  """Finding 4: the disk fills after the first checkpoint (another program takes the
+  rest); the next write of the run (its metrics) fails. One line, exit code 2, and
+  nothing after it: no tracebacks of tensorboard's writer thread or exit hook, no orbax
+  thread left running."""
+  with small_disk(tmp_path / "disk", "8m") as disk:
+    workdir = disk / "run"
+    process = subprocess.Popen(support.lumiere_command(
+        "train", "--config", "shapes_tiny:t2i", "--workdir", str(workdir),
+        *support.cli_overrides(f"train.data_dir={data_dir}", "train.num_steps=100000",
+                               "train.checkpoint_every=1000")),
+        env=support.subprocess_env(), cwd=tmp_path, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    try:
+      deadline = time.monotonic() + 300
+      while not checkpoint.committed_steps(workdir / "checkpoints"):
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.1)
+      with open(disk / "filler", "wb") as filler:
+        with contextlib.suppress(OSError):
+          while True:
+            filler.write(bytes(1 << 16))
+            filler.flush()
+      _, stderr = process.communicate(timeout=300)
+    finally:
+      if process.poll() is None:
+        process.kill()
+        process.wait()
+    lines = stderr.strip().splitlines()
+    assert process.returncode == 2, stderr[-3000:]
+    error = DISK_FULL.fullmatch(lines[-1])
+    assert error and error.group(1) == "1", lines[-1]
+    assert [line for line in lines[:-1] if not PROGRESS.match(line)] == [], stderr[-3000:]

@@ -265,6 +265,9 @@ class _Walk:
     h = self.conv2d(BACKBONE, x, c0)
     temb_grad = self.dense(BACKBONE, self.batch, c0, 4 * c0, False)
     temb_grad = self.dense(BACKBONE, self.batch, 4 * c0, 4 * c0, temb_grad)
+    if self.model.in_channels == 6:  # SSR: the conditioning's noise level, embedded alike
+      level_grad = self.dense(BACKBONE, self.batch, c0, 4 * c0, False)
+      temb_grad |= self.dense(BACKBONE, self.batch, 4 * c0, 4 * c0, level_grad)
     skips = [h]
     for level, channels in enumerate(self.channels):
       for _ in range(self.model.layers_per_block):

@@ -1,14 +1,15 @@
 """`lumiere animate`: image-to-video: animate a still image."""
 
-from lumiere_jax.commands._pending import not_available
+from lumiere_jax.commands._pending import add_pending_arguments, not_available, pending_help
 
-HELP = "Image-to-video: animate a still image."
+ISSUE = "the conditional-generation issue"
+HELP = pending_help("Image-to-video: animate a still image.", ISSUE)
 
 
 def add_arguments(parser):
-  del parser
+  add_pending_arguments(parser, "animate", ISSUE)
 
 
 def run(args):
   del args
-  not_available("animate", "the conditional-generation issue")
+  not_available("animate", ISSUE)

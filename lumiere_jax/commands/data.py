@@ -6,6 +6,10 @@
   lumiere data show DIR --out grid.png
 """
 
+import sys
+
+from lumiere_jax import runtime
+
 HELP = "Build and inspect datasets."
 
 
@@ -60,15 +64,24 @@ def run(args) -> int:
     path = contact_sheet.write_contact_sheet(args.dataset, args.out, args.clips, args.frames,
                                              args.split)
     print(f"wrote {path}")
-  elif args.kind == "shapes":
+    return 0
+  what = ("rendering the shapes clips" if args.kind == "shapes" else
+          f"reading the videos in {args.src}")
+
+  def announce(final):
+    print(f"building {final}: {what} here (nothing is downloaded); it appears only when "
+          f"complete", file=sys.stderr)
+
+  if args.kind == "shapes":
     path = builders.build_shapes(args.out, args.num_videos, args.resolution, args.frames,
                                  args.seed, args.two_object_fraction, args.held_out,
-                                 args.held_out_videos, args.text_embeddings)
+                                 args.held_out_videos, args.text_embeddings, announce)
     print(f"wrote {path}")
   else:
     report = builders.build_folder(args.out, args.src, args.resolution, args.frames, args.fps,
-                                   args.captions, args.text_embeddings)
+                                   args.captions, args.text_embeddings, announce)
     print(f"wrote {report.written} clips to {report.path}; skipped {len(report.skipped)}")
-    for name, reason in report.skipped.items():
-      print(f"  skipped {name}: {reason}")
+    for clip, reason in report.skipped.items():
+      print(f"  skipped {clip}: {reason}")
+  runtime.check_interrupt("interrupted; the dataset was complete and is kept")
   return 0

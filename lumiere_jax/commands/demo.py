@@ -3,13 +3,29 @@
 import pathlib
 import time
 
+from lumiere_jax import runtime
 from lumiere_jax import weights
+from lumiere_jax.errors import UserError
 from lumiere_jax.pipelines import demo
 
 HELP = "Generate a few shapes videos with the shipped tiny model (mp4, gif, X-T slices)."
 
 
+def shipped_models_text() -> str:
+  """What this install really ships (the demo needs one), for --help."""
+  try:
+    models = weights.manifest()
+  except UserError as e:
+    return f"The model manifest is unreadable ({e}), so the demo cannot run."
+  if not models:
+    return ("This install ships no models, so the demo cannot run; export one with "
+            "`lumiere export`.")
+  return "Shipped models in this install: " + "; ".join(
+      f"{name}: {entry.get('description', '')}" for name, entry in sorted(models.items()))
+
+
 def add_arguments(parser):
+  parser.epilog = shipped_models_text()
   parser.add_argument("--out", default="demo_out", metavar="DIR",
                       help="output folder (default: ./demo_out)")
   parser.add_argument("--model", default=weights.DEFAULT_MODEL, metavar="NAME",
@@ -20,6 +36,8 @@ def add_arguments(parser):
 def run(args) -> int:
   start = time.perf_counter()
   written = demo.run_demo(args.out, args.model, progress=not args.quiet)
+  runtime.check_interrupt(f"interrupted; the demo files were complete and are written "
+                          f"to {args.out}")
   sheet = next(p for p in written if p.name == "sheet.png")
   print(f"wrote {len(written) // 3} videos (mp4, gif, X-T slice) and a contact "
         f"sheet to {pathlib.Path(args.out).resolve()}/ in {time.perf_counter() - start:.0f} s")

@@ -1,14 +1,15 @@
 """`lumiere edit`: video-to-video editing with SDEdit."""
 
-from lumiere_jax.commands._pending import not_available
+from lumiere_jax.commands._pending import add_pending_arguments, not_available, pending_help
 
-HELP = "Video-to-video editing with SDEdit."
+ISSUE = "the editing issue"
+HELP = pending_help("Video-to-video editing with SDEdit.", ISSUE)
 
 
 def add_arguments(parser):
-  del parser
+  add_pending_arguments(parser, "edit", ISSUE)
 
 
 def run(args):
   del args
-  not_available("edit", "the editing issue")
+  not_available("edit", ISSUE)

@@ -1,13 +1,15 @@
 """`lumiere export`: a training run's weights as a named model (what `--model NAME`,
 `lumiere demo` and `lumiere eval --model` load)."""
 
-import pathlib
-
+from lumiere_jax import runtime
 from lumiere_jax import weights
 from lumiere_jax.config import finalize
+from lumiere_jax.diffusion import samplers
+from lumiere_jax.diffusion.config import check_guidance
 from lumiere_jax.diffusion.guidance import THRESHOLDS
 from lumiere_jax.diffusion.samplers import SAMPLERS
 from lumiere_jax.errors import UserError
+from lumiere_jax.io import atomic
 
 HELP = "Export a training run's EMA weights as a named model (safetensors + manifest)."
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_")
@@ -38,15 +40,25 @@ def sampling_overrides(args) -> list:
           for k, v in pairs.items() if v is not None]
 
 
+def check_sampling_args(args) -> None:
+  """The sampling defaults given, checked before any checkpoint is read."""
+  if args.steps is not None and not 1 <= args.steps <= samplers.MAX_STEPS:
+    raise UserError(f"--steps must be an integer >= 1 and <= {samplers.MAX_STEPS}, got "
+                    f"{args.steps}")
+  if args.guidance is not None:
+    check_guidance(args.guidance)
+
+
 def run(args) -> int:
   if not args.name or set(args.name) - NAME_CHARS:
     raise UserError(f"--name {args.name!r}: use lower-case letters, digits and _")
-  out = pathlib.Path(args.out)
-  if out.exists() and not out.is_dir():
-    raise UserError(f"--out {out} exists and is not a directory")
+  out = atomic.check_output_dir(args.out, "--out")
+  check_sampling_args(args)
   config, params = weights.load_model(checkpoint=args.checkpoint, step=args.step)
   config = finalize(config.unlock(), sampling_overrides(args))
-  path = weights.export_model(config, params, args.name, args.description, out, args.dtype)
+  with runtime.shielded():  # three files, the manifest last: let them all be written
+    path = weights.export_model(config, params, args.name, args.description, out,
+                                args.dtype)
   print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB) and its entry in "
         f"{out / weights.MANIFEST}")
   return 0

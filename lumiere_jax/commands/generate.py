@@ -3,14 +3,19 @@
 import pathlib
 
 from lumiere_jax import config as config_lib
+from lumiere_jax import runtime
 from lumiere_jax import weights
 from lumiere_jax.config import finalize, load_config
 from lumiere_jax.diffusion import config as diffusion_config
 from lumiere_jax.diffusion.guidance import THRESHOLDS
+from lumiere_jax.diffusion import samplers
 from lumiere_jax.diffusion.samplers import SAMPLERS
 from lumiere_jax.errors import UserError
 from lumiere_jax.io import video as video_io
+from lumiere_jax.commands import upsample as upsample_command
 from lumiere_jax.pipelines import generate as pipeline
+from lumiere_jax.pipelines import upsample as upsample_pipeline
+from lumiere_jax.pipelines import windowed
 
 HELP = "Text-to-video generation."
 DEFAULT_STRENGTH = 0.6
@@ -61,7 +66,20 @@ def add_arguments(parser):
                            "(default: the model's diffusion.negative_prompt)")
   parser.add_argument("--seed", type=int, default=0, metavar="S",
                       help="video i uses seed S + i (default 0)")
-  parser.add_argument("--num-frames", type=int, metavar="T", help="frames per video")
+  parser.add_argument("--num-frames", type=int, metavar="T",
+                      help="frames per video; beyond the model's clip length the clip is "
+                           "sampled in overlapping windows fused at every step (temporal "
+                           "MultiDiffusion)")
+  long_clips = parser.add_argument_group("long clips (--num-frames beyond the clip length)")
+  long_clips.add_argument("--window", type=int, metavar="W",
+                          help="frames per window (default: the model's clip length)")
+  long_clips.add_argument("--overlap", type=int, metavar="O",
+                          help="frames shared by neighbouring windows (default 2)")
+  cascade = parser.add_argument_group("cascade (--upsample: the base model, then SSR)")
+  cascade.add_argument("--upsample", action="store_true",
+                       help="upsample the videos with an SSR model (default: the shipped "
+                            f"{upsample_command.DEFAULT_SSR_MODEL})")
+  upsample_command.add_source_arguments(cascade, "ssr-")
   parser.add_argument("--init-video", metavar="PATH",
                       help="SDEdit: start from this video (.npy/.gif/.mp4) noised to "
                            "--strength")
@@ -79,7 +97,15 @@ def read_prompts(args) -> list:
   path = pathlib.Path(args.prompts)
   if not path.is_file():
     raise UserError(f"prompts file not found: {path}")
-  prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+  data = path.read_bytes()
+  try:
+    text = data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise UserError(f"prompts file {path} is not UTF-8 text (byte {e.start}); give one "
+                    f"prompt per line") from None
+  if "\0" in text:
+    raise UserError(f"prompts file {path} holds NUL bytes: a binary file, not text")
+  prompts = [line.strip() for line in text.splitlines() if line.strip()]
   if not prompts:
     raise UserError(f"prompts file {path} has no prompts")
   return pipeline.check_prompts(prompts)
@@ -108,6 +134,56 @@ def list_models() -> int:
   return 0
 
 
+def check_sampling_args(args, count: int) -> None:
+  """The sampling flags given, checked before any model is loaded."""
+  pipeline.check_seed(args.seed, count)
+  if args.steps is not None and not 1 <= args.steps <= samplers.MAX_STEPS:
+    raise UserError(f"--steps must be an integer >= 1 and <= {samplers.MAX_STEPS}, got "
+                    f"{args.steps}")
+  if args.eta is not None and not 0.0 <= args.eta <= 1.0:
+    raise UserError(f"--eta must be in [0, 1], got {args.eta}")
+  if args.guidance is not None:
+    diffusion_config.check_guidance(args.guidance)
+  if args.strength is not None:
+    samplers.check_strength(args.strength)
+
+
+def clip_length(config, args):
+  """(config, num_frames, windows): --num-frames up to the model's clip length sets the
+  clip length (data.num_frames); beyond it, a video model samples the clip in windows."""
+  frames, clip = args.num_frames, config.data.num_frames
+  if frames is None or config.model.kind != "stunet" or frames <= clip:
+    if args.window is not None or args.overlap is not None:
+      raise UserError(f"--window and --overlap apply to --num-frames beyond the model's "
+                      f"clip length ({clip} frames)")
+    if frames is not None:
+      config = finalize(config.unlock(), [f"data.num_frames={frames}"])
+    return config, None, None
+  return config, frames, windowed.window_settings(config, args.window, args.overlap)
+
+
+def load_cascade(args, config, frames: int):
+  """The Upsampler of --upsample (None without it), checked against the base model's
+  videos before anything is sampled."""
+  named = [f"--ssr-{f}" for f in ("model", "checkpoint", "config")
+           if getattr(args, f"ssr_{f}") is not None]
+  if not args.upsample:
+    if named:
+      raise UserError(f"{named[0]} applies to --upsample")
+    return None
+  ssr_config, ssr_params = upsample_command.load_ssr(args.ssr_model, args.ssr_checkpoint,
+                                                     args.ssr_config)
+  low, base = ssr_config.data.low_resolution, config.data.resolution
+  if base != low:
+    raise UserError(f"the base model makes {base}x{base} frames but the SSR model "
+                    f"upsamples {low}x{low} clips")
+  windows = windowed.window_settings(ssr_config)
+  windowed.check_clip_length(ssr_config, frames, windows)
+  settings = diffusion_config.sampler_settings(ssr_config.diffusion)
+  return upsample_pipeline.Upsampler(ssr_config, ssr_params(), settings, windows,
+                                     progress=not args.quiet)
+
+
 def run(args) -> int:
   if args.list_models:
     return list_models()
@@ -118,11 +194,12 @@ def run(args) -> int:
                          args.sheet)
   if args.strength is not None and args.init_video is None:
     raise UserError("--strength applies to --init-video (SDEdit)")
+  check_sampling_args(args, len(prompts))
   init_video = None if args.init_video is None else video_io.read_video(args.init_video)
   overrides = config_lib.parse_overrides(args.config_overrides)
-  if args.num_frames is not None:
-    overrides.append(f"data.num_frames={args.num_frames}")
   config, params = load(args, overrides)
+  config, num_frames, windows = clip_length(config, args)
+  upsampler = load_cascade(args, config, num_frames or config.data.num_frames)
   section = config.diffusion
   settings = diffusion_config.sampler_settings(section, method=args.sampler, steps=args.steps,
                                                eta=args.eta, threshold=args.threshold)
@@ -134,8 +211,14 @@ def run(args) -> int:
   videos = pipeline.generate(config, params, prompts, settings=settings,
                              guidance_scale=guidance, seed=args.seed, init_video=init_video,
                              strength=strength, negative_prompt=negative,
-                             progress=not args.quiet)
-  for path in pipeline.save_outputs(videos, prompts, args.seed, args.out, args.out_dir,
-                                    args.also, args.xt_slice, args.sheet):
+                             progress=not args.quiet, num_frames=num_frames,
+                             windows=windows)
+  if upsampler is not None:
+    videos = upsampler(videos, prompts, args.seed, upsampler.config.diffusion.guidance)
+  with runtime.shielded():  # once writing starts, Ctrl-C lets it finish
+    written = pipeline.save_outputs(videos, prompts, args.seed, args.out, args.out_dir,
+                                    args.also, args.xt_slice, args.sheet)
+  for path in written:
     print(path)
+  runtime.check_interrupt("interrupted; the outputs were complete and are written")
   return 0

@@ -1,14 +1,15 @@
 """`lumiere inpaint`: inpaint or outpaint a video inside a mask."""
 
-from lumiere_jax.commands._pending import not_available
+from lumiere_jax.commands._pending import add_pending_arguments, not_available, pending_help
 
-HELP = "Inpaint or outpaint a video inside a mask."
+ISSUE = "the conditional-generation issue"
+HELP = pending_help("Inpaint or outpaint a video inside a mask.", ISSUE)
 
 
 def add_arguments(parser):
-  del parser
+  add_pending_arguments(parser, "inpaint", ISSUE)
 
 
 def run(args):
   del args
-  not_available("inpaint", "the conditional-generation issue")
+  not_available("inpaint", ISSUE)

@@ -14,8 +14,6 @@ is a single process.
 import argparse
 import sys
 
-import jax
-
 from lumiere_jax import config as config_lib
 from lumiere_jax.errors import UserError
 from lumiere_jax.train import distributed
@@ -71,13 +69,17 @@ def parse_flags(argv) -> argparse.Namespace:
 
 def run(args) -> int:
   values = load(args)
+  if values.stop_at_step < 0:
+    raise UserError(f"--stop_at_step must be >= 0 (0: no early stop), got "
+                    f"{values.stop_at_step}")
   # Imported here so that `lumiere --help` does not pay for orbax, grain and tensorboardX.
-  from lumiere_jax.train import loop, metrics  # pylint: disable=import-outside-toplevel
+  from lumiere_jax.train import loop  # pylint: disable=import-outside-toplevel
+  loop.check_run(values.config, values.workdir)  # before anything is created or started
   distributed.initialize(values.coordinator_address, values.num_processes,
                          values.process_id, values.jax_distributed_auto)
-  metrics.configure_logging(jax.process_index(), loop.prepare_workdir(values.workdir))
   try:
-    result = loop.train(values.config, values.workdir, stop_at_step=values.stop_at_step)
+    result = loop.train(values.config, values.workdir, stop_at_step=values.stop_at_step,
+                        log_file=True)
   except loop.TrainingStopped as e:
     print(f"{args._prog}: {e}", file=sys.stderr)
     return 1

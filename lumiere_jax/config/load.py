@@ -11,6 +11,7 @@ import difflib
 import importlib
 import importlib.util
 import pathlib
+import traceback
 import types
 from typing import Iterable, List, Tuple
 
@@ -62,8 +63,9 @@ def config_module(spec: str) -> Tuple[types.ModuleType, str]:
   module = importlib.util.module_from_spec(module_spec)
   try:
     module_spec.loader.exec_module(module)
-  except Exception as e:  # pylint: disable=broad-except
-    raise UserError(f"config file {path} failed to load: {type(e).__name__}: {e}") from e
+  except (Exception, SystemExit) as e:  # pylint: disable=broad-except
+    raise UserError(f"config file {_where(e, path)} failed to load: "
+                    f"{_error_text(e)}") from e
   if not hasattr(module, "get_config"):
     raise UserError(f"config file {path} defines no get_config(arg)")
   return module, variant
@@ -73,11 +75,45 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
   """The locked, validated config of `NAME[:VARIANT]` or `PATH.py[:VARIANT]` with the
   `a.b=value` overrides applied."""
   module, variant = config_module(spec)
+  path = pathlib.Path(module.__file__)
   try:
     config = module.get_config(variant) if variant else module.get_config()
-  except ValueError as e:
-    raise UserError(f"{module.__file__}: {e}") from e
-  return finalize(config, overrides)
+  except UserError:
+    raise
+  except ValueError as e:  # the shipped configs' way of refusing a variant
+    raise UserError(f"{path}: {e}") from e
+  except (Exception, SystemExit) as e:  # pylint: disable=broad-except
+    raise UserError(f"config file {_where(e, path)}: get_config raised "
+                    f"{_error_text(e)}") from e
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise UserError(f"config file {path}: get_config returned {type(config).__name__}, "
+                    f"not an ml_collections.ConfigDict")
+  try:
+    return finalize(config, overrides)
+  except (AttributeError, KeyError, TypeError) as e:  # a ConfigDict without our fields
+    raise UserError(f"config file {path} is not a lumiere config (start from a shipped "
+                    f"one, e.g. configs/shapes_tiny.py): {type(e).__name__}: {e}") from e
+
+
+def _where(error: BaseException, path: pathlib.Path) -> str:
+  """'PATH:LINE' of the innermost line of the config file in `error`'s traceback (or its
+  syntax error), so the user code that failed is named in one line."""
+  def same(filename) -> bool:
+    return filename is not None and pathlib.Path(filename).resolve() == path.resolve()
+
+  if isinstance(error, SyntaxError) and error.lineno and same(error.filename):
+    return f"{path}:{error.lineno}"
+  lines = [line for frame, line in traceback.walk_tb(error.__traceback__)
+           if same(frame.f_code.co_filename)]
+  return f"{path}:{lines[-1]}" if lines else str(path)
+
+
+def _error_text(error: BaseException) -> str:
+  if isinstance(error, SystemExit):
+    return f"SystemExit({error.code!r})"
+  if isinstance(error, SyntaxError):  # its str() repeats the file and line
+    return f"{type(error).__name__}: {error.msg}"
+  return f"{type(error).__name__}: {error}"
 
 
 def finalize(config: ml_collections.ConfigDict,

@@ -84,6 +84,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(data.num_frames >= 1 and data.num_frames % factor == 0, "data.num_frames",
            data.num_frames, f"a positive multiple of the temporal factor {factor} "
            f"(2 ** number of True in model.temporal.down_levels)")
+    _check(config.diffusion.window % factor == 0, "diffusion.window", config.diffusion.window,
+           f"0 (the clip length) or a multiple of the temporal factor {factor}")
   else:
     _check(data.num_frames >= 1, "data.num_frames", data.num_frames, "an integer >= 1")
   factor = spatial_factor(model)
@@ -91,6 +93,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
          data.resolution, f"a positive multiple of the spatial factor {factor} "
          f"(2 ** (levels - 1))")
   _check(data.batch_size >= 1, "data.batch_size", data.batch_size, "an integer >= 1")
+  if model.in_channels == 6:
+    _check(data.low_resolution >= 1 and data.resolution % data.low_resolution == 0,
+           "data.low_resolution", data.low_resolution,
+           f"a divisor of data.resolution={data.resolution} (the SSR model's input size)")
   _validate_mesh(config.mesh)
   validate_diffusion_config(config.diffusion)
   validate_train_config(config)

@@ -15,6 +15,7 @@ Records keep generation order (no TFDS shuffling): record i of a split is the ex
 `id` i, and the same options give byte-identical array_record files.
 """
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -25,16 +26,20 @@ from typing import Callable, Iterable
 
 import numpy as np
 import tensorflow_datasets as tfds
+import tqdm
 
+from lumiere_jax import runtime
 from lumiere_jax.data import shapes
 from lumiere_jax.data import video_files
 from lumiere_jax.data.text_embeddings import TextEmbeddingTable
 from lumiere_jax.errors import UserError
+from lumiere_jax.io import atomic
 
 VERSION = "1.0.0"
 FILE_FORMAT = "array_record"
 FOLDER_RESOLUTIONS = range(16, 1025, 16)
 HELD_OUT_VIDEOS_PER_COMBINATION = 16
+INTERRUPTED = "interrupted; nothing was written"
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,15 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   @classmethod
   def code_path(cls):
     return None
+
+  # TFDS announces "Downloading and preparing dataset ... Subsequent calls will reuse this
+  # data" around every build, naming the hidden staging folder: nothing is downloaded
+  # here, and the `lumiere data` command says what is built where.
+  def _log_download_bytes(self) -> None:
+    pass
+
+  def _log_download_done(self) -> None:
+    pass
 
 
 # ---------------------------------------------------------------------------------------
@@ -79,6 +93,11 @@ def _clip_features(num_frames: int, resolution: int, text_embeddings, **extra):
         encoding=tfds.features.Encoding.BYTES)
     features["text_mask"] = tfds.features.Tensor(shape=(length,), dtype=np.bool_)
   return tfds.features.FeaturesDict(features)
+
+
+def _progress(items, desc: str, unit: str):
+  """A progress bar on a terminal (none in logs and pipes)."""
+  return tqdm.tqdm(items, desc=desc, unit=unit, disable=None, leave=False)
 
 
 def _with_text(example: dict, text_embeddings) -> dict:
@@ -139,7 +158,9 @@ class Shapes(_Builder, skip_registration=True):
 
   def _generate_examples(self, split_code: int, count: int, excluded, required_cycle):
     o = self.options
-    for index in range(count):
+    split = "heldout" if split_code else "train"
+    for index in _progress(range(count), f"rendering {split} clips", "clip"):
+      runtime.check_interrupt(INTERRUPTED)
       required = required_cycle[index % len(required_cycle)] if required_cycle else None
       clip = shapes.render_clip((o.seed, split_code, index), o.resolution, o.num_frames,
                                 o.two_object_fraction, excluded, required)
@@ -176,8 +197,10 @@ def parse_combination(text: str) -> tuple:
 def build_shapes(out_dir: str | pathlib.Path, num_videos: int, resolution: int = 32,
                  num_frames: int = 16, seed: int = 0, two_object_fraction: float = 0.5,
                  held_out: Iterable[str] = (), num_held_out_videos: int | None = None,
-                 text_embeddings: str | pathlib.Path | None = None) -> pathlib.Path:
-  """Builds the shapes dataset under out_dir and returns its version folder.
+                 text_embeddings: str | pathlib.Path | None = None,
+                 on_start: Callable | None = None) -> pathlib.Path:
+  """Builds the shapes dataset under out_dir and returns its version folder;
+  `on_start(version folder)` is called once every input has been checked.
 
   `held_out` lists caption combinations ('red triangle moving left'); `train` never
   contains them and `heldout` gets `num_held_out_videos` clips (default 16 per
@@ -190,7 +213,8 @@ def build_shapes(out_dir: str | pathlib.Path, num_videos: int, resolution: int =
                           combinations, num_held_out_videos)
   _check_shapes_options(options)
   table = TextEmbeddingTable(text_embeddings) if text_embeddings else None
-  path, _ = _build(out_dir, "shapes", lambda data_dir: Shapes(options, table, data_dir=data_dir))
+  path, _ = _build(out_dir, "shapes", lambda data_dir: Shapes(options, table, data_dir=data_dir),
+                   on_start)
   return path
 
 
@@ -253,7 +277,8 @@ class VideoFolder(_Builder, skip_registration=True):
 
   def _generate_examples(self):
     index = 0
-    for clip in self.clips:
+    for clip in _progress(self.clips, "reading videos", "video"):
+      runtime.check_interrupt(INTERRUPTED)
       try:
         video = video_files.read_clip(clip.path, self.resolution, self.num_frames, self.fps)
       except video_files.SkippedClip as e:
@@ -273,9 +298,10 @@ class VideoFolder(_Builder, skip_registration=True):
 def build_folder(out_dir: str | pathlib.Path, src: str | pathlib.Path, resolution: int,
                  num_frames: int, fps: float | None = None,
                  captions: str | pathlib.Path | None = None,
-                 text_embeddings: str | pathlib.Path | None = None) -> FolderReport:
+                 text_embeddings: str | pathlib.Path | None = None,
+                 on_start: Callable | None = None) -> FolderReport:
   """Builds the video_folder dataset from `src`; unreadable or short clips are skipped
-  with a warning each and listed in the report."""
+  with a warning each and listed in the report. `on_start` as for build_shapes."""
   if resolution not in FOLDER_RESOLUTIONS:
     raise UserError(f"resolution {resolution} is not supported; use a multiple of 16 "
                     f"from 16 to 1024")
@@ -289,7 +315,7 @@ def build_folder(out_dir: str | pathlib.Path, src: str | pathlib.Path, resolutio
     for clip in clips:  # a missing caption is found now, not halfway through the build
       table(clip.caption)
   path, builder = _build(out_dir, "video_folder", lambda data_dir: VideoFolder(
-      clips, resolution, num_frames, fps, table, data_dir=data_dir))
+      clips, resolution, num_frames, fps, table, data_dir=data_dir), on_start)
   return FolderReport(path, builder.written, builder.skipped)
 
 
@@ -297,21 +323,53 @@ def build_folder(out_dir: str | pathlib.Path, src: str | pathlib.Path, resolutio
 # Building and finding datasets
 
 
-def _build(out_dir, name: str, make_builder: Callable) -> tuple:
-  """(version folder, builder): runs make_builder(data_dir)'s build in a hidden staging
-  folder under out_dir, then renames the finished version folder into place."""
-  out_dir = pathlib.Path(out_dir)
+def check_output(out_dir, name: str) -> pathlib.Path:
+  """The version folder a build of `name` would write under out_dir; UserError, before
+  any work, if it exists or cannot be made."""
+  out_dir = atomic.check_output_dir(out_dir, "--out")
   final = out_dir / name / VERSION
+  for folder in (out_dir / name, final):
+    if folder.exists() and not folder.is_dir():
+      raise UserError(f"--out {out_dir}: {folder} exists and is not a folder")
   if final.exists():
     raise UserError(f"{final} already exists; choose another output folder or delete it")
-  out_dir.mkdir(parents=True, exist_ok=True)
-  staging = pathlib.Path(tempfile.mkdtemp(prefix=".incomplete-", dir=out_dir))
-  try:
-    builder = make_builder(staging)
-    builder.download_and_prepare(download_dir=staging / "downloads", file_format=FILE_FORMAT)
-    final.parent.mkdir(exist_ok=True)
-    os.rename(builder.data_dir, final)
-  finally:
+  return final
+
+
+def _build(out_dir, name: str, make_builder: Callable, on_start: Callable | None = None
+           ) -> tuple:
+  """(version folder, builder): runs make_builder(data_dir)'s build in a hidden staging
+  folder under out_dir, then renames the finished version folder into place. A build
+  that fails or is interrupted leaves nothing: the staging folder goes, and so do the
+  folders the build created (out_dir and its missing parents, out_dir/name)."""
+  out_dir = pathlib.Path(out_dir)
+  final = check_output(out_dir, name)
+  if on_start is not None:
+    on_start(final)
+  created = [p for p in (final.parent, out_dir, *out_dir.parents) if not p.exists()]
+  staging = None
+
+  def undo():
+    if staging is not None:
+      shutil.rmtree(staging, ignore_errors=True)
+    for folder in created:  # deepest first; only while empty
+      with contextlib.suppress(OSError):
+        folder.rmdir()
+
+  with runtime.cleanup_on_exit(undo):
+    try:
+      out_dir.mkdir(parents=True, exist_ok=True)
+      staging = pathlib.Path(tempfile.mkdtemp(prefix=".incomplete-", dir=out_dir))
+      builder = make_builder(staging)
+      tfds.disable_progress_bar()  # its bars name the staging folder; _progress is ours
+      builder.download_and_prepare(download_dir=staging / "downloads",
+                                   file_format=FILE_FORMAT)
+      with runtime.shielded():  # the rename is the last step: let it happen
+        final.parent.mkdir(exist_ok=True)
+        os.rename(builder.data_dir, final)
+    except BaseException:
+      undo()
+      raise
     shutil.rmtree(staging, ignore_errors=True)
   return final, builder
 

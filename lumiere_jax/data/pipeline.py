@@ -173,6 +173,11 @@ def make_train_iterator(config, data_dir: str | pathlib.Path, *, split: str = "t
   return make_iterator(dataset, worker_count, data.read_threads, data.prefetch_batches)
 
 
+def check_train_data(config, data_dir: str | pathlib.Path, split: str = "train") -> None:
+  """UserError, before a run starts, if `data_dir` holds no dataset that fits `config`."""
+  _source_and_transform(config, open_split(data_dir, split))
+
+
 def _source_and_transform(config, clips) -> tuple:
   """Checks the dataset against the config; picks the view and the example transform."""
   data = config.data

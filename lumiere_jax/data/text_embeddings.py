@@ -7,6 +7,7 @@ the encoder. The table is an .npz file with `captions` (str [N]), `embeddings`
 """
 
 import pathlib
+import zipfile
 from typing import Sequence
 
 import numpy as np
@@ -29,13 +30,18 @@ class TextEmbeddingTable:
 
   def __init__(self, path: str | pathlib.Path):
     self.path = pathlib.Path(path)
+    if not self.path.is_file():
+      raise UserError(f"text embedding file {self.path} does not exist")
+    if not zipfile.is_zipfile(self.path):
+      raise UserError(f"text embedding file {self.path} is not an .npz archive (np.savez "
+                      f"of captions, embeddings and mask)")
     try:
-      with np.load(self.path) as data:
+      with np.load(self.path, allow_pickle=False) as data:
         captions, self.embeddings, self.mask = (data[k] for k in
                                                 ("captions", "embeddings", "mask"))
-    except (OSError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
       raise UserError(f"text embedding file {self.path} is not an .npz with captions, "
-                      f"embeddings and mask ({e})") from e
+                      f"embeddings and mask ({type(e).__name__}: {e})") from None
     if self.embeddings.ndim != 3 or self.mask.shape != self.embeddings.shape[:2] \
         or len(captions) != len(self.embeddings):
       raise UserError(f"text embedding file {self.path}: expected captions [N], "

@@ -9,7 +9,7 @@ import math
 
 import ml_collections
 
-from lumiere_jax.diffusion import losses, predictions, samplers, schedules
+from lumiere_jax.diffusion import losses, predictions, samplers, schedules, windows
 from lumiere_jax.errors import ConfigError
 
 
@@ -38,6 +38,17 @@ def default_diffusion_config() -> ml_collections.ConfigDict:
   c.negative_prompt = ""
   c.threshold = "dynamic"              # 'none' | 'static' | 'dynamic'
   c.threshold_percentile = 0.995       # dynamic thresholding quantile of |x0|
+  # Temporal MultiDiffusion (windows.py): clips longer than `window` frames are sampled
+  # in windows of that many frames overlapping by `window_overlap`, fused every step.
+  # 0 = the model's clip length (data.num_frames).
+  c.window = 0
+  c.window_overlap = 2
+  c.window_weighting = "uniform"       # 'uniform' (least squares) | 'ramp'
+  # Noise conditioning augmentation of the SSR model (models/conditioning.py), as times
+  # of the schedule: training draws a level per example in [0, noise_aug_max]; sampling
+  # noises the low-resolution clip to noise_aug_level (also the model's input).
+  c.noise_aug_max = 0.5
+  c.noise_aug_level = 0.15
   return c
 
 
@@ -59,11 +70,22 @@ def validate_diffusion_config(c: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"diffusion.cfg_dropout={c.cfg_dropout} is invalid; allowed: [0, 1)")
   check_guidance(c.guidance)
   sampler_settings(c)
+  if c.window < 0 or c.window_overlap < 0 or (c.window and c.window <= c.window_overlap):
+    raise ConfigError(f"diffusion.window={c.window} / diffusion.window_overlap="
+                      f"{c.window_overlap} are invalid; allowed: overlap >= 0 and a window "
+                      "larger than it (window 0: the model's clip length)")
+  if c.window_weighting not in windows.WEIGHTINGS:
+    raise ConfigError(f"diffusion.window_weighting={c.window_weighting!r} is invalid; "
+                      f"allowed: one of {windows.WEIGHTINGS}")
+  for field in ("noise_aug_max", "noise_aug_level"):
+    if not 0.0 <= c[field] <= 1.0:
+      raise ConfigError(f"diffusion.{field}={c[field]} is invalid; allowed: a time of the "
+                        "schedule in [0, 1]")
 
 
 def check_guidance(scale: float) -> None:
-  if scale < 0:
-    raise ConfigError(f"guidance scale must be >= 0, got {scale}")
+  if not (math.isfinite(scale) and scale >= 0):
+    raise ConfigError(f"guidance scale must be >= 0 (and finite), got {scale}")
 
 
 def sampler_settings(c: ml_collections.ConfigDict, **overrides) -> samplers.SamplerSettings:

@@ -12,13 +12,16 @@ TIMESTEP_SCALE = 1000.0
 
 def text_denoiser(module):
   """fn(params, x, t [B] in [0, 1], cond) -> prediction for a module built by
-  models.build.build_denoiser; cond = {'emb': [B, L, D], 'mask': [B, L] bool}; params
-  are the module's own ({'backbone'[, 'temporal']}). This is the denoise_fn that
-  losses.diffusion_loss takes."""
+  models.build.build_denoiser; cond = {'emb': [B, L, D], 'mask': [B, L] bool} and, for
+  an SSR model, 'noise_level' [B] in [0, 1] (the conditioning's noise augmentation, a
+  time of the same schedule, scaled like t); params are the module's own
+  ({'backbone'[, 'temporal']}). This is the denoise_fn that losses.diffusion_loss takes."""
 
   def fn(params, x, t, cond):
+    level = cond.get("noise_level")
+    level = None if level is None else level * TIMESTEP_SCALE
     return module.apply({"params": params}, x, t * TIMESTEP_SCALE, cond["emb"],
-                        cond["mask"])
+                        cond["mask"], level)
 
   return fn
 

@@ -19,6 +19,8 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.experimental import io_callback
 
 from lumiere_jax.diffusion import guidance
 from lumiere_jax.diffusion import predictions
@@ -29,6 +31,10 @@ from lumiere_jax.errors import ConfigError, UserError
 SAMPLERS = ("ddpm", "ddim", "dpmpp")
 
 Progress = Optional[Callable[[jax.Array], None]]
+# Asked on the host after every step; True ends the loop early (Ctrl-C). The result is
+# then partly denoised and only good for discarding.
+Stop = Optional[Callable[[], bool]]
+MAX_STEPS = 10_000  # far beyond any useful count; keeps step indices well inside int32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +58,10 @@ class SamplerSettings:
     if self.method not in SAMPLERS:
       raise ConfigError(f"unknown sampler {self.method!r}; choose one of "
                         f"{', '.join(SAMPLERS)}")
-    if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-      raise ConfigError(f"steps must be an integer >= 1, got {self.steps!r}")
+    if isinstance(self.steps, bool) or not isinstance(self.steps, int) or \
+        not 1 <= self.steps <= MAX_STEPS:
+      raise ConfigError(f"steps must be an integer >= 1 and <= {MAX_STEPS}, got "
+                        f"{self.steps!r}")
     if not 0.0 <= self.eta <= 1.0:
       raise ConfigError(f"eta must be in [0, 1], got {self.eta}")
     predictions.check_prediction(self.prediction)
@@ -94,14 +102,32 @@ def x0_eps_predictor(denoiser: Denoiser, schedule: Schedule, prediction: str,
   return predict
 
 
-def _loop(steps: int, body, carry, progress: Progress):
+def _loop(steps: int, body, carry, progress: Progress, stop: Stop = None):
   def step(i, carry):
     carry = body(i, carry)
     if progress is not None:
       jax.debug.callback(progress, i)
     return carry
 
-  return jax.lax.fori_loop(0, steps, step, carry)
+  if stop is None:
+    return jax.lax.fori_loop(0, steps, step, carry)
+
+  # The same steps in a while loop that also ends when the host says stop: one host
+  # callback per step, which carries no array (benchmarks in docs/failures.md).
+  def keep_going(state):
+    i, _, stopped = state
+    return (i < steps) & ~stopped
+
+  def next_step(state):
+    i, carry, _ = state
+    carry = step(i, carry)
+    # Asked once the step's result exists (it takes one element of it), not before.
+    done = jax.tree_util.tree_leaves(carry)[0]
+    stopped = io_callback(lambda *_: np.bool_(stop()), jax.ShapeDtypeStruct((), jnp.bool_),
+                          i, done[(0,) * done.ndim])
+    return i + 1, carry, stopped
+
+  return jax.lax.while_loop(keep_going, next_step, (jnp.int32(0), carry, jnp.bool_(False)))[1]
 
 
 def _ddim_update(x0, eps, logsnr_t, logsnr_s, eta: float, noise):
@@ -120,7 +146,8 @@ def _ddim_update(x0, eps, logsnr_t, logsnr_s, eta: float, noise):
           + eta * sigma_s * jnp.sqrt(c) * noise)
 
 
-def _ddim_loop(predict, schedule, times, x, cond, keys, eta: float, progress: Progress):
+def _ddim_loop(predict, schedule, times, x, cond, keys, eta: float, progress: Progress,
+               stop: Stop = None):
   steps = times.shape[0] - 1
 
   def body(i, x):
@@ -129,10 +156,10 @@ def _ddim_loop(predict, schedule, times, x, cond, keys, eta: float, progress: Pr
     noise = per_example_normal(keys, i + 1, x.shape[1:]) if eta else None
     return _ddim_update(x0, eps, schedule.logsnr(t), schedule.logsnr(s), eta, noise)
 
-  return _loop(steps, body, x, progress)
+  return _loop(steps, body, x, progress, stop)
 
 
-def _dpmpp_loop(predict, schedule, times, x, cond, progress: Progress):
+def _dpmpp_loop(predict, schedule, times, x, cond, progress: Progress, stop: Stop = None):
   """DPM-Solver++(2M) (Lu et al. 2022), multistep second order in lambda = logSNR / 2:
     x_s = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) D,  h = lambda_s - lambda_t,
     D = x0_i + (x0_i - x0_{i-1}) / (2 r),  r = h_{i-1} / h_i.
@@ -155,12 +182,12 @@ def _dpmpp_loop(predict, schedule, times, x, cond, progress: Progress):
     return (sigma_s / sigma_t) * x - alpha_s * jnp.expm1(-h) * d, x0, h
 
   carry = (x, jnp.zeros_like(x), jnp.ones((), jnp.float32))
-  return _loop(steps, body, carry, progress)[0]
+  return _loop(steps, body, carry, progress, stop)[0]
 
 
 def sample(denoiser: Denoiser, x_start, cond, keys, schedule: Schedule,
            settings: SamplerSettings, *, t_start=1.0, t_end=0.0,
-           progress: Progress = None):
+           progress: Progress = None, stop: Stop = None):
   """Integrates x_start at noise level t_start down to t_end (0: the clean sample).
 
   Args:
@@ -175,20 +202,23 @@ def sample(denoiser: Denoiser, x_start, cond, keys, schedule: Schedule,
     t_end: final time in [0, t_start); above 0 the result is still noisy at that level
       (partial denoising, e.g. to hand over to another model).
     progress: called with the step index from inside the loop (e.g. TqdmProgress).
+    stop: asked after every step; True ends the loop there (the result is then only
+      partly denoised: for Ctrl-C, whose caller discards it).
   """
   predict = x0_eps_predictor(denoiser, schedule, settings.prediction, settings.threshold,
                              settings.threshold_percentile)
   times = jnp.linspace(t_start, t_end, settings.steps + 1, dtype=jnp.float32)
   if settings.method == "dpmpp":
-    return _dpmpp_loop(predict, schedule, times, x_start, cond, progress)
+    return _dpmpp_loop(predict, schedule, times, x_start, cond, progress, stop)
   eta = 1.0 if settings.method == "ddpm" else float(settings.eta)
   if eta and keys is None:
     raise ValueError(f"sampler {settings.method!r} with eta={eta} needs per-example keys")
-  return _ddim_loop(predict, schedule, times, x_start, cond, keys, eta, progress)
+  return _ddim_loop(predict, schedule, times, x_start, cond, keys, eta, progress, stop)
 
 
 def sdedit(denoiser: Denoiser, video, cond, keys, schedule: Schedule,
-           settings: SamplerSettings, strength, *, progress: Progress = None):
+           settings: SamplerSettings, strength, *, progress: Progress = None,
+           stop: Stop = None):
   """SDEdit (Meng et al.): noise a clean `video` to level `strength` in (0, 1] and sample
   back to t = 0 in `settings.steps` steps. Small strength keeps layout and motion;
   strength 1 ignores the input."""
@@ -197,7 +227,7 @@ def sdedit(denoiser: Denoiser, video, cond, keys, schedule: Schedule,
   alpha, sigma = schedule.alpha_sigma(strength)
   x = alpha * video + sigma * initial_noise(keys, video.shape)
   return sample(denoiser, x, cond, keys, schedule, settings, t_start=strength,
-                progress=progress)
+                progress=progress, stop=stop)
 
 
 def ddim_invert(denoiser: Denoiser, x0, cond, schedule: Schedule, *, steps: int,

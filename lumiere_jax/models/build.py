@@ -37,8 +37,9 @@ class ImageDenoiser(nn.Module):
   unet: UNetSpec
 
   @nn.compact
-  def __call__(self, x, timesteps, context, context_mask):
-    return UNet2D(self.unet, name="backbone")(x, timesteps, context, context_mask)
+  def __call__(self, x, timesteps, context, context_mask, noise_level=None):
+    return UNet2D(self.unet, name="backbone")(x, timesteps, context, context_mask,
+                                              noise_level)
 
 
 def build_denoiser(model_config) -> nn.Module:
@@ -160,6 +161,7 @@ class Model:
     self.resolution = config.data.resolution
     self.in_channels = config.model.in_channels
     self.conditioning = cond_lib.kind(self.in_channels)
+    self.takes_noise_level = cond_lib.takes_noise_level(self.in_channels)
     self.param_groups = param_groups(config.model)
     self.tokenizer = tokenizer(config)
     self.text_encoder = build_text_encoder(config)
@@ -189,7 +191,9 @@ class Model:
 
   def denoise(self, params, x, t, cond, extra=None):
     """The prediction for noisy inputs x in the model's layout (`to_model_layout`) at
-    t [B] in [0, 1]; `extra`: the conditioning channels (models/conditioning.py)."""
+    t [B] in [0, 1]; `extra`: the conditioning channels (models/conditioning.py). An SSR
+    model also reads cond['noise_level'] [B] in [0, 1], the level `extra` was noised to
+    (absent: 0)."""
     return self._denoise(denoiser_params(params), cond_lib.model_input(x, extra), t, cond)
 
   def to_model_layout(self, clips):

@@ -124,7 +124,7 @@ class _TemporalHooks(unet2d.Inflation):
 
 class STUNet(nn.Module):
   """Space-Time U-Net. x [B, T, H, W, Cin], timesteps [B], context [B, L, D],
-  context_mask [B, L] -> [B, T, H, W, Cout] (float32)."""
+  context_mask [B, L] (SSR: noise_level [B]) -> [B, T, H, W, Cout] (float32)."""
 
   unet: UNetSpec
   temporal_spec: TemporalSpec
@@ -133,11 +133,12 @@ class STUNet(nn.Module):
     self.backbone = unet2d.UNet2D(self.unet)
     self.temporal = TemporalLayers(self.unet, self.temporal_spec)
 
-  def __call__(self, x, timesteps, context, context_mask):
+  def __call__(self, x, timesteps, context, context_mask, noise_level=None):
     b, t = x.shape[:2]
     x = nn.with_logical_constraint(x, tl.VIDEO_AXES)
     frames = x.reshape(b * t, *x.shape[2:])
     hooks = _TemporalHooks(self.temporal, b, context.astype(jnp.dtype(self.unet.dtype)),
                            context_mask)
-    out = unet2d.unet_forward(self.backbone, frames, timesteps, context, context_mask, hooks)
+    out = unet2d.unet_forward(self.backbone, frames, timesteps, context, context_mask, hooks,
+                              noise_level)
     return out.reshape(b, t, *out.shape[1:])

@@ -40,6 +40,12 @@ SHAPES_WORDS = (
 VOCABULARIES = {"shapes": SHAPES_WORDS}
 
 
+def words(prompt: str) -> list:
+  """The words of a prompt as the tokenizer splits them (lower-cased runs of [a-z0-9]);
+  a prompt without any encodes exactly as the empty prompt."""
+  return [w for w in re.split(_NON_WORD, prompt.lower()) if w]
+
+
 def vocabulary_words(name_or_path: str) -> tuple:
   """A built-in vocabulary by name, or a word list file (one word per line)."""
   if name_or_path in VOCABULARIES:
@@ -75,6 +81,11 @@ class Tokenizer:
     self._tokenizer = tok
 
   @property
+  def max_words(self) -> int:
+    """Words a prompt may have before encode() drops the rest (BOS and EOS take two)."""
+    return self.max_length - 2
+
+  @property
   def vocab_size(self) -> int:
     return NUM_SPECIAL + len(self.words)
 
@@ -89,8 +100,8 @@ class Tokenizer:
     """The distinct words of `prompts` outside the vocabulary, in order of appearance."""
     known, unknown = set(self.words), []
     for prompt in prompts:
-      for word in re.split(_NON_WORD, prompt.lower()):
-        if word and word not in known and word not in unknown:
+      for word in words(prompt):
+        if word not in known and word not in unknown:
           unknown.append(word)
     return unknown
 

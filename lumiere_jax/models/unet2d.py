@@ -18,7 +18,7 @@ from typing import Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lumiere_jax.models import layers
+from lumiere_jax.models import conditioning, layers
 
 FRAME_AXES = ("batch", "height", "width", "embed")
 TOKEN_AXES = ("batch", "length", "embed")
@@ -146,6 +146,21 @@ class TimestepEmbedding(nn.Module):
                         name="linear_2")(nn.silu(x))
 
 
+class NoiseLevelEmbedding(nn.Module):
+  """The SSR model's conditioning noise level (noise conditioning augmentation), embedded
+  like the timestep and added to the time embedding. The output layer starts at zero, so
+  a model initialised from a backbone that never saw the level starts as that backbone."""
+
+  dim: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = layers.Dense(self.dim, ("embed", "mlp"), dtype=self.dtype, name="linear_1")(x)
+    return layers.Dense(self.dim, ("mlp", "embed"), dtype=self.dtype,
+                        kernel_init=nn.initializers.zeros, name="linear_2")(nn.silu(x))
+
+
 def heads_per_level(model_config) -> Tuple[int, ...]:
   """Attention heads of each level: `model.num_attention_heads` is one int for every
   level or one int per level (diffusers' `attention_head_dim` means the same)."""
@@ -172,6 +187,7 @@ class UNetSpec:
   freq_shift: float
   dtype: str
   remat: str
+  noise_level_input: bool = False  # SSR: the conditioning's noise level is an input
 
   @classmethod
   def from_config(cls, model_config) -> "UNetSpec":
@@ -184,7 +200,8 @@ class UNetSpec:
                groups=model_config.norm_num_groups, eps=model_config.norm_eps,
                flip_sin_to_cos=model_config.flip_sin_to_cos,
                freq_shift=model_config.freq_shift, dtype=model_config.dtype,
-               remat=model_config.remat)
+               remat=model_config.remat,
+               noise_level_input=conditioning.takes_noise_level(model_config.in_channels))
 
   @property
   def levels(self) -> int:
@@ -249,7 +266,8 @@ class MidBlock(nn.Module):
 
 class UNet2D(nn.Module):
   """UNet2DConditionModel-style backbone. __call__: x [N, H, W, Cin], timesteps [B],
-  context [B, L, D], context_mask [B, L] -> [N, H, W, Cout], N a multiple of B."""
+  context [B, L, D], context_mask [B, L] (and, for an SSR model, the conditioning's noise
+  level [B]) -> [N, H, W, Cout], N a multiple of B."""
 
   spec: UNetSpec
 
@@ -258,14 +276,17 @@ class UNet2D(nn.Module):
     dtype = jnp.dtype(s.dtype)
     self.conv_in = layers.Conv2D(s.block_out_channels[0], dtype=dtype)
     self.time_embedding = TimestepEmbedding(4 * s.block_out_channels[0], dtype=dtype)
+    if s.noise_level_input:
+      self.noise_level_embedding = NoiseLevelEmbedding(4 * s.block_out_channels[0],
+                                                       dtype=dtype)
     self.down_blocks = [LevelBlock(s, level, "down") for level in range(s.levels)]
     self.mid_block = MidBlock(s)
     self.up_blocks = [LevelBlock(s, s.levels - 1 - k, "up") for k in range(s.levels)]
     self.conv_norm_out = layers.GroupNorm(num_groups=s.groups, epsilon=s.eps)
     self.conv_out = layers.Conv2D(s.out_channels, dtype=dtype)
 
-  def __call__(self, x, timesteps, context, context_mask):
-    return unet_forward(self, x, timesteps, context, context_mask, Inflation())
+  def __call__(self, x, timesteps, context, context_mask, noise_level=None):
+    return unet_forward(self, x, timesteps, context, context_mask, Inflation(), noise_level)
 
 
 class Inflation:
@@ -290,13 +311,27 @@ class Inflation:
     return h
 
 
-def unet_forward(unet: UNet2D, x, timesteps, context, context_mask, inflation: Inflation):
+def time_and_noise_embedding(unet: UNet2D, timesteps, noise_level=None):
+  """[B, 4 C0]: the timestep's embedding, plus the conditioning noise level's for a model
+  that takes one (a level of None is 0, clean conditioning). Both are diffusers-style
+  timesteps (0..1000)."""
+  s = unet.spec
+  dtype = jnp.dtype(s.dtype)
+  embed = lambda v: layers.sinusoidal_embedding(v, s.block_out_channels[0],
+                                                s.flip_sin_to_cos, s.freq_shift).astype(dtype)
+  temb = unet.time_embedding(embed(timesteps))
+  if s.noise_level_input:
+    level = jnp.zeros_like(timesteps) if noise_level is None else noise_level
+    temb = temb + unet.noise_level_embedding(embed(level))
+  return temb
+
+
+def unet_forward(unet: UNet2D, x, timesteps, context, context_mask, inflation: Inflation,
+                 noise_level=None):
   """The backbone's forward pass with temporal hooks; see the module docstring."""
   s = unet.spec
   dtype = jnp.dtype(s.dtype)
-  temb = layers.sinusoidal_embedding(timesteps, s.block_out_channels[0], s.flip_sin_to_cos,
-                                     s.freq_shift)
-  temb = unet.time_embedding(temb.astype(dtype))
+  temb = time_and_noise_embedding(unet, timesteps, noise_level)
   bias = layers.mask_to_bias(context_mask[:, None, None, :])
   context = context.astype(dtype)
   constrain = lambda h: nn.with_logical_constraint(h, FRAME_AXES)

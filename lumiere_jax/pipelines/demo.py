@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from lumiere_jax import runtime
 from lumiere_jax import weights
 from lumiere_jax.diffusion import config as diffusion_config
 from lumiere_jax.errors import UserError
@@ -79,4 +80,5 @@ def run_demo(out_dir, model_name: str = weights.DEFAULT_MODEL,
                                progress=progress)
   videos = model(list(prompts), DEMO_SEED, section.guidance,
                  negative_prompt=section.negative_prompt)
-  return write_demo(videos, prompts, out_dir)
+  with runtime.shielded():  # once writing starts, Ctrl-C lets it finish
+    return write_demo(videos, prompts, out_dir)

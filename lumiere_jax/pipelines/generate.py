@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
+from lumiere_jax import runtime
 from lumiere_jax.diffusion import config as diffusion_config
 from lumiere_jax.diffusion import denoisers, guidance, samplers
 from lumiere_jax.diffusion.progress import TqdmProgress
@@ -27,11 +28,14 @@ from lumiere_jax.errors import UserError
 from lumiere_jax.io import atomic
 from lumiere_jax.io import sheet as sheet_io
 from lumiere_jax.io import video as video_io
-from lumiere_jax.models import build, conditioning
+from lumiere_jax.models import build, conditioning, text
+from lumiere_jax.pipelines import windowed
 
 MAX_SEED = 2**31 - 1
 XT_SLICE_SCALE = 8  # a 16-frame, 32-pixel slice becomes a viewable 128 x 256 picture
 SHEET_FRAMES = 8  # frames per video on a --sheet contact sheet
+
+log = logging.getLogger(__name__)
 
 
 def check_prompts(prompts: Sequence[str]) -> list:
@@ -43,7 +47,20 @@ def check_prompts(prompts: Sequence[str]) -> list:
   for i, prompt in enumerate(prompts, 1):
     if not prompt.strip():
       raise UserError(f"prompt {i} is empty")
+    if not text.words(prompt):  # it would encode exactly as the empty prompt
+      raise UserError(f"prompt {i} ({prompt[:40]!r}) has no words, only symbols; the "
+                      f"model reads words of letters and digits")
   return prompts
+
+
+def check_prompt_lengths(tokenizer, prompts: Sequence[str]) -> None:
+  """A prompt longer than the model reads would be cut without a word: refused."""
+  limit = tokenizer.max_words
+  for i, prompt in enumerate(prompts, 1):
+    count = len(text.words(prompt))
+    if count > limit:
+      raise UserError(f"prompt {i} has {count} words; this model reads at most {limit} "
+                      f"(text.max_length={tokenizer.max_length} tokens, with BOS and EOS)")
 
 
 def check_seed(seed: int, count: int) -> None:
@@ -63,10 +80,12 @@ def video_shape(config) -> tuple:
   return build.Model(config).clip_shape
 
 
-def check_init_video(config, init_video, strength: float, count: int) -> None:
+def check_init_video(config, init_video, strength: float, count: int,
+                     shape: Optional[tuple] = None) -> None:
+  """`shape`: [T, H, W, 3] of the videos to make (default: the model's clip)."""
   samplers.check_strength(strength)
   video = np.asarray(init_video)
-  shape = video_shape(config)
+  shape = video_shape(config) if shape is None else tuple(shape)
   if video.shape not in (shape, (count,) + shape):
     raise UserError(f"the input video is {_describe(video.shape[-4:-1])} (frames x height x "
                     f"width); this model makes {_describe(shape[:3])}")
@@ -77,14 +96,15 @@ def _describe(shape) -> str:
 
 
 def check_request(config, prompts, seed, guidance_scale, init_video=None,
-                  strength=1.0) -> list:
+                  strength=1.0, shape=None) -> list:
   """Everything about a generation request that can be wrong, checked before any work."""
   check_generation_config(config)
   prompts = check_prompts(prompts)
+  check_prompt_lengths(text.tokenizer_from_config(config.text), prompts)
   check_seed(seed, len(prompts))
   diffusion_config.check_guidance(guidance_scale)
   if init_video is not None:
-    check_init_video(config, init_video, strength, len(prompts))
+    check_init_video(config, init_video, strength, len(prompts), shape)
   return prompts
 
 
@@ -98,24 +118,35 @@ def warn_unknown_words(tokenizer, prompts: Sequence[str]) -> list:
   """One warning naming the words the model's vocabulary lacks (they become <unk>)."""
   unknown = tokenizer.unknown_words(prompts)
   if unknown:
-    logging.warning("words outside the model's vocabulary (encoded as <unk>): %s",
-                    ", ".join(unknown))
+    log.warning("words outside the model's vocabulary (encoded as <unk>, which the model "
+                "never saw in training): %s", ", ".join(unknown))
   return unknown
 
 
 class TextToVideo:
-  """A model with fixed sampler settings; call it with prompts to get videos."""
+  """A model with fixed sampler settings; call it with prompts to get videos.
+
+  `num_frames` longer than the model's clip: the clip is sampled in overlapping windows
+  fused at every step (temporal MultiDiffusion, pipelines/windowed.py), with `windows`
+  (default: the config's diffusion.window settings)."""
 
   def __init__(self, config, params: dict, settings: SamplerSettings,
-               progress: bool = False, model: Optional[build.Model] = None):
+               progress: bool = False, model: Optional[build.Model] = None,
+               num_frames: Optional[int] = None,
+               windows: Optional[windowed.WindowSettings] = None):
     check_generation_config(config)
     self.config = config
     self.model = model or build.Model(config)
     self.settings = settings
     self.video_shape = self.model.clip_shape
     self.schedule = schedule_from_config(config.diffusion, config.data.resolution)
+    self.plan = None
+    if num_frames is not None and num_frames != self.video_shape[0]:
+      self.plan, params = self._plan_windows(params, num_frames, windows)
     self.params = params
     self.progress = TqdmProgress(settings.steps, "generating") if progress else None
+    # Ctrl-C ends sampling after the step in progress (runtime.handle_interrupts).
+    self.stop = runtime.interrupt_requested
     self.program = jax.jit(self._sample_batch)
 
   def __call__(self, prompts: Sequence[str], seed: int, guidance_scale: float,
@@ -125,7 +156,8 @@ class TextToVideo:
     [T, H, W, 3], or one per prompt) each video is an SDEdit of it at level `strength`.
     `negative_prompt` takes the place of the empty prompt in guidance (guided =
     n + w (c - n)): the samples are pushed away from it; "" is plain CFG."""
-    prompts = check_request(self.config, prompts, seed, guidance_scale, init_video, strength)
+    prompts = check_request(self.config, prompts, seed, guidance_scale, init_video, strength,
+                            self.video_shape)
     init = None
     if init_video is not None:
       init = np.broadcast_to(video_io.from_uint8(init_video),
@@ -134,17 +166,36 @@ class TextToVideo:
     tokens = self.model.tokenize(prompts)
     negative = self.model.tokenize([negative_prompt])
     seeds = np.arange(seed, seed + len(prompts), dtype=np.int32)
-    videos = self.program(self.params, tokens, negative, seeds, np.float32(guidance_scale),
-                          init, np.float32(strength))
-    return np.asarray(videos)
+    runtime.check_interrupt("interrupted before sampling; nothing was written")
+    try:
+      videos = np.asarray(self.program(self.params, tokens, negative, seeds,
+                                       np.float32(guidance_scale), init,
+                                       np.float32(strength)))
+    finally:
+      if self.progress is not None:
+        self.progress.close()  # a loop ended early leaves its bar open
+    runtime.check_interrupt("interrupted while sampling; nothing was written")
+    return videos
 
   def guided_denoiser(self, params, tokens, negative_tokens, guidance_scale):
     """(fn(x, t, cond) -> guided prediction, cond): classifier-free guidance with the
     negative prompt's encoding in the unconditional's place, n + w (c - n)."""
     cond = self.model.encode(params["text"], tokens)
     negative = self.model.encode(params["text"], negative_tokens)
-    return guidance.classifier_free_guidance(
-        denoisers.bind(self.model.denoise, params), negative, guidance_scale), cond
+    denoiser = denoisers.bind(self.model.denoise, params)
+    if self.plan is not None:
+      denoiser = self.sampling.denoiser(denoiser, self.plan)
+    return guidance.classifier_free_guidance(denoiser, negative, guidance_scale), cond
+
+  def _plan_windows(self, params, num_frames: int, windows):
+    """(plan, params on the window devices) for clips of `num_frames` frames."""
+    if not self.model.is_video:
+      raise UserError(f"an image model makes 1 frame; {num_frames} frames need a video model")
+    windows = windows or windowed.window_settings(self.config)
+    windowed.check_clip_length(self.config, num_frames, windows)
+    self.sampling = windowed.WindowedSampling(self.config, windows)
+    self.video_shape = (num_frames,) + self.video_shape[1:]
+    return self.sampling.plan(num_frames), self.sampling.replicate(params)
 
   def _sample_batch(self, params, tokens, negative_tokens, seeds, guidance_scale, init,
                     strength):
@@ -155,20 +206,24 @@ class TextToVideo:
     if init is None:
       noise = samplers.initial_noise(keys, (seeds.shape[0],) + self.video_shape)
       x = samplers.sample(denoiser, model.to_model_layout(noise), cond, keys, self.schedule,
-                          self.settings, progress=self.progress)
+                          self.settings, progress=self.progress, stop=self.stop)
     else:
       x = samplers.sdedit(denoiser, model.to_model_layout(init), cond, keys, self.schedule,
-                          self.settings, strength, progress=self.progress)
+                          self.settings, strength, progress=self.progress, stop=self.stop)
     return video_io.to_uint8(x.reshape((seeds.shape[0],) + self.video_shape))
 
 
 def generate(config, params: dict, prompts: Sequence[str], *, settings: SamplerSettings,
              guidance_scale: float, seed: int, init_video: Optional[np.ndarray] = None,
              strength: float = 1.0, negative_prompt: str = "",
-             progress: bool = False) -> np.ndarray:
-  """One-shot generation: validates the request, builds the model, samples."""
-  prompts = check_request(config, prompts, seed, guidance_scale, init_video, strength)
-  model = TextToVideo(config, params, settings, progress)
+             progress: bool = False, num_frames: Optional[int] = None,
+             windows: Optional[windowed.WindowSettings] = None) -> np.ndarray:
+  """One-shot generation: validates the request, builds the model, samples. A
+  `num_frames` other than the model's clip length is sampled in windows (TextToVideo)."""
+  shape = None if num_frames is None else (num_frames,) + video_shape(config)[1:]
+  prompts = check_request(config, prompts, seed, guidance_scale, init_video, strength, shape)
+  model = TextToVideo(config, params, settings, progress, num_frames=num_frames,
+                      windows=windows)
   return model(prompts, seed, guidance_scale, init_video, strength, negative_prompt)
 
 
@@ -190,14 +245,18 @@ def check_outputs(count: int, out=None, out_dir=None, extra_formats=(), xt_slice
                       "--out-dir for several")
     if extra_formats:
       raise UserError("--also applies to --out-dir; with --out the suffix picks the format")
-  elif pathlib.Path(out_dir).exists() and not pathlib.Path(out_dir).is_dir():
-    raise UserError(f"--out-dir {out_dir} exists and is not a directory")
+    atomic.check_output_file(out, "--out")
+  else:
+    atomic.check_output_dir(out_dir, "--out-dir")
   for fmt in extra_formats:
     video_io.check_video_path(f"video.{fmt}")
-  if xt_slice is not None and pathlib.Path(xt_slice).suffix.lower() != ".png":
-    raise UserError(f"--xt-slice {xt_slice}: the X-T slice is written as .png")
+  if xt_slice is not None:
+    if pathlib.Path(xt_slice).suffix.lower() != ".png":
+      raise UserError(f"--xt-slice {xt_slice}: the X-T slice is written as .png")
+    atomic.check_output_file(xt_slice, "--xt-slice")
   if sheet is not None:
     sheet_io.check_sheet_path(sheet)
+    atomic.check_output_file(sheet, "--sheet")
 
 
 def save_outputs(videos: np.ndarray, prompts: Sequence[str], seed: int, out=None,

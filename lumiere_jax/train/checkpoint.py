@@ -9,6 +9,12 @@ no step folder behind), keeping the newest `train.keep_checkpoints`.
 Every restored array gets the NamedSharding of its target on the current mesh, whatever
 mesh it was saved from. Restores check shapes first and name the config fields that
 differ, instead of failing deep inside orbax.
+
+A numbered folder counts as a checkpoint only when it is complete (`is_complete`: the
+files orbax writes before the rename that makes it appear). Anything else with a number
+for a name (a folder a person made, a copy cut short) is named and refused in one line
+before any model is built, by training (which would resume from it, or let orbax
+delete or overwrite it) and by every reader.
 """
 
 import contextlib
@@ -25,6 +31,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from lumiere_jax import runtime
 from lumiere_jax.config.defaults import base_config
 from lumiere_jax.data import pipeline
 from lumiere_jax.errors import UserError
@@ -32,6 +39,8 @@ from lumiere_jax.models import build
 
 CHECKPOINTS = "checkpoints"
 STATE, CONFIG, DATA = "state", "config", pipeline.DATA_ITEM
+# What orbax has written in a step folder by the time it renames it into place.
+COMPLETE_MARKERS = ("_CHECKPOINT_METADATA", f"{STATE}/_METADATA", f"{CONFIG}/metadata")
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
 OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
 # Config fields that decide the state's structure and shapes (prefixes), and those among
@@ -71,27 +80,54 @@ def make_manager(directory, train_config=None) -> ocp.CheckpointManager:
 
 
 def save(manager, step: int, state, config, iterator, force: bool = False) -> bool:
-  """Starts an asynchronous save of step `step`; returns whether one was started."""
+  """Starts an asynchronous save of step `step`; returns whether one was started. (A
+  Ctrl-C waits for the save to be under way: runtime.shielded.)"""
   args = ocp.args.Composite(**{
       STATE: ocp.args.PyTreeSave(state),
       CONFIG: ocp.args.JsonSave(config.to_dict()),
       DATA: pipeline.iterator_save_args(iterator)})
-  with disk_errors(manager):
+  with runtime.shielded(), disk_errors(manager):
     return manager.save(step, args=args, force=force)
 
 
 def wait(manager) -> None:
   """Blocks until the pending save is committed."""
-  with disk_errors(manager):
+  with runtime.shielded(), disk_errors(manager):
     manager.wait_until_finished()
 
 
+def close(manager) -> None:
+  """Waits for the pending save, then stops orbax's background threads, also when the
+  save failed (threads left running print tracebacks at interpreter exit)."""
+  try:
+    wait(manager)
+  except BaseException:
+    with contextlib.suppress(Exception):
+      manager.close()
+    raise
+  with disk_errors(manager):
+    manager.close()
+
+
 @contextlib.contextmanager
-def disk_errors(manager):
-  """Turns a full or read-only disk during a save into one line. Orbax never renames an
-  incomplete save into place, so the newest committed checkpoint stays intact."""
+def reading(directory):
+  """A read-only manager of `directory`, closed on leaving."""
+  manager = make_manager(directory)
+  try:
+    yield manager
+  finally:
+    manager.close()
+
+
+@contextlib.contextmanager
+def disk_errors(manager, what: str = "a checkpoint", where=None):
+  """Turns a full or read-only disk while writing `what` (to `where`, default the
+  checkpoints folder) into one line. Orbax never renames an incomplete save into place,
+  so the newest committed checkpoint stays intact."""
   try:
     yield
+  except UserError:
+    raise  # already the line (from a save inside a wider block)
   except Exception as error:  # orbax wraps errors of its background threads
     code = _disk_errno(error)
     if code not in DISK_ERRNOS:
@@ -99,7 +135,7 @@ def disk_errors(manager):
     steps = committed_steps(manager.directory)
     kept = (f"step {steps[-1]} is the newest intact checkpoint" if steps
             else "no earlier checkpoint exists")
-    raise UserError(f"could not write a checkpoint to {manager.directory}: "
+    raise UserError(f"could not write {what} to {where or manager.directory}: "
                     f"{os.strerror(code)}; {kept}") from error
 
 
@@ -116,11 +152,37 @@ def _disk_errno(error) -> Optional[int]:
   return None
 
 
-def committed_steps(directory) -> list:
+def is_complete(step_folder) -> bool:
+  """Whether a numbered folder is a checkpoint orbax finished writing."""
+  return all((pathlib.Path(step_folder) / marker).is_file() for marker in COMPLETE_MARKERS)
+
+
+def numbered_entries(directory) -> list:
+  """The steps of every numbered entry of `directory`, complete or not."""
   directory = pathlib.Path(directory)
   if not directory.is_dir():
     return []
   return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def committed_steps(directory) -> list:
+  """The steps of the complete checkpoints in `directory`, oldest first."""
+  directory = pathlib.Path(directory)
+  return [s for s in numbered_entries(directory) if is_complete(directory / str(s))]
+
+
+def check_checkpoints_folder(directory) -> None:
+  """UserError naming the first numbered entry of `directory` that is not a complete
+  checkpoint (orbax would take it for one)."""
+  directory = pathlib.Path(directory)
+  if directory.exists() and not directory.is_dir():
+    raise UserError(f"{directory} is not a folder; a run keeps its checkpoints there")
+  for step in numbered_entries(directory):
+    entry = directory / str(step)
+    if not is_complete(entry):
+      missing = [m for m in COMPLETE_MARKERS if not (entry / m).is_file()]
+      raise UserError(f"{entry} is not a complete checkpoint (it lacks {', '.join(missing)});"
+                      f" move it out of {directory}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -211,22 +273,30 @@ def _flatten(tree, prefix="") -> dict:
 
 def find_checkpoint(path) -> tuple:
   """(checkpoints folder, step) for a workdir, its checkpoints/ folder, or one step folder
-  (the newest step unless a step folder is named)."""
+  (the newest step unless a step folder is named). Only complete checkpoints count; a
+  numbered entry that is not one is refused in one line (check_checkpoints_folder)."""
   path = pathlib.Path(path)
-  if path.name.isdigit() and (path / STATE).is_dir():
+  if not path.exists():
+    raise UserError(f"checkpoint {path} does not exist")
+  if not path.is_dir():
+    raise UserError(f"checkpoint {path} is not a folder (give a training workdir)")
+  if path.name.isdigit() and any((path / m).exists() for m in (STATE, CONFIG,
+                                                               COMPLETE_MARKERS[0])):
+    check_checkpoints_folder(path.parent)
     return path.parent, int(path.name)
-  directory = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
+  directory = path / CHECKPOINTS if (path / CHECKPOINTS).exists() else path
+  check_checkpoints_folder(directory)
   steps = committed_steps(directory)
   if not steps:
-    what = "does not exist" if not path.exists() else "holds no complete checkpoint"
-    raise UserError(f"checkpoint {path} {what}")
+    raise UserError(f"checkpoint {path} holds no complete checkpoint")
   return directory, steps[-1]
 
 
 def load_run_config(path) -> ml_collections.ConfigDict:
   """The config a checkpoint was trained with (see config_from_saved)."""
   directory, step = find_checkpoint(path)
-  return config_from_saved(saved_config(make_manager(directory), step))
+  with reading(directory) as manager:
+    return config_from_saved(saved_config(manager, step))
 
 
 def config_from_saved(saved: dict) -> ml_collections.ConfigDict:
@@ -260,7 +330,12 @@ def load_params(path, config, params_target: dict, use_ema: bool = True) -> dict
   ShapeDtypeStructs with their shardings on the current mesh (Layout.params_target()).
   Any shape difference is an error naming the config fields."""
   directory, step = find_checkpoint(path)
-  manager = make_manager(directory)
+  with reading(directory) as manager:
+    return _load_params(manager, step, config, params_target, use_ema)
+
+
+def _load_params(manager, step: int, config, params_target: dict, use_ema: bool) -> dict:
+  directory = manager.directory
   saved = manager.item_metadata(step)[STATE].tree
   trained = "ema" if use_ema else "params"
   sources = {group: source for source in ("frozen", trained)

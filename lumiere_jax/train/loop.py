@@ -5,20 +5,35 @@ A run on a workdir that holds checkpoints continues from the newest one, bit-for
 if it had not stopped: the state, the data position and the per-step keys
 (fold_in(rng, step)) are all restored or recomputed exactly. A SIGTERM (preemption)
 makes every process save the same step through orbax's preemption support and return.
+
+Failures: `check_run` finds every problem known before the run (config, dataset, init
+checkpoint, the workdir's layout and checkpoints) before anything is created or
+compiled. Whatever ends a run, orbax's background threads and the metrics files are
+closed; a run that fails or is interrupted before its first checkpoint removes the
+workdir it created. Ctrl-C (runtime.handle_interrupts) is honoured after the step in
+flight: that step is saved (a healthy state only) and the run raises
+errors.Interrupted; during compilation the process ends within a second without saving,
+which loses nothing (no step has run since the newest checkpoint).
 """
 
 import dataclasses
 import itertools
 import logging
+import os
 import pathlib
+import shutil
+import signal
 import time
 
 import jax
 import tqdm
 from jax.sharding import NamedSharding, PartitionSpec
 
+from lumiere_jax import runtime
 from lumiere_jax.data import pipeline
-from lumiere_jax.errors import UserError
+from lumiere_jax.errors import Interrupted, UserError
+from lumiere_jax.io import atomic
+from lumiere_jax.models import build
 from lumiere_jax.parallel import mesh as mesh_lib
 from lumiere_jax.train import checkpoint
 from lumiere_jax.train import metrics as metrics_lib
@@ -30,6 +45,8 @@ from lumiere_jax.train.optimizer import make_optimizer
 
 
 log = logging.getLogger(__name__)
+# What a run keeps in its workdir: folders, and the metrics file.
+WORKDIR_FOLDERS = (checkpoint.CHECKPOINTS, "logs", "tensorboard", "profile")
 
 
 class TrainingStopped(Exception):
@@ -55,11 +72,49 @@ class _Run:
   iterator: object
   batch_sharding: NamedSharding
   writer: metrics_lib.MetricsWriter
+  interrupt_forwarded: bool = False
 
 
 def _info(message: str, *args) -> None:
   if jax.process_index() == 0:
     log.info(message, *args)
+
+
+def check_run(config, workdir) -> None:
+  """Every problem known before a run starts, as a UserError, with nothing created,
+  built or compiled: the train section, the dataset (and that it fits the config), the
+  init checkpoint, the workdir's layout and the checkpoints in it."""
+  validate_train_config(config)
+  if not config.train.data_dir:
+    raise UserError("config.train.data_dir is empty; build a dataset with `lumiere data "
+                    "build shapes --out DIR` and pass --config.train.data_dir=DIR")
+  pipeline.check_train_data(config, config.train.data_dir)
+  _check_init_checkpoint(config)
+  check_workdir(workdir)
+
+
+def _check_init_checkpoint(config) -> None:
+  frozen = sorted(set(build.param_groups(config.model)) - set(config.train.trainable))
+  needed = [g for g in frozen if g not in config.train.frozen_at_init]
+  if config.train.init_checkpoint:
+    checkpoint.find_checkpoint(config.train.init_checkpoint)
+  elif needed:
+    raise UserError(f"stage {config.stage!r} freezes {needed}, so it needs "
+                    f"train.init_checkpoint (the workdir of the earlier stage, e.g. t2i)")
+
+
+def check_workdir(workdir) -> None:
+  """The workdir can be made (or is a folder) and written, what it holds has the
+  expected kinds, and every numbered folder in its checkpoints/ is a complete
+  checkpoint. Creates nothing."""
+  path = atomic.check_output_dir(workdir, "workdir")
+  for name in WORKDIR_FOLDERS:
+    if (path / name).exists() and not (path / name).is_dir():
+      raise UserError(f"workdir {workdir}: {name} exists and is not a folder")
+  metrics_file = path / metrics_lib.METRICS_FILE
+  if metrics_file.exists() and not metrics_file.is_file():
+    raise UserError(f"workdir {workdir}: {metrics_lib.METRICS_FILE} is not a file")
+  checkpoint.check_checkpoints_folder(path / checkpoint.CHECKPOINTS)
 
 
 def prepare_workdir(workdir) -> pathlib.Path:
@@ -75,39 +130,86 @@ def prepare_workdir(workdir) -> pathlib.Path:
   return path
 
 
-def train(config, workdir, *, loss_fn=None, stop_at_step: int = 0) -> TrainResult:
+def train(config, workdir, *, loss_fn=None, stop_at_step: int = 0,
+          log_file: bool = False) -> TrainResult:
   """Trains `config` in `workdir` to config.train.num_steps (or until preempted).
 
   `loss_fn(full_params, batch, rng) -> (loss, metrics)` replaces the stage's diffusion
   loss (train/loss.py) when given. `stop_at_step` > 0 ends this run early at that step,
   with a checkpoint, e.g. to fit a job's time limit; the schedule is unchanged, so the
-  next run continues exactly as if there had been no stop.
+  next run continues exactly as if there had been no stop. `log_file` sends this
+  process's Python logging to WORKDIR/logs (metrics.configure_logging; the CLI does).
   """
-  validate_train_config(config)
+  check_run(config, workdir)
+  created = not pathlib.Path(workdir).exists()
   workdir = prepare_workdir(workdir)
-  if not config.train.data_dir:
-    raise UserError("config.train.data_dir is empty; build a dataset with `lumiere data "
-                    "build shapes --out DIR` and pass --config.train.data_dir=DIR")
-  mesh = mesh_lib.make_mesh(config.mesh)
-  layout = state_lib.Layout(config, mesh, make_optimizer(config.train))
-  jitted = step_lib.jit_train_step(config, mesh, loss_fn or make_loss_fn(config),
-                                   layout.optimizer, layout.state_shardings)
-  run = _Run(config, workdir, mesh,
-             checkpoint.make_manager(workdir / checkpoint.CHECKPOINTS, config.train),
-             pipeline.make_train_iterator(config, config.train.data_dir),
-             step_lib.batch_sharding(config, mesh), metrics_lib.MetricsWriter(workdir))
-  try:
-    init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
-    state = _initial_state(run, layout, init_rng)
-    step_rng = jax.jit(lambda k: k, out_shardings=NamedSharding(mesh, PartitionSpec()))(step_rng)
-    last_step = min(config.train.num_steps, stop_at_step or config.train.num_steps)
-    with checkpoint.disk_errors(run.manager):  # also for tensorboard and metrics files
-      return _loop(run, jitted, state, step_rng, last_step)
-  finally:
-    with checkpoint.disk_errors(run.manager):
-      checkpoint.wait(run.manager)
-      run.manager.close()
-      run.writer.close()
+  if log_file:
+    metrics_lib.configure_logging(jax.process_index(), workdir)
+  discard = lambda: _discard_if_unused(workdir, created)
+  closers = []  # what to close, in order, however the run ends
+  with runtime.cleanup_on_exit(discard):
+    try:
+      mesh = mesh_lib.make_mesh(config.mesh)
+      layout = state_lib.Layout(config, mesh, make_optimizer(config.train))
+      jitted = step_lib.jit_train_step(config, mesh, loss_fn or make_loss_fn(config),
+                                       layout.optimizer, layout.state_shardings)
+      iterator = pipeline.make_train_iterator(config, config.train.data_dir)
+      manager = checkpoint.make_manager(workdir / checkpoint.CHECKPOINTS, config.train)
+      closers.append(lambda: checkpoint.close(manager))
+      writer = metrics_lib.MetricsWriter(workdir)
+      closers.append(lambda: _close_writer(writer, manager))
+      run = _Run(config, workdir, mesh, manager, iterator,
+                 step_lib.batch_sharding(config, mesh), writer)
+      init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+      state = _initial_state(run, layout, init_rng)
+      step_rng = jax.jit(lambda k: k,
+                         out_shardings=NamedSharding(mesh, PartitionSpec()))(step_rng)
+      last_step = min(config.train.num_steps, stop_at_step or config.train.num_steps)
+      # The saves say so themselves; anything else written is the metrics.
+      with checkpoint.disk_errors(run.manager, "the metrics", workdir):
+        result = _loop(run, jitted, state, step_rng, last_step)
+    except BaseException as error:
+      _close_quietly(closers)
+      if isinstance(error, (UserError, KeyboardInterrupt)):
+        discard()
+      raise
+    _close_all(closers)  # a failure here (the last save) is the run's error
+  return result
+
+
+def _close_all(closers) -> None:
+  """Closes everything, then raises the first error."""
+  errors = []
+  for close in closers:
+    try:
+      close()
+    except Exception as error:  # pylint: disable=broad-except
+      errors.append(error)
+  if errors:
+    raise errors[0]
+
+
+def _close_writer(writer, manager) -> None:
+  with checkpoint.disk_errors(manager, "the metrics", writer.workdir):
+    writer.close()
+
+
+def _close_quietly(closers) -> None:
+  """Closes everything after an error; a second error (the same full disk, most often)
+  goes to the log file, so the first one is what the user reads."""
+  for close in closers:
+    try:
+      close()
+    except Exception:  # pylint: disable=broad-except
+      logging.getLogger().info("while closing after an error", exc_info=True)
+
+
+def _discard_if_unused(workdir: pathlib.Path, created: bool) -> None:
+  """Removes a workdir this run created while it holds no checkpoint (a run that failed
+  or was interrupted before its first save leaves nothing behind)."""
+  if created and jax.process_count() == 1 and not checkpoint.committed_steps(
+      workdir / checkpoint.CHECKPOINTS):
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _initial_state(run: _Run, layout: state_lib.Layout, rng):
@@ -156,6 +258,8 @@ def _loop(run: _Run, jitted, state, rng, last_step: int) -> TrainResult:
   batches = _global_batches(run)
   first = next(batches)
   compiled = _compile(run, jitted, state, first, rng)
+  runtime.check_interrupt(f"interrupted before step {step + 1}; nothing new to save "
+                          f"(the newest checkpoint is {_newest(run)})")
   flops = metrics_lib.model_flops_per_step(config)
   peak = metrics_lib.peak_flops_per_device(train_config.peak_flops_per_device,
                                            jax.devices()[0].device_kind)
@@ -178,8 +282,13 @@ def _loop(run: _Run, jitted, state, rng, last_step: int) -> TrainResult:
       _save_if_due(run, step, state, force=step == last_step)
       if run.manager.reached_preemption(step):
         checkpoint.wait(run.manager)
+        if runtime.interrupt_requested():
+          raise Interrupted(f"interrupted after step {step}; the newest checkpoint is "
+                            f"{_newest(run)}")
         _info("preempted: saved step %d and stopped", step)
         return TrainResult(state, step, preempted=True)
+      if runtime.interrupt_requested():
+        _stop_on_interrupt(run, step, state)
       if step == last_step:
         break
   finally:
@@ -188,9 +297,33 @@ def _loop(run: _Run, jitted, state, rng, last_step: int) -> TrainResult:
   return TrainResult(state, step, preempted=False)
 
 
+def _stop_on_interrupt(run: _Run, step: int, state) -> None:
+  """Ctrl-C: saves the step reached and raises Interrupted. Several processes must save
+  the same step, so there the signal is passed on as a preemption (SIGTERM), whose
+  service lets them agree on one; the loop then saves and stops at it."""
+  runtime.acknowledge_interrupt()
+  if jax.process_count() > 1:
+    if not run.interrupt_forwarded:
+      run.interrupt_forwarded = True
+      os.kill(os.getpid(), signal.SIGTERM)
+    return
+  _save_if_due(run, step, state, force=True)
+  checkpoint.wait(run.manager)
+  raise Interrupted(f"interrupted after step {step}; the newest checkpoint is "
+                    f"{_newest(run)}")
+
+
+def _newest(run: _Run) -> str:
+  step = run.manager.latest_step()
+  return "none" if step is None else f"step {step} in {run.manager.directory}"
+
+
 def _close_interval(run: _Run, interval, step: int, flops: int, peak) -> dict:
   try:
-    return interval.close(step, run.config, flops, peak, run.mesh.devices.size)
+    summary = interval.close(step, run.config, flops, peak, run.mesh.devices.size)
+    # A Ctrl-C may wait for the step in flight (and the one queued behind it).
+    runtime.set_interrupt_grace(2.0 / summary["steps_per_s"])
+    return summary
   except TrainingStopped as stop:
     checkpoint.wait(run.manager)
     raise TrainingStopped(f"{stop}; the newest checkpoint is step "

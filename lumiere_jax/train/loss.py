@@ -4,6 +4,8 @@ stage's model, with the text encoder inside (it trains in t2i and is frozen afte
 LossFn: fn(full_params, batch, rng) -> (loss, metrics). `batch` holds global arrays of
 the data pipeline's fields (pixels still uint8); `full_params` is the whole tree
 {'backbone'[, 'temporal'], 'text'}. The train step decides which part is differentiated.
+The SSR stage noises its conditioning clip per example (noise conditioning augmentation,
+models/conditioning.py) and gives the model the level.
 """
 
 from typing import Callable
@@ -13,6 +15,7 @@ import jax.numpy as jnp
 
 from lumiere_jax.data.pipeline import to_model_range
 from lumiere_jax.diffusion.losses import diffusion_loss
+from lumiere_jax.diffusion.schedules import schedule_from_config
 from lumiere_jax.models import build, conditioning
 
 LossFn = Callable[[dict, dict, jax.Array], tuple]
@@ -25,18 +28,35 @@ def make_loss_fn(config) -> LossFn:
   model = build.Model(config)
   empty_prompt = jnp.asarray(model.tokenize([""]))  # [1, L]
 
+  schedule = schedule_from_config(config.diffusion, model.resolution)
+
   def loss_fn(params, batch, rng):
     x0 = to_model_range(batch[model.pixel_field])
     low_res = batch.get("low_res_video")
     extra = conditioning.channels(
         model.conditioning, x0.shape, clip=x0, known=batch.get("mask"),
         low_res=None if low_res is None else to_model_range(low_res))
+    levels = {}
+    if model.takes_noise_level:
+      rng, aug_rng = jax.random.split(rng)
+      extra, levels["noise_level"] = augment_conditioning(extra, aug_rng, schedule,
+                                                          config.diffusion.noise_aug_max)
 
     def denoise(text_and_denoiser, z, t, tokens):
       text_params, denoiser_params = text_and_denoiser
-      return model.denoise(denoiser_params, z, t, model.encode(text_params, tokens), extra)
+      cond = {**model.encode(text_params, tokens), **levels}
+      return model.denoise(denoiser_params, z, t, cond, extra)
 
     return diffusion_loss(denoise, (params["text"], build.denoiser_params(params)), x0,
                           batch["tokens"], rng, config.diffusion, uncond=empty_prompt)
 
   return loss_fn
+
+
+def augment_conditioning(extra, rng, schedule, max_level: float):
+  """Noise conditioning augmentation in training: each example's conditioning channels
+  noised to its own level, uniform in [0, max_level]. Returns (noised, levels [B])."""
+  level_rng, noise_rng = jax.random.split(rng)
+  levels = conditioning.training_noise_levels(level_rng, extra.shape[0], max_level)
+  noise = jax.random.normal(noise_rng, extra.shape, extra.dtype)
+  return conditioning.noise_augment(extra, levels, noise, schedule), levels

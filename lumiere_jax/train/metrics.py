@@ -9,11 +9,14 @@ import json
 import logging
 import pathlib
 import sys
+import time
 from typing import Optional, Sequence
 
 import jax
 import numpy as np
-from tensorboardX import SummaryWriter
+from tensorboardX import summary as tb_summary
+from tensorboardX.event_file_writer import EventsWriter
+from tensorboardX.proto import event_pb2
 
 from lumiere_jax.bench import flops as flops_lib
 
@@ -33,10 +36,9 @@ def configure_logging(process_index: int, workdir=None) -> None:
   so the terminal shows progress and, on failure, the one line that says why."""
   logger = logging.getLogger("lumiere_jax")
   logger.setLevel(logging.INFO if process_index == 0 else logging.WARNING)
-  if not logger.handlers:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    logger.addHandler(handler)
+  handler = logging.StreamHandler(sys.stderr)
+  handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+  logger.handlers = [handler]
   logger.propagate = False
   if workdir is not None:
     logs = pathlib.Path(workdir) / "logs"
@@ -95,29 +97,46 @@ METRICS_FILE = "metrics.jsonl"
 class MetricsWriter:
   """Tensorboard scalars under WORKDIR/tensorboard, the same as JSON lines in
   WORKDIR/metrics.jsonl (plots and reports without a tensorboard reader), and one log line
-  per log step; on process 0 only (every process has the same replicated metrics)."""
+  per log step; on process 0 only (every process has the same replicated metrics).
+
+  The event file is written here, in the caller's thread, not by tensorboardX's
+  SummaryWriter: its background thread and exit hook print tracebacks of their own when
+  the disk is full, where this raises the one error the run reports."""
 
   def __init__(self, workdir):
     self.enabled = jax.process_index() == 0
-    self.writer = self.lines = None
+    self.workdir = pathlib.Path(workdir)
+    self.events = self.lines = None
     if self.enabled:
-      self.writer = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+      folder = pathlib.Path(workdir) / "tensorboard"
+      folder.mkdir(exist_ok=True)
       self.lines = open(pathlib.Path(workdir) / METRICS_FILE, "a", encoding="utf-8")
+      self.events = EventsWriter(str(folder / "events"))
 
   def write(self, step: int, scalars: dict) -> None:
     if not self.enabled:
       return
+    now = time.time()
     for name, value in scalars.items():
-      self.writer.add_scalar(f"train/{name}", value, step)
-    self.writer.flush()
+      self.events.write_event(event_pb2.Event(
+          wall_time=now, step=step, summary=tb_summary.scalar(f"train/{name}", value)))
+    self.events.flush()
     self.lines.write(json.dumps({"step": step, **scalars}) + "\n")
     self.lines.flush()
     log.info("step %d: %s", step, " ".join(f"{k}={_format(v)}" for k, v in scalars.items()))
 
   def close(self) -> None:
-    if self.enabled:
-      self.writer.close()
-      self.lines.close()
+    """Closes both files; the first error (e.g. a full disk) is raised after both."""
+    if not self.enabled:
+      return
+    errors = []
+    for close in (self.events.close, self.lines.close):
+      try:
+        close()
+      except OSError as e:
+        errors.append(e)
+    if errors:
+      raise errors[0]
 
 
 def _format(value: float) -> str:

@@ -1,0 +1,103 @@
+"""Seams of temporal MultiDiffusion: the frame-to-frame change where windows meet, against
+the change inside windows, for overlapping windows fused every step (overlap 2, the
+paper's) and for independent non-overlapping windows (overlap 0), same seeds.
+
+  python benchmarks/seams.py --frames 48 --out docs/seams_xt.png          # base model
+  python benchmarks/seams.py --ssr-checkpoint workdirs/tiny_ssr --data data/shapes128 \
+      --out docs/ssr_seams_xt.png                                          # SSR model
+
+Base model (default: the shipped shapes_t2v, or --checkpoint / --config): one clip of
+--frames frames per prompt, sampled in windows of the model's clip length. SSR
+(--ssr-checkpoint): held-out clips of --data area-downsampled to the model's low
+resolution, then upsampled in windows. For each setting it prints the mean absolute
+frame difference (uint8 units, RGB) over the transitions that cross a window edge
+(diffusion/windows.py:seam_transitions) and over the others, and their ratio (seams /
+inside: about 1 without a seam, above 1 with a jump). --out writes the X-T slices (the
+middle row over time), overlap 2 above overlap 0, one column per clip.
+"""
+
+import argparse
+
+import numpy as np
+
+from lumiere_jax import weights
+from lumiere_jax.config import load_config
+from lumiere_jax.diffusion import config as diffusion_config
+from lumiere_jax.diffusion import windows as windows_lib
+from lumiere_jax.io import video as video_io
+from lumiere_jax.pipelines import generate, upsample, windowed
+
+PROMPTS = ("a red circle moving right", "a blue square moving left",
+           "a green triangle bouncing around", "a yellow circle moving up")
+OVERLAPS = (2, 0)
+
+
+def parse_args():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--model", help="a shipped base model (default: shapes_t2v)")
+  parser.add_argument("--checkpoint", help="a base model's training workdir")
+  parser.add_argument("--config", help="a fresh (untrained) base model of this config")
+  parser.add_argument("--ssr-checkpoint", help="measure this SSR model instead")
+  parser.add_argument("--data", help="with --ssr-checkpoint: a dataset at its resolution")
+  parser.add_argument("--clips", type=int, default=4)
+  parser.add_argument("--frames", type=int, default=48, help="base model: frames per clip")
+  parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--out", help="X-T slices .png")
+  return parser.parse_args()
+
+
+def seam_ratio(videos, plan) -> tuple:
+  """(mean |frame difference| at window edges, inside windows, ratio) over uint8 clips
+  [N, T, H, W, 3]."""
+  steps = np.abs(np.diff(videos.astype(np.float32), axis=1)).mean(axis=(0, 2, 3, 4))
+  seams = windows_lib.seam_transitions(plan)
+  at, inside = steps[seams].mean(), steps[~seams].mean()
+  return float(at), float(inside), float(at / inside)
+
+
+def base_clips(args, overlap):
+  if args.config:
+    config = load_config(args.config)
+    params = generate.fresh_params(config)
+  else:
+    config, params = weights.load_model(checkpoint=args.checkpoint, name=args.model)
+  settings = diffusion_config.sampler_settings(config.diffusion, steps=args.steps)
+  windows = windowed.window_settings(config, overlap=overlap)
+  model = generate.TextToVideo(config, params, settings, num_frames=args.frames,
+                               windows=windows)
+  prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.clips)]
+  videos = model(prompts, args.seed, config.diffusion.guidance)
+  return videos, model.plan
+
+
+def ssr_clips(args, overlap):
+  from lumiere_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  config, params = weights.load_model(checkpoint=args.ssr_checkpoint)
+  clips = pipeline.open_split(args.data, config.data.eval_split)
+  low = np.stack([pipeline.area_downsample(clips[i]["video"], config.data.low_resolution)
+                  for i in range(args.clips)])
+  settings = diffusion_config.sampler_settings(config.diffusion, steps=args.steps)
+  windows = windowed.window_settings(config, overlap=overlap)
+  upsampler = upsample.Upsampler(config, params, settings, windows)
+  return upsampler(low, seed=args.seed), upsampler.sampling.plan(low.shape[1])
+
+
+def main():
+  args = parse_args()
+  make = ssr_clips if args.ssr_checkpoint else base_clips
+  rows = []
+  for overlap in OVERLAPS:
+    videos, plan = make(args, overlap)
+    at, inside, ratio = seam_ratio(videos, plan)
+    print(f"overlap {overlap}: windows at {plan.starts} (W={plan.window}, T="
+          f"{plan.num_frames}), |frame difference| at window edges {at:.2f}, inside "
+          f"{inside:.2f}, ratio {ratio:.3f}")
+    rows.append(video_io.xt_slices(videos))
+  if args.out:
+    gap = np.full((2, rows[0].shape[1], 3), 128, np.uint8)
+    print(video_io.write_png(args.out, np.concatenate([rows[0], gap, rows[1]]), scale=4))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,469 @@
+"""Bad input to every subcommand: exit code 2, one line on stderr that names the problem,
+no traceback, and nothing written or changed (checksums of every file around, before and
+after). Run in this process (cli.main), so each case costs milliseconds; the cases that
+need a process of their own (what happens at interpreter exit) run one.
+
+The numbered findings are those of issue 17 (its "What was found" list); a case tagged
+with one fails on the code before that issue.
+"""
+
+import dataclasses
+import hashlib
+import pathlib
+import shutil
+import subprocess
+import zipfile
+
+import numpy as np
+import pytest
+
+import test_train_support as support
+from lumiere_jax import cli
+from lumiere_jax import weights
+
+DEBUG_ENV = "LUMIERE_DEBUG"
+LONG_PROMPT = "a red circle moving left " * 400  # 10,000 characters, 2,000 words
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  name: str
+  argv: tuple
+  message: str
+  loads_model: bool = False  # whether the model may be loaded before the refusal
+
+
+def case(name, argv, message, loads_model=False):
+  return Case(name, tuple(argv), message, loads_model)
+
+
+MICRO = tuple(support.cli_overrides())
+DATA = "--config.train.data_dir={inputs}/data"
+
+
+def train(*argv, workdir="{tmp}/run"):
+  return ("train", "--config", "shapes_tiny:t2i", "--workdir", workdir, *MICRO, *argv)
+
+
+def generate(*argv, out="{tmp}/out.mp4"):
+  return ("generate", "--prompt", "a red circle moving left", *argv,
+          *(("--out", out) if out else ()))
+
+
+CASES = [
+    # train: the config
+    case("train/config-missing", ("train", "--config", "{inputs}/missing.py",
+                                  "--workdir", "{tmp}/run"), "config file not found"),
+    case("train/config-syntax-error", ("train", "--config", "{inputs}/syntax.py",
+                                       "--workdir", "{tmp}/run"),
+         "syntax.py:1 failed to load: SyntaxError"),
+    case("train/config-syntax-error-in-get-config (finding 1)",
+         ("train", "--config", "{inputs}/eval_syntax.py", "--workdir", "{tmp}/run"),
+         "eval_syntax.py:3: get_config raised SyntaxError"),
+    case("train/get-config-raises (finding 9)",
+         ("train", "--config", "{inputs}/raises.py", "--workdir", "{tmp}/run"),
+         "raises.py:4: get_config raised RuntimeError: no such variant"),
+    case("train/get-config-returns-int", ("train", "--config", "{inputs}/returns_int.py",
+                                          "--workdir", "{tmp}/run"),
+         "get_config returned int, not an ml_collections.ConfigDict"),
+    case("train/config-calls-sys-exit", ("train", "--config", "{inputs}/exits.py",
+                                         "--workdir", "{tmp}/run"), "SystemExit(3)"),
+    case("train/config-without-our-fields", ("train", "--config", "{inputs}/foreign.py",
+                                             "--workdir", "{tmp}/run"),
+         "is not a lumiere config"),
+    case("train/unknown-override", train("--config.train.learnin_rate=1"),
+         "did you mean 'train.learning_rate'?"),
+    case("train/override-type", train("--config.train.num_steps=x"),
+         "config key 'train.num_steps' expects int"),
+    case("train/num-steps-0", train("--config.train.num_steps=0", DATA),
+         "train.num_steps=0 is invalid"),
+    case("train/no-workdir", ("train", "--config", "shapes_tiny:t2i"),
+         "--workdir is required"),
+    case("train/stop-at-step-negative", train(DATA, "--stop_at_step=-1"),
+         "--stop_at_step must be >= 0"),
+    case("train/num-processes-not-a-number", train("--num_processes", "x"),
+         "invalid int value: 'x'"),
+    # train: the data and the init checkpoint, refused before anything is created
+    case("train/data-dir-empty (finding 14)", train(), "config.train.data_dir is empty"),
+    case("train/data-dir-missing (finding 14)",
+         train("--config.train.data_dir={tmp}/nowhere"), "dataset folder"),
+    case("train/data-dir-wrong-resolution", train(DATA, "--config.data.resolution=64"),
+         "data.resolution=64"),
+    case("train/t2v-without-init-checkpoint (finding 14)",
+         ("train", "--config", "shapes_tiny:t2v", "--workdir", "{tmp}/run", *MICRO, DATA),
+         "needs train.init_checkpoint"),
+    case("train/init-checkpoint-missing (finding 14)",
+         ("train", "--config", "shapes_tiny:t2v", "--workdir", "{tmp}/run", *MICRO, DATA,
+          "--config.train.init_checkpoint={tmp}/nowhere"), "does not exist"),
+    case("train/init-checkpoint-junk (finding 2)",
+         ("train", "--config", "shapes_tiny:t2v", "--workdir", "{tmp}/run", *MICRO, DATA,
+          "--config.train.init_checkpoint={inputs}/junk"),
+         "junk/checkpoints/7 is not a complete checkpoint"),
+    # train: the workdir
+    case("train/workdir-is-a-file", train(DATA, workdir="{inputs}/file.txt"),
+         "file.txt exists and is not a folder"),
+    case("train/workdir-under-a-file", train(DATA, workdir="{inputs}/file.txt/run"),
+         "file.txt is a file, not a folder"),
+    case("train/checkpoints-is-a-file (finding 3)", train(DATA, workdir="{inputs}/ckfile"),
+         "checkpoints exists and is not a folder"),
+    case("train/metrics-file-is-a-folder", train(DATA, workdir="{inputs}/metricsdir"),
+         "metrics.jsonl is not a file"),
+    case("train/junk-numbered-folder (finding 2)", train(DATA, workdir="{inputs}/junk"),
+         "junk/checkpoints/7 is not a complete checkpoint"),
+    case("train/junk-beside-a-checkpoint (finding 2)", train(DATA, workdir="{inputs}/mixed"),
+         "mixed/checkpoints/9 is not a complete checkpoint"),
+    case("train/process-id-out-of-range",
+         train(DATA, "--coordinator_address", "127.0.0.1:9", "--num_processes", "2",
+               "--process_id", "5"), "process_id=5 must be in [0, num_processes=2)"),
+    # generate: inputs and outputs, all before the model is loaded
+    case("generate/prompts-binary (finding 5)", ("generate", "--prompts",
+                                                 "{inputs}/binary.txt", "--out",
+                                                 "{tmp}/out.mp4"),
+         "binary.txt is not UTF-8 text"),
+    case("generate/prompts-nul-bytes", ("generate", "--prompts", "{inputs}/nul.txt",
+                                        "--out", "{tmp}/out.mp4"), "holds NUL bytes"),
+    case("generate/prompts-missing", ("generate", "--prompts", "{tmp}/none.txt",
+                                      "--out", "{tmp}/out.mp4"), "prompts file not found"),
+    case("generate/out-under-a-file (finding 6)", generate(out="{inputs}/file.txt/x.gif"),
+         "file.txt is a file, not a folder"),
+    case("generate/out-is-a-folder", generate(out="{inputs}/empty_dir.mp4"),
+         "is a folder; give a file path"),
+    case("generate/out-dir-is-a-file", generate("--out-dir", "{inputs}/file.txt", out=None),
+         "--out-dir {inputs}/file.txt exists and is not a folder"),
+    case("generate/xt-slice-under-a-file", generate("--xt-slice", "{inputs}/file.txt/x.png"),
+         "--xt-slice"),
+    case("generate/sheet-under-a-file", generate("--sheet", "{inputs}/file.txt/s.png"),
+         "--sheet"),
+    case("generate/out-format", generate(out="{tmp}/out.avi"), "unsupported video format"),
+    case("generate/steps-huge (finding 7)", generate("--steps", "99999999999"),
+         "--steps must be an integer >= 1 and <= 10000"),
+    case("generate/steps-0", generate("--steps", "0"), "steps must be an integer >= 1"),
+    case("generate/eta", generate("--eta", "2"), "--eta must be in [0, 1]"),
+    case("generate/guidance-nan", generate("--guidance", "nan"), "guidance scale must be"),
+    case("generate/seed-negative", generate("--seed", "-1"), "seed must be in"),
+    case("generate/strength-without-init-video", generate("--strength", "0.5"),
+         "--strength applies to --init-video"),
+    case("generate/init-video-missing", generate("--init-video", "{tmp}/none.npy"),
+         "video file not found"),
+    case("generate/init-video-not-npy", generate("--init-video", "{inputs}/text.npy"),
+         "not a readable .npy array"),
+    case("generate/emoji-prompt (finding 10)", ("generate", "--prompt", "\U0001F600\u2728!!",
+                                                "--out", "{tmp}/out.mp4"),
+         "prompt 1 ('\U0001F600\u2728!!') has no words"),
+    case("generate/step-without-checkpoint", generate("--step", "3"),
+         "--step selects a step of --checkpoint"),
+    case("generate/get-config-raises (finding 9)", generate("--config",
+                                                             "{inputs}/raises.py"),
+         "raises.py:4: get_config raised RuntimeError"),
+    # generate: what is only known once the model's config is read
+    case("generate/prompt-too-long (finding 10)", ("generate", "--prompt", LONG_PROMPT,
+                                                   "--out", "{tmp}/out.mp4"),
+         "prompt 1 has 2000 words; this model reads at most 22", loads_model=True),
+    case("generate/checkpoint-junk (finding 2)", generate("--checkpoint", "{inputs}/junk"),
+         "junk/checkpoints/7 is not a complete checkpoint", loads_model=True),
+    case("generate/checkpoint-junk-beside-a-checkpoint (finding 2)",
+         generate("--checkpoint", "{inputs}/mixed"),
+         "mixed/checkpoints/9 is not a complete checkpoint", loads_model=True),
+    case("generate/checkpoint-is-a-file", generate("--checkpoint", "{inputs}/file.txt"),
+         "is not a folder", loads_model=True),
+    case("generate/checkpoint-step-missing", generate("--checkpoint", "{inputs}/ckpt",
+                                                      "--step", "3"),
+         "has no step 3 (steps: 4)", loads_model=True),
+    case("generate/model-unknown", generate("--model", "nope"),
+         "no shipped model named 'nope'", loads_model=True),
+    # data
+    case("data/text-embeddings-garbage (finding 8)",
+         ("data", "build", "shapes", "--out", "{tmp}/d", "--num-videos", "2",
+          "--text-embeddings", "{inputs}/garbage.npz"), "garbage.npz is not an .npz archive"),
+    case("data/text-embeddings-npy", ("data", "build", "shapes", "--out", "{tmp}/d",
+                                      "--num-videos", "2", "--text-embeddings",
+                                      "{inputs}/text.npy"), "is not an .npz archive"),
+    case("data/text-embeddings-wrong-keys", ("data", "build", "shapes", "--out", "{tmp}/d",
+                                             "--num-videos", "2", "--text-embeddings",
+                                             "{inputs}/keys.npz"),
+         "is not an .npz with captions, embeddings and mask"),
+    case("data/text-embeddings-missing", ("data", "build", "shapes", "--out", "{tmp}/d",
+                                          "--num-videos", "2", "--text-embeddings",
+                                          "{tmp}/none.npz"), "does not exist"),
+    case("data/out-is-a-file", ("data", "build", "shapes", "--out", "{inputs}/file.txt",
+                                "--num-videos", "2"), "file.txt exists and is not a folder"),
+    case("data/out-under-a-file", ("data", "build", "shapes", "--out",
+                                   "{inputs}/file.txt/d", "--num-videos", "2"),
+         "file.txt is a file, not a folder"),
+    case("data/dataset-exists", ("data", "build", "shapes", "--out", "{inputs}/data",
+                                 "--num-videos", "2"), "already exists"),
+    case("data/resolution", ("data", "build", "shapes", "--out", "{tmp}/d", "--num-videos",
+                             "2", "--resolution", "48"), "resolution 48 is not supported"),
+    case("data/frames-0", ("data", "build", "shapes", "--out", "{tmp}/d", "--num-videos",
+                           "2", "--frames", "0"), "frames must be between 1 and 80"),
+    case("data/num-videos-0", ("data", "build", "shapes", "--out", "{tmp}/d",
+                               "--num-videos", "0"), "number of videos must be at least 1"),
+    case("data/two-object-fraction", ("data", "build", "shapes", "--out", "{tmp}/d",
+                                      "--num-videos", "2", "--two-object-fraction", "2"),
+         "two-object fraction"),
+    case("data/held-out", ("data", "build", "shapes", "--out", "{tmp}/d", "--num-videos",
+                           "2", "--held-out", "purple hexagon"), "held-out combination"),
+    case("data/num-videos-not-a-number", ("data", "build", "shapes", "--out", "{tmp}/d",
+                                          "--num-videos", "many"), "invalid int value"),
+    case("data/folder-src-missing", ("data", "build", "folder", "--src", "{tmp}/none",
+                                     "--out", "{tmp}/d", "--resolution", "32", "--frames",
+                                     "4"), "does not exist"),
+    case("data/folder-resolution", ("data", "build", "folder", "--src", "{inputs}/empty_dir",
+                                    "--out", "{tmp}/d", "--resolution", "30", "--frames",
+                                    "4"), "resolution 30 is not supported"),
+    case("data/folder-fps", ("data", "build", "folder", "--src", "{inputs}/empty_dir",
+                             "--out", "{tmp}/d", "--resolution", "32", "--frames", "4",
+                             "--fps", "0"), "fps must be positive"),
+    case("data/folder-no-videos", ("data", "build", "folder", "--src", "{inputs}/empty_dir",
+                                   "--out", "{tmp}/d", "--resolution", "32", "--frames",
+                                   "4"), "no videos in"),
+    case("data/show-missing", ("data", "show", "{tmp}/none", "--out", "{tmp}/g.png"),
+         "does not exist"),
+    case("data/show-format", ("data", "show", "{inputs}/data", "--out", "{tmp}/g.gif"),
+         "written as .png or .jpg"),
+    case("data/show-out-under-a-file", ("data", "show", "{inputs}/data", "--out",
+                                        "{inputs}/file.txt/g.png"),
+         "file.txt is a file, not a folder"),
+    case("data/show-split", ("data", "show", "{inputs}/data", "--out", "{tmp}/g.png",
+                             "--split", "nope"), "has no split 'nope'"),
+    case("data/no-action", ("data",), "the following arguments are required"),
+    # eval
+    case("eval/shapes-num-0", ("eval", "shapes", "--num", "0"), "--num must be >= 1"),
+    case("eval/shapes-json-format", ("eval", "shapes", "--json", "{tmp}/r.txt"),
+         "write it as .json"),
+    case("eval/shapes-json-under-a-file", ("eval", "shapes", "--json",
+                                           "{inputs}/file.txt/r.json"), "--json"),
+    case("eval/shapes-step-without-checkpoint", ("eval", "shapes", "--step", "3"),
+         "--step selects a step of --checkpoint"),
+    case("eval/shapes-checkpoint-junk (finding 2)", ("eval", "shapes", "--checkpoint",
+                                                     "{inputs}/junk"),
+         "junk/checkpoints/7 is not a complete checkpoint", loads_model=True),
+    case("eval/probe-seeds-0", ("eval", "probe", "--seeds", "0"), "--seeds must be >= 1"),
+    case("eval/probe-raw-without-checkpoint", ("eval", "probe", "--raw"),
+         "--raw selects the raw weights of --checkpoint"),
+    case("eval/probe-data-missing", ("eval", "probe", "--data", "{tmp}/none"),
+         "is not a folder"),
+    case("eval/unknown-evaluator", ("eval", "fid"), "invalid choice: 'fid'"),
+    # demo, bench, export
+    case("demo/out-is-a-file", ("demo", "--out", "{inputs}/file.txt"),
+         "exists and is not a directory"),
+    case("demo/model-unknown", ("demo", "--out", "{tmp}/demo", "--model", "nope"),
+         "no shipped model named 'nope'", loads_model=True),
+    case("bench/preset", ("bench", "tiny-t3v"), "unknown preset 'tiny-t3v'"),
+    case("bench/steps-0", ("bench", "tiny-t2v", "--steps", "0"), "--steps must be >= 1"),
+    case("bench/json-is-a-folder", ("bench", "tiny-t2v", "--json", "{inputs}/empty_dir"),
+         "is a directory"),
+    case("bench/batch-with-base", ("bench", "base", "--batch", "2"),
+         "--batch applies to the tiny-* presets"),
+    case("export/name", ("export", "--checkpoint", "{inputs}/ckpt", "--name", "Bad-Name",
+                         "--out", "{tmp}/models"), "use lower-case letters, digits and _"),
+    case("export/out-is-a-file", ("export", "--checkpoint", "{inputs}/ckpt", "--name", "m",
+                                  "--out", "{inputs}/file.txt"),
+         "file.txt exists and is not a folder"),
+    case("export/steps-0", ("export", "--checkpoint", "{inputs}/ckpt", "--name", "m",
+                            "--out", "{tmp}/models", "--steps", "0"),
+         "--steps must be an integer >= 1"),
+    case("export/checkpoint-junk (finding 2)", ("export", "--checkpoint", "{inputs}/junk",
+                                                "--name", "m", "--out", "{tmp}/models"),
+         "junk/checkpoints/7 is not a complete checkpoint", loads_model=True),
+    # the subcommands that have not landed, and the dispatch itself
+    *[case(f"{name}/not-available", (name,), f"'{name}' is not available yet")
+      for name in ("animate", "inpaint", "cinemagraph", "stylize", "edit")],
+    case("upsample/unknown-flag", ("upsample", "--no-such-flag"), ""),
+    case("lumiere/unknown-command", ("frobnicate",), "invalid choice: 'frobnicate'"),
+]
+
+
+# ---------------------------------------------------------------------------------------
+# The inputs every case may read (and must not change)
+
+
+def _write_inputs(root: pathlib.Path) -> None:
+  (root / "file.txt").write_text("not a folder\n")
+  (root / "empty_dir").mkdir()
+  (root / "empty_dir.mp4").mkdir()
+  (root / "binary.txt").write_bytes(bytes(range(128, 256)) * 4)
+  (root / "nul.txt").write_text("a red\0circle\n")
+  (root / "text.npy").write_text("not an array\n")
+  (root / "garbage.npz").write_bytes(np.random.default_rng(0).bytes(300))
+  with zipfile.ZipFile(root / "keys.npz", "w") as archive:
+    archive.writestr("captions.npy", b"junk")
+  configs = {
+      "syntax.py": "def get_config(:\n",
+      "eval_syntax.py": "def get_config(arg=None):\n  del arg\n  eval('1 +')\n",
+      "raises.py": ("import ml_collections\n\ndef get_config(arg=None):\n"
+                    "  raise RuntimeError(f'no such variant {arg!r}')\n"),
+      "returns_int.py": "def get_config(arg=None):\n  return 5\n",
+      "exits.py": "import sys\nsys.exit(3)\n",
+      "foreign.py": ("import ml_collections\n\ndef get_config(arg=None):\n"
+                     "  return ml_collections.ConfigDict({'a': 1})\n"),
+  }
+  for name, text in configs.items():
+    (root / name).write_text(text)
+  for name in ("junk", "ckfile", "metricsdir"):
+    (root / name).mkdir()
+  (root / "junk" / "checkpoints" / "7").mkdir(parents=True)
+  (root / "junk" / "checkpoints" / "7" / "notes.txt").write_text("my notes\n")
+  (root / "ckfile" / "checkpoints").write_text("not a folder\n")
+  (root / "metricsdir" / "metrics.jsonl").mkdir()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("inputs")
+  _write_inputs(root)
+  data_dir = support.build_dataset(root / "data")
+  support.save_random_checkpoint(support.micro_config("t2i", f"train.data_dir={data_dir}"),
+                                 root / "ckpt", 4, data_dir)
+  shutil.copytree(root / "ckpt", root / "mixed")
+  (root / "mixed" / "checkpoints" / "9").mkdir()
+  (root / "mixed" / "checkpoints" / "9" / "notes.txt").write_text("my notes\n")
+  return root
+
+
+def snapshot(*roots) -> dict:
+  """Every file (sha256) and folder under `roots`."""
+  found = {}
+  for root in roots:
+    for path in sorted(pathlib.Path(root).rglob("*")):
+      found[str(path)] = (hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file()
+                          else "folder")
+  return found
+
+
+def run_cli(capsys, argv) -> tuple:
+  try:
+    code = cli.main(list(argv))
+  except SystemExit as e:  # argparse exits from inside the parser
+    code = e.code
+  captured = capsys.readouterr()
+  return code, captured.out, captured.err
+
+
+@pytest.fixture()
+def no_model_loads(monkeypatch):
+  """Fails the test if a model is loaded (the refusal must come first)."""
+  def refuse(**kwargs):
+    raise AssertionError(f"a model was loaded ({kwargs}) before the input was refused")
+
+  monkeypatch.setattr(weights, "load_model", refuse)
+
+
+def test_the_suite_covers_every_subcommand_with_enough_cases():
+  commands = {c.argv[0] for c in CASES}
+  assert set(cli.SUBCOMMANDS) <= commands and len(CASES) >= 60
+
+
+@pytest.mark.parametrize("bad", CASES, ids=[c.name for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(bad, inputs, tmp_path, capsys,
+                                                           monkeypatch, request):
+  if not bad.loads_model:
+    request.getfixturevalue("no_model_loads")
+  monkeypatch.chdir(tmp_path)
+  argv = [a.format(inputs=inputs, tmp=tmp_path) for a in bad.argv]
+  before = snapshot(inputs, tmp_path)
+  code, out, err = run_cli(capsys, argv)
+  lines = err.strip().splitlines()
+  assert code == 2, err
+  assert len(lines) == 1 and "Traceback" not in err, err
+  assert lines[0].startswith(f"lumiere {bad.argv[0]}" if bad.argv[0] in cli.SUBCOMMANDS
+                             else "lumiere"), lines[0]
+  assert bad.message.format(inputs=inputs, tmp=tmp_path) in lines[0], lines[0]
+  assert out == ""
+  assert snapshot(inputs, tmp_path) == before
+
+
+# ---------------------------------------------------------------------------------------
+# Findings that need more than one line of stderr or a process of their own
+
+
+def test_debug_shows_the_traceback_above_the_same_line(inputs, tmp_path, capsys,
+                                                       monkeypatch):
+  """Finding 9: user code that fails is one line naming file and line; --debug (anywhere)
+  or LUMIERE_DEBUG=1 adds the traceback, ending in the user's own frame."""
+  argv = ["train", "--config", str(inputs / "raises.py"), "--workdir", str(tmp_path / "w")]
+  code, _, plain = run_cli(capsys, argv)
+  assert code == 2 and "Traceback" not in plain
+  for extra, env in ((["--debug"], None), ([], "1")):
+    if env:
+      monkeypatch.setenv(DEBUG_ENV, env)
+    code, _, err = run_cli(capsys, argv + extra)
+    assert code == 2 and "Traceback (most recent call last)" in err
+    assert err.strip().splitlines()[-1] == plain.strip()
+    assert f'File "{inputs / "raises.py"}", line 4, in get_config' in err
+
+
+def test_a_failing_shapes_build_leaves_no_folder_behind(inputs, tmp_path, capsys):
+  """Finding 15: a build that fails half-way (a caption missing from the embedding
+  table) removes the folders it made, not just its staging folder."""
+  from lumiere_jax.data.text_embeddings import save_text_embeddings
+  table = tmp_path / "table.npz"
+  save_text_embeddings(table, ["a red circle moving left"], np.zeros((1, 4, 8)),
+                       np.ones((1, 4), bool))
+  code, _, err = run_cli(capsys, ["data", "build", "shapes", "--out",
+                                  str(tmp_path / "new" / "d"), "--num-videos", "4",
+                                  "--frames", "4", "--text-embeddings", str(table)])
+  assert code == 2 and "Traceback" not in err
+  assert "has no entry for the caption" in err.strip().splitlines()[-1]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["table.npz"]
+
+
+def test_data_build_says_what_it_does_and_that_nothing_is_downloaded(tmp_path, capfd):
+  """Finding 16: no "Downloading and preparing dataset ... Subsequent calls will reuse
+  this data" naming a hidden staging folder; one line that says what really happens."""
+  assert cli.main(["data", "build", "shapes", "--out", str(tmp_path / "d"),
+                   "--num-videos", "2", "--frames", "4"]) == 0
+  out, err = capfd.readouterr()
+  text = out + err
+  assert "Download" not in text and "Subsequent calls" not in text
+  assert ".incomplete" not in text
+  assert f"building {tmp_path / 'd' / 'shapes' / '1.0.0'}: rendering the shapes clips here " \
+         "(nothing is downloaded)" in err
+  assert out.strip() == f"wrote {tmp_path / 'd' / 'shapes' / '1.0.0'}"
+
+
+def test_help_of_commands_that_have_not_landed_says_so(capsys):
+  """Finding 17: `lumiere X --help` and `lumiere --help` say which commands are not
+  available yet; `demo --help` names what this install really ships."""
+  for name in ("animate", "inpaint", "cinemagraph", "stylize", "edit"):
+    with pytest.raises(SystemExit):
+      cli.main([name, "--help"])
+    assert "not available yet" in capsys.readouterr().out
+  with pytest.raises(SystemExit):
+    cli.main(["--help"])
+  listing = " ".join(capsys.readouterr().out.split())
+  for name in ("animate", "inpaint", "cinemagraph", "stylize", "edit"):
+    assert f"{name} " in listing and listing.count("not available yet") >= 5
+  with pytest.raises(SystemExit):
+    cli.main(["demo", "--help"])
+  text = " ".join(capsys.readouterr().out.split())
+  assert "Shipped models in this install:" in text
+  for name in weights.shipped_names():
+    assert f"{name}: " in text
+
+
+def test_unknown_prompt_words_are_named_in_a_warning(tmp_path, capsys):
+  """Finding 10: a word the model never saw is named on stderr (it is encoded as <unk>)
+  and the video is still made."""
+  out = tmp_path / "v.npy"
+  code, _, err = run_cli(capsys, ["generate", "--prompt", "a purple hexagon moving left",
+                                  "--steps", "1", "--quiet", "--out", str(out)])
+  assert code == 0, err
+  assert ("lumiere generate: warning: words outside the model's vocabulary (encoded as "
+          "<unk>, which the model never saw in training): purple, hexagon") in err
+  assert np.load(out).dtype == np.uint8
+
+
+def test_a_train_run_refused_up_front_creates_nothing_and_exits_quietly(inputs, tmp_path):
+  """Finding 14, as a process: a missing dataset is refused before the workdir, its
+  logs, tensorboard file or checkpoints folder exist, and nothing is printed at exit
+  (no orbax traceback from threads left running)."""
+  result = subprocess.run(support.lumiere_command(
+      "train", "--config", "shapes_tiny:t2i", "--workdir", str(tmp_path / "run"), *MICRO,
+      f"--config.train.data_dir={tmp_path / 'nowhere'}"), env=support.subprocess_env(),
+      cwd=tmp_path, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      f"lumiere train: error: dataset folder {tmp_path / 'nowhere'} does not exist"]
+  assert list(tmp_path.iterdir()) == []
+
