@@ -20,6 +20,7 @@ delete or overwrite it) and by every reader.
 import contextlib
 import errno
 import json
+import logging
 import os
 import pathlib
 import re
@@ -169,6 +170,32 @@ def committed_steps(directory) -> list:
   """The steps of the complete checkpoints in `directory`, oldest first."""
   directory = pathlib.Path(directory)
   return [s for s in numbered_entries(directory) if is_complete(directory / str(s))]
+
+
+def set_aside_interrupted_saves(directory) -> list:
+  """Renames each numbered folder that an interrupted save of ours left behind (it holds
+  orbax's state or config item but not every COMPLETE_MARKERS file: a SIGKILL between
+  orbax's rename and its metadata write) to `.interrupted-STEP`, which no step scan
+  reads, so a resume starts from the newest complete checkpoint and nothing is deleted.
+  Anything else numbered is left for check_checkpoints_folder to refuse. Returns the
+  new paths."""
+  directory = pathlib.Path(directory)
+  moved = []
+  for step in numbered_entries(directory):
+    entry = directory / str(step)
+    ours = entry.is_dir() and ((entry / STATE).is_dir() or (entry / CONFIG).is_dir())
+    if is_complete(entry) or not ours:
+      continue
+    target = directory / f".interrupted-{step}"
+    suffix = 0
+    while target.exists():
+      suffix += 1
+      target = directory / f".interrupted-{step}-{suffix}"
+    entry.rename(target)
+    logging.getLogger(__name__).warning("checkpoint %s was not completed (an interrupted save); set aside as %s",
+                    entry, target.name)
+    moved.append(target)
+  return moved
 
 
 def check_checkpoints_folder(directory) -> None:

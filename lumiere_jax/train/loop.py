@@ -106,7 +106,8 @@ def _check_init_checkpoint(config) -> None:
 def check_workdir(workdir) -> None:
   """The workdir can be made (or is a folder) and written, what it holds has the
   expected kinds, and every numbered folder in its checkpoints/ is a complete
-  checkpoint. Creates nothing."""
+  checkpoint. Creates nothing; an interrupted save of ours is set aside, not deleted
+  (checkpoint.set_aside_interrupted_saves)."""
   path = atomic.check_output_dir(workdir, "workdir")
   for name in WORKDIR_FOLDERS:
     if (path / name).exists() and not (path / name).is_dir():
@@ -114,6 +115,8 @@ def check_workdir(workdir) -> None:
   metrics_file = path / metrics_lib.METRICS_FILE
   if metrics_file.exists() and not metrics_file.is_file():
     raise UserError(f"workdir {workdir}: {metrics_lib.METRICS_FILE} is not a file")
+  if (path / checkpoint.CHECKPOINTS).is_dir():
+    checkpoint.set_aside_interrupted_saves(path / checkpoint.CHECKPOINTS)
   checkpoint.check_checkpoints_folder(path / checkpoint.CHECKPOINTS)
 
 
