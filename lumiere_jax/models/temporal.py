@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from lumiere_jax.models import layers
 
 VIDEO_AXES = ("batch", "time", "height", "width", "embed")
+SEQUENCE_AXES = ("batch", "length", "embed")  # attention sequences [N, S, C]
 
 
 def identity_temporal_kernel(key, shape, dtype=jnp.float32):
@@ -154,10 +155,16 @@ class AttentionInflationBlock(nn.Module):
       pos = layers.sinusoidal_embedding(jnp.arange(t), c).astype(self.dtype)
       h = layers.LayerNorm(name="norm1")(x) + pos[None, :, None, None]
       h = h.transpose(0, 2, 3, 1, 4).reshape(b * hh * ww, t, c)  # sequences over time
-    h = layers.Attention(self.heads, c // self.heads, dtype=self.dtype, name="attn1")(h)
+    # The sequences stay batch-sharded, as in unet2d.Transformer2D: left to itself, XLA's
+    # SPMD partitioner (jax 0.10.2, CPU) reshards them over 'tensor' and miscompiles the
+    # residual add of a (data, fsdp)-sharded batch (tests/test_sharding.py).
+    sequences = lambda y: nn.with_logical_constraint(y, SEQUENCE_AXES)
+    h = sequences(layers.Attention(self.heads, c // self.heads, dtype=self.dtype,
+                                   name="attn1")(sequences(h)))
     if self.text_conditioning:
-      h = h + layers.Attention(self.heads, c // self.heads, dtype=self.dtype, name="attn2")(
-          layers.LayerNorm(name="norm2")(h), context, context_bias)
+      h = sequences(h + layers.Attention(self.heads, c // self.heads, dtype=self.dtype,
+                                         name="attn2")(
+          layers.LayerNorm(name="norm2")(h), context, context_bias))
     h = layers.Dense(c, ("mlp", "embed"), dtype=self.dtype,
                      kernel_init=nn.initializers.zeros, name="proj_out")(h)
     if self.spacetime:
