@@ -3,8 +3,10 @@ steps stop the run and keep the last good checkpoint; resuming and loading pre-t
 groups refuse configs that do not fit, naming the fields; the command line's bad input
 is one line."""
 
+import asyncio
 import contextlib
 import errno
+import logging
 import re
 import subprocess
 import time
@@ -13,6 +15,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import pytest
+import tensorstore as ts
 
 import test_train_support as support
 from lumiere_jax import cli
@@ -21,6 +24,7 @@ from lumiere_jax.errors import UserError
 from lumiere_jax.parallel.mesh import make_mesh
 from lumiere_jax.train import checkpoint
 from lumiere_jax.train import loop
+from lumiere_jax.train import metrics as metrics_lib
 from lumiere_jax.train import state as state_lib
 from lumiere_jax.train.optimizer import make_optimizer
 
@@ -176,6 +180,31 @@ def test_a_full_disk_during_real_saves_is_one_line_and_the_newest_intact_step_re
     assert step == newest and int(state.step) == newest
 
 
+@pytest.mark.parametrize("num_steps", [1, 2])
+def test_a_disk_too_small_for_the_first_save_is_one_line_and_leaves_nothing(
+    num_steps, data_dir, tmp_path):
+  """The tiny model's first save already fails, found at the end of the run (1 step: the
+  last save, when the run closes) or inside the loop (2 steps: the second save waits for
+  the first). One line saying no checkpoint exists, nothing printed after it (orbax's
+  event loop still reports its unfinished writes through asyncio's logger, so the log file
+  is detached first), and the workdir the run created is gone."""
+  with small_disk(tmp_path / "disk", "2000k") as disk:
+    workdir = disk / "run"
+    result = subprocess.run(support.lumiere_command(
+        "train", "--config", "shapes_tiny:t2i", "--workdir", str(workdir),
+        f"--config.train.data_dir={data_dir}", f"--config.train.num_steps={num_steps}",
+        "--config.train.checkpoint_every=1", "--config.train.progress_bar=false"),
+        env=support.subprocess_env(), cwd=tmp_path, capture_output=True, text=True,
+        timeout=600)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert lines[-1] == (f"lumiere train: error: could not write a checkpoint to "
+                         f"{workdir}/checkpoints: No space left on device; no earlier "
+                         f"checkpoint exists")
+    assert [line for line in lines[:-1] if not PROGRESS.match(line)] == [], result.stderr[-3000:]
+    assert not workdir.exists()
+
+
 def test_full_disk_during_a_save_is_one_line_naming_the_intact_checkpoint(t2i_checkpoint):
   manager = checkpoint.make_manager(t2i_checkpoint[0] / checkpoint.CHECKPOINTS)
 
@@ -190,6 +219,42 @@ def test_full_disk_during_a_save_is_one_line_naming_the_intact_checkpoint(t2i_ch
                                         "newest intact checkpoint"):
       with checkpoint.disk_errors(manager):
         raise RuntimeError("save failed") from cause
+
+
+def test_closed_event_loop_reports_of_tensorstore_go_to_the_log_not_the_terminal(
+    monkeypatch, caplog):
+  """The mechanism behind finding 4's flood, made on purpose: a tensorstore future that
+  completes after its asyncio loop closed reports "RuntimeError: Event loop is closed" as
+  unraisable (printed as a bare traceback by default). metrics.configure_logging's hook
+  sends exactly those to the log; any other unraisable report still reaches the hook
+  before it."""
+  passed_on = []
+  monkeypatch.setattr("sys.unraisablehook",
+                      metrics_lib.closed_loop_reports_to_log(passed_on.append))
+  caplog.set_level(logging.INFO, logger="tensorstore")
+  promise, future = ts.Promise.new()
+  event_loop = asyncio.new_event_loop()
+
+  async def waiter():
+    await future
+
+  task = event_loop.create_task(waiter())
+  event_loop.run_until_complete(asyncio.sleep(0.01))
+  event_loop.close()
+  promise.set_result(1)  # tensorstore's callback meets the closed loop
+  deadline = time.monotonic() + 10
+  while not caplog.records and time.monotonic() < deadline:
+    time.sleep(0.01)
+  del task  # pending forever: its loop is closed
+  assert [r.exc_info[1].args for r in caplog.records] == [("Event loop is closed",)]
+  assert passed_on == []
+
+  class Unrelated:
+    def __del__(self):
+      raise ValueError("not ours")
+
+  Unrelated()
+  assert [type(r.exc_value) for r in passed_on] == [ValueError]
 
 
 @pytest.mark.parametrize("flags,message", [

@@ -176,7 +176,11 @@ def train(config, workdir, *, loss_fn=None, stop_at_step: int = 0,
       if isinstance(error, (UserError, KeyboardInterrupt)):
         discard()
       raise
-    _close_all(closers)  # a failure here (the last save) is the run's error
+    try:
+      _close_all(closers)  # a failure here (the last save) is the run's error
+    except UserError:
+      discard()
+      raise
   return result
 
 
@@ -212,6 +216,7 @@ def _discard_if_unused(workdir: pathlib.Path, created: bool) -> None:
   or was interrupted before its first save leaves nothing behind)."""
   if created and jax.process_count() == 1 and not checkpoint.committed_steps(
       workdir / checkpoint.CHECKPOINTS):
+    metrics_lib.stop_logging_to(workdir)
     shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -51,6 +51,50 @@ def configure_logging(process_index: int, workdir=None) -> None:
     # The log file shares the workdir's disk: when that is full, a failed log write must
     # stay silent instead of printing a traceback per log call.
     logging.raiseExceptions = False
+    if not getattr(sys.unraisablehook, "diverts_closed_loop_reports", False):
+      sys.unraisablehook = closed_loop_reports_to_log(sys.unraisablehook)
+
+
+def stop_logging_to(workdir) -> None:
+  """Detaches the root logger's files under `workdir`, which is about to be removed: a
+  late record of a background thread (orbax's event loop) must neither fail on the
+  deleted file nor fall through to the terminal (logging's last resort)."""
+  workdir = pathlib.Path(workdir).absolute()
+  root = logging.getLogger()
+  for handler in list(root.handlers):
+    if (isinstance(handler, logging.FileHandler)
+        and pathlib.Path(handler.baseFilename).is_relative_to(workdir)):
+      root.removeHandler(handler)
+      try:
+        handler.close()  # flushes: may fail on the full disk that ended the run
+      except OSError:
+        pass
+  if not root.handlers:
+    root.addHandler(logging.NullHandler())
+
+
+def closed_loop_reports_to_log(hook):
+  """`hook` (a sys.unraisablehook), less tensorstore's "Event loop is closed" reports,
+  which go to the log file instead.
+
+  When one array write of an orbax save fails (a full disk), orbax's event loop ends with
+  the other writes still running; as each finishes, tensorstore's thread calls
+  `loop.call_soon_threadsafe` on the closed loop and reports the RuntimeError as
+  unraisable, which the default hook prints as a bare traceback: hundreds of them around
+  the one line that says what happened. Nothing in them is actionable (the save already
+  failed; the newest complete checkpoint is intact)."""
+
+  def divert(report) -> None:
+    if (isinstance(report.exc_value, RuntimeError)
+        and str(report.exc_value) == "Event loop is closed"):
+      logging.getLogger("tensorstore").info(
+          "after a failed save", exc_info=(report.exc_type, report.exc_value,
+                                           report.exc_traceback))
+    else:
+      hook(report)
+
+  divert.diverts_closed_loop_reports = True
+  return divert
 
 
 def peak_flops_per_device(configured: float, device_kind: str) -> Optional[float]:
