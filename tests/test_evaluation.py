@@ -150,6 +150,18 @@ def test_ground_truth_against_itself_has_ratio_one():
   assert report["ground_truth"]["consistency"]["flicker"] == 0.0  # 0 / 0 counts as 1
 
 
+def test_contrast_prompts_swap_each_motion_for_its_opposite():
+  assert set(shapes_eval.OPPOSITE) == set(shapes.MOTIONS)
+  assert all(shapes_eval.OPPOSITE[shapes_eval.OPPOSITE[m]] == m and
+             shapes_eval.OPPOSITE[m] != m for m in shapes.MOTIONS)
+  assert (shapes_eval.contrast_prompt("a red circle moving left and a blue square "
+                                      "standing still")
+          == "a red circle moving right and a blue square bouncing around")
+  for item in shapes_eval.held_out_items(8, seed=0, resolution=32, num_frames=4):
+    contrast = shapes_eval.contrast_prompt(item.caption)
+    assert contrast != item.caption and shapes_eval.contrast_prompt(contrast) == item.caption
+
+
 def test_ratio_is_model_over_truth_and_undefined_where_it_should_be():
   assert shapes_eval.ratio(0.5, 1.0) == 0.5 and shapes_eval.ratio(0.0, 0.0) == 1.0
   assert math.isnan(shapes_eval.ratio(1.0, 0.0))

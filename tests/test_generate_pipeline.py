@@ -114,8 +114,9 @@ def test_bad_requests_are_refused(model, kwargs, match):
 
 
 def _predictions(model, prompts, negative, scale, x, t):
+  negatives = [negative] if isinstance(negative, str) else negative
   denoiser, cond = model.guided_denoiser(model.params, model.model.tokenize(prompts),
-                                         model.model.tokenize([negative]), scale)
+                                         model.model.tokenize(negatives), scale)
   return np.asarray(denoiser(x, t, cond))
 
 
@@ -138,3 +139,13 @@ def test_empty_negative_prompt_is_plain_cfg_and_a_negative_prompt_replaces_it(mo
                              atol=2e-5, rtol=0)
   if scale != 1.0:  # at w = 1 both are the conditional prediction
     assert np.abs(guided - _predictions(model, prompts, "", scale, x, t)).max() > 1e-4
+  # One negative prompt per prompt: each prompt is guided away from its own.
+  own = ["a red circle moving right", "a blue square shrinking"]
+  np.testing.assert_allclose(_predictions(model, prompts, own, scale, x, t),
+                             alone(own) + scale * (conditional - alone(own)),
+                             atol=2e-5, rtol=0)
+
+
+def test_negative_prompts_are_one_or_one_per_prompt(model):
+  with pytest.raises(UserError, match="2 negative prompts for 3 prompts"):
+    model(["a red circle"] * 3, 0, 1.0, negative_prompt=["a", "b"])

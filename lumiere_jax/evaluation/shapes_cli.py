@@ -30,7 +30,12 @@ def add_arguments(parser) -> None:
   parser.add_argument("--batch", type=int, default=8, help="videos sampled at once")
   parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
   parser.add_argument("--guidance", type=float, help="(default: the model's)")
-  parser.add_argument("--negative-prompt", help="(default: the model's)")
+  guide = parser.add_mutually_exclusive_group()
+  guide.add_argument("--negative-prompt", help="(default: the model's)")
+  guide.add_argument("--contrast", action="store_true",
+                     help="each prompt's negative prompt is the same prompt with the "
+                     "opposite motion (left/right, up/down, growing/shrinking, "
+                     "bouncing around/standing still)")
   parser.add_argument("--json", type=pathlib.Path, help="write the report and settings")
   parser.add_argument("--sheet", type=pathlib.Path, help="contact sheet (.png) of the "
                       "model's videos above the ground truth's, the first 16 prompts")
@@ -93,7 +98,13 @@ def run(args) -> int:
   items = shapes_eval.held_out_items(args.num, args.seed, config.data.resolution,
                                      config.data.num_frames)
   bar = tqdm.tqdm(total=args.num, desc="evaluating", unit="video", disable=args.quiet)
-  sample = lambda captions, seed: model(captions, seed, guidance, negative_prompt=negative)
+  if args.contrast:
+    negative = "contrast"
+    sample = lambda captions, seed: model(
+        captions, seed, guidance,
+        negative_prompt=[shapes_eval.contrast_prompt(c) for c in captions])
+  else:
+    sample = lambda captions, seed: model(captions, seed, guidance, negative_prompt=negative)
   report, videos = shapes_eval.evaluate(sample, items, args.seed, args.batch,
                                         lambda done: bar.update(done - bar.n))
   bar.close()

@@ -32,6 +32,11 @@ HELD_OUT = (
     ("white", "circle", "shrinking"),
     ("red", "square", "standing still"),
 )
+# The motion each motion is contrasted with by `contrast_prompt`.
+OPPOSITE = {"moving left": "moving right", "moving right": "moving left",
+            "moving up": "moving down", "moving down": "moving up",
+            "growing": "shrinking", "shrinking": "growing",
+            "bouncing around": "standing still", "standing still": "bouncing around"}
 TWO_OBJECT_EVERY = 4  # one prompt in 4 has two objects (see two_objects)
 FIGURES = ("area_stability", "centroid_jitter", "max_step", "flicker")
 
@@ -40,6 +45,19 @@ FIGURES = ("area_stability", "centroid_jitter", "max_step", "flicker")
 class EvalItem:
   caption: str
   ground_truth: np.ndarray  # uint8 [T, H, W, 3]
+
+
+def contrast_prompt(caption: str) -> str:
+  """`caption` with every motion replaced by its OPPOSITE: the negative prompt of
+  contrastive guidance, n + w (c - n), which pushes a sample away from the motion it
+  should not have (the direction word decides little of a sample's high-noise
+  prediction; ../shared/notes/MOTION.md)."""
+  phrases = caption.split(" and ")
+  for i, phrase in enumerate(phrases):
+    motion = next((m for m in OPPOSITE if phrase.endswith(" " + m)), None)
+    if motion is not None:
+      phrases[i] = phrase[:-len(motion)] + OPPOSITE[motion]
+  return " and ".join(phrases)
 
 
 def two_objects(index: int) -> bool:

@@ -13,7 +13,7 @@ import json
 import logging
 import pathlib
 import re
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import jax
 import numpy as np
@@ -151,20 +151,25 @@ class TextToVideo:
 
   def __call__(self, prompts: Sequence[str], seed: int, guidance_scale: float,
                init_video: Optional[np.ndarray] = None, strength: float = 1.0,
-               negative_prompt: str = "") -> np.ndarray:
+               negative_prompt: Union[str, Sequence[str]] = "") -> np.ndarray:
     """uint8 [N, T, H, W, 3]; video i uses seed + i. With `init_video` (uint8
     [T, H, W, 3], or one per prompt) each video is an SDEdit of it at level `strength`.
-    `negative_prompt` takes the place of the empty prompt in guidance (guided =
-    n + w (c - n)): the samples are pushed away from it; "" is plain CFG."""
+    `negative_prompt` (one for all prompts, or one per prompt) takes the place of the
+    empty prompt in guidance (guided = n + w (c - n)): the samples are pushed away from
+    it; "" is plain CFG."""
     prompts = check_request(self.config, prompts, seed, guidance_scale, init_video, strength,
                             self.video_shape)
+    negatives = [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
+    if len(negatives) not in (1, len(prompts)):
+      raise UserError(f"{len(negatives)} negative prompts for {len(prompts)} prompts; give "
+                      f"one for all or one per prompt")
     init = None
     if init_video is not None:
       init = np.broadcast_to(video_io.from_uint8(init_video),
                              (len(prompts),) + self.video_shape)
-    warn_unknown_words(self.model.tokenizer, [*prompts, negative_prompt])
+    warn_unknown_words(self.model.tokenizer, [*prompts, *negatives])
     tokens = self.model.tokenize(prompts)
-    negative = self.model.tokenize([negative_prompt])
+    negative = self.model.tokenize(negatives)
     seeds = np.arange(seed, seed + len(prompts), dtype=np.int32)
     runtime.check_interrupt("interrupted before sampling; nothing was written")
     try:
