@@ -18,6 +18,17 @@ Run:
   lumiere train --config shapes_tiny:ssr --workdir workdirs/tiny_ssr \
       --config.train.data_dir=data/shapes128
   lumiere upsample --checkpoint workdirs/tiny_ssr --video low.npy --out high.mp4
+  lumiere train --config shapes_tiny:cond --workdir workdirs/tiny_cond \
+      --config.train.data_dir=data/shapes16 --config.train.init_checkpoint=workdirs/tiny_t2v
+  lumiere animate --checkpoint workdirs/tiny_cond --image frame.png \
+      --prompt "a red circle moving left" --out clip.mp4
+  lumiere data build shapes --out data/shapes16_outlined --num-videos 2000 --resolution 32 \
+      --frames 16 --style outlined
+  lumiere train --config shapes_tiny:style --workdir workdirs/tiny_style \
+      --config.train.data_dir=data/shapes16_outlined --config.train.init_checkpoint=workdirs/tiny_t2v
+  lumiere stylize --style-checkpoint workdirs/tiny_style --alpha 0.7 \
+      --prompt "a red circle moving left" --out styled.mp4
+(launch/shapes_recipe.sh runs the shipped models' recipe, cond and style stages included.)
 """
 
 import ml_collections
@@ -98,9 +109,20 @@ def get_config(arg: str = "t2v") -> ml_collections.ConfigDict:
     config.diffusion.steps = 32
     config.diffusion.window_overlap = 2
   elif stage == "cond":
-    model.in_channels = 7  # <J, C, M>
+    # <J, C, M>: the trained text-to-video model (train.init_checkpoint, a t2v workdir)
+    # with its first convolution widened from 3 to 7 input channels, the new weights
+    # zero (models/widen.py), then fine-tuned whole but for the frozen text encoder.
+    model.in_channels = 7
     config.train.trainable = ("backbone", "temporal")
+    # One mask per clip, of these kinds (data/masks.py); "none" keeps text-to-video.
+    data.mask_weights = ml_collections.ConfigDict({
+        "none": 0.1, "first_frame": 0.25, "first_last": 0.1, "keyframes": 0.1,
+        "inpaint": 0.15, "outpaint": 0.15, "cinemagraph": 0.15})
   elif stage == "style":
+    # The T2I backbone fine-tuned on frames of a styled dataset (`lumiere data build
+    # shapes --style outlined`), from the base model it will be interpolated with
+    # (train.init_checkpoint: its backbone and the frozen text encoder). `lumiere
+    # stylize` interpolates it with that backbone; the temporal layers stay the base's.
     model.kind = "unet2d"
     data.num_frames = 1
     config.train.trainable = ("backbone",)

@@ -3,11 +3,16 @@
 #
 #   bash launch/shapes_recipe.sh RUNS_DIR [STAGE...]
 #
-# Stages (default: all, in order): data t2i t2v t2v_full export eval. Every training stage runs at
+# Stages (default: all, in order): data t2i t2v t2v_full t2v_more export eval. The applications'
+# models are stages of their own, run after those (not by default): cond (the
+# conditional <J, C, M> model, from t2v_more), style (a backbone fine-tuned on outlined
+# shapes, from t2v_more; it builds its dataset first) and export_apps (both as named
+# models), e.g. `bash launch/shapes_recipe.sh RUNS cond style export_apps`.
+# Every training stage runs at
 # most STAGE_MINUTES (default 90) and is then stopped with SIGTERM, which checkpoints;
 # running the same command again resumes from the workdir's newest checkpoint, so the
 # recipe is re-runnable until every stage is complete. On 2 CPU cores (AMD EPYC):
-# t2i about 15 min, t2v about 75-100 min (docs/learning_record.md has the measured times).
+# t2i about 15 min, each t2v stage about 75-100 min (docs/learning_record.md has the measured times).
 #
 # The t2v options beyond the paper's layout, with what each measured, are in
 # docs/learning_record.md ("Ablations"): space-time attention at the coarsest level,
@@ -15,14 +20,28 @@
 set -euo pipefail
 RUNS=${1:?usage: shapes_recipe.sh RUNS_DIR [STAGE...]}
 shift
-STAGES=${*:-data t2i t2v t2v_full export eval}
+STAGES=${*:-data t2i t2v t2v_full t2v_more export eval}
 MINUTES=${STAGE_MINUTES:-90}
 DATA=$RUNS/data/shapes16
+STYLE_DATA=$RUNS/data/shapes16_outlined
 HELD_OUT=("red triangle moving left" "green circle moving right" "blue square moving up"
           "yellow triangle moving down" "magenta circle bouncing around" "cyan square growing"
           "white circle shrinking" "red square standing still")
 
 staged() { timeout --signal=TERM --kill-after=120 "${MINUTES}m" "$@" || [ $? -eq 124 ]; }
+
+# fine_tune WORKDIR INIT STEPS LR: the whole STUNet but the text encoder, on video, from
+# INIT's EMA (the t2v_full stage and those after it).
+fine_tune() {
+  staged lumiere train --config shapes_tiny:t2v --workdir "$RUNS/$1" \
+      --config.train.data_dir="$DATA" --config.train.init_checkpoint="$RUNS/$2" \
+      --config.train.num_steps="$3" --config.data.batch_size=4 \
+      --config.train.learning_rate="$4" --config.train.warmup_steps=50 \
+      --config.train.ema_decay=0.998 --config.train.checkpoint_every=100 \
+      --config.train.log_every=10 --config.diffusion.train_logsnr_shift=-4.1589 \
+      --config.model.temporal.spacetime_attention=True \
+      '--config.train.trainable=("backbone","temporal")'
+}
 
 for stage in $STAGES; do
   case $stage in
@@ -52,25 +71,56 @@ for stage in $STAGES; do
     t2v_full)
       # Stage 2: the whole STUNet (backbone and temporal layers; the text encoder stays
       # frozen) fine-tuned on video from the t2v stage's EMA, with the milder shift -log 64.
-      staged lumiere train --config shapes_tiny:t2v --workdir "$RUNS/t2v_full" \
-          --config.train.data_dir="$DATA" --config.train.init_checkpoint="$RUNS/t2v" \
-          --config.train.num_steps=3200 --config.data.batch_size=4 \
+      fine_tune t2v_full t2v 3200 5e-4
+      ;;
+    t2v_more)
+      # Stage 3 (what ships): stage 2 again from its EMA at a lower rate.
+      fine_tune t2v_more t2v_full 3200 3e-4
+      ;;
+    cond)
+      # t2v_more's weights with the first convolution widened from 3 to 7 input channels
+      # (the new weights zero, so it starts as the base model), fine-tuned whole but for
+      # the text encoder on shapes_tiny:cond's mask mixture (first frame, first and last,
+      # keyframes, boxes, borders, cinemagraph regions, 10% none). Same layout flags as
+      # t2v_more: the checkpoint must fit.
+      staged lumiere train --config shapes_tiny:cond --workdir "$RUNS/cond" \
+          --config.train.data_dir="$DATA" --config.train.init_checkpoint="$RUNS/t2v_more" \
+          --config.train.num_steps=3000 --config.data.batch_size=4 \
           --config.train.learning_rate=5e-4 --config.train.warmup_steps=50 \
           --config.train.ema_decay=0.998 --config.train.checkpoint_every=100 \
           --config.train.log_every=10 --config.diffusion.train_logsnr_shift=-4.1589 \
-          --config.model.temporal.spacetime_attention=True \
-          '--config.train.trainable=("backbone","temporal")'
+          --config.model.temporal.spacetime_attention=True
+      ;;
+    style)
+      # The backbone of t2v_more (the shipped model's, which `lumiere stylize`
+      # interpolates with) fine-tuned on frames of outlined shapes; text encoder frozen.
+      [ -d "$STYLE_DATA" ] || lumiere data build shapes --out "$STYLE_DATA" \
+          --num-videos 4096 --resolution 32 --frames 16 --two-object-fraction 0.3 \
+          --style outlined
+      staged lumiere train --config shapes_tiny:style --workdir "$RUNS/style" \
+          --config.train.data_dir="$STYLE_DATA" --config.train.init_checkpoint="$RUNS/t2v_more" \
+          --config.train.num_steps=800 --config.data.batch_size=16 \
+          --config.train.learning_rate=5e-4 --config.train.warmup_steps=50 \
+          --config.train.checkpoint_every=200 --config.train.log_every=20
+      ;;
+    export_apps)
+      lumiere export --checkpoint "$RUNS/cond" --name shapes_cond --out "$RUNS/models" \
+          --description "shapes conditional <J, C, M> model (cond stage: animate, inpaint, cinemagraph)"
+      lumiere export --checkpoint "$RUNS/style" --name shapes_style_outlined \
+          --out "$RUNS/models" --description "shapes backbone fine-tuned on outlined shapes (style stage: stylize)"
       ;;
     export)
       lumiere export --checkpoint "$RUNS/t2i" --name shapes_t2i --out "$RUNS/models" \
           --description "shapes text-to-image backbone (t2i stage)"
-      lumiere export --checkpoint "$RUNS/t2v_full" --name shapes_t2v --out "$RUNS/models" \
-          --description "shapes text-to-video STUNet (t2v stage)"
+      lumiere export --checkpoint "$RUNS/t2v_more" --name shapes_t2v --out "$RUNS/models" \
+          --steps 32 --guidance 3 --threshold static \
+          --description "shapes text-to-video STUNet (t2v, t2v_full, t2v_more stages)"
       ;;
     eval)
-      lumiere eval shapes --checkpoint "$RUNS/t2v_full" --num 64 --json "$RUNS/eval_t2v.json" \
+      lumiere eval shapes --checkpoint "$RUNS/t2v_more" --num 64 --steps 32 --guidance 3 --json "$RUNS/eval_t2v.json" \
           --sheet "$RUNS/eval_t2v.png"
       ;;
-    *) echo "unknown stage $stage (data t2i t2v t2v_full export eval)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (data t2i t2v t2v_full t2v_more export eval cond style export_apps)" >&2
+       exit 2 ;;
   esac
 done

@@ -75,28 +75,53 @@ def load_model(checkpoint: Optional[str] = None, name: Optional[str] = None,
   return load_workdir(checkpoint, step, use_ema)
 
 
+def model_config(checkpoint: Optional[str] = None, name: Optional[str] = None,
+                 step: Optional[int] = None, directory: pathlib.Path = ASSETS):
+  """The locked config of the model `load_model` would load, without reading its
+  weights: what a command checks a request against before loading anything."""
+  if checkpoint is not None and name is not None:
+    raise UserError("give a checkpoint or a model name, not both")
+  if checkpoint is None:
+    if step is not None:
+      raise UserError("a step selects among a workdir's checkpoints; give --checkpoint")
+    directory = pathlib.Path(directory)
+    return _read_config(directory / _entry(name or DEFAULT_MODEL, directory)["config"])
+  return finalize(train_checkpoint.load_run_config(_step_path(checkpoint, step)))
+
+
 def load_workdir(path, step: Optional[int] = None, use_ema: bool = True):
-  path = pathlib.Path(path)
-  if step is not None:
-    directory, _ = train_checkpoint.find_checkpoint(path)
-    path = directory / str(step)
-    if not train_checkpoint.is_complete(path):
-      raise UserError(f"checkpoint {directory} has no step {step} (steps: "
-                      f"{', '.join(map(str, train_checkpoint.committed_steps(directory)))})")
+  path = _step_path(path, step)
   config = finalize(train_checkpoint.load_run_config(path))
   return config, train_checkpoint.load_trained_params(path, config, use_ema=use_ema)
 
 
+def _step_path(path, step: Optional[int]) -> pathlib.Path:
+  """The workdir, or its step folder when `step` is given (refused if not there)."""
+  path = pathlib.Path(path)
+  if step is None:
+    return path
+  directory, _ = train_checkpoint.find_checkpoint(path)
+  path = directory / str(step)
+  if not train_checkpoint.is_complete(path):
+    raise UserError(f"checkpoint {directory} has no step {step} (steps: "
+                    f"{', '.join(map(str, train_checkpoint.committed_steps(directory)))})")
+  return path
+
+
 def load_shipped(name: str, directory: pathlib.Path = ASSETS):
   directory = pathlib.Path(directory)
+  entry = _entry(name, directory)
+  config = _read_config(directory / entry["config"])
+  params = _read_weights(directory / entry["weights"], entry["sha256"], config)
+  return config, params
+
+
+def _entry(name: str, directory: pathlib.Path) -> dict:
   models = manifest(directory)
   if name not in models:
     known = ", ".join(sorted(models)) or "none (this install ships no models)"
     raise UserError(f"no shipped model named {name!r}; shipped models: {known}")
-  entry = models[name]
-  config = _read_config(directory / entry["config"])
-  params = _read_weights(directory / entry["weights"], entry["sha256"], config)
-  return config, params
+  return models[name]
 
 
 def _read_config(path: pathlib.Path) -> ml_collections.ConfigDict:

@@ -16,6 +16,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import test_train_support as support
 from lumiere_jax import cli
@@ -48,6 +49,34 @@ def train(*argv, workdir="{tmp}/run"):
 def generate(*argv, out="{tmp}/out.mp4"):
   return ("generate", "--prompt", "a red circle moving left", *argv,
           *(("--out", out) if out else ()))
+
+
+COND = ("--config", "shapes_tiny:cond")  # a config, so nothing is built before the refusal
+
+
+def animate(*argv, image="{inputs}/image32.png", out="{tmp}/a.npy", config=COND):
+  return ("animate", "--image", image, "--prompt", "a red circle moving left", "--out", out,
+          *config, *argv)
+
+
+def inpaint(*argv, video="{inputs}/video16.npy", mask="{inputs}/mask32.png", config=COND):
+  return ("inpaint", "--video", video, "--mask", mask, "--prompt", "a red circle",
+          "--out", "{tmp}/i.npy", *config, *argv)
+
+
+def cinemagraph(*argv, config=COND):
+  return ("cinemagraph", "--image", "{inputs}/image32.png", "--prompt", "a red circle",
+          "--out", "{tmp}/c.npy", *config, *argv)
+
+
+def stylize(*argv, style=("--style-checkpoint", "{inputs}/ckpt"), config=()):
+  return ("stylize", *style, "--prompt", "a red circle", "--out", "{tmp}/s.npy", *config,
+          *argv)
+
+
+def edit(*argv, video="{inputs}/video16.npy", out="{tmp}/e.npy", config=()):
+  return ("edit", "--video", video, "--prompt", "a red circle", "--out", out, *config,
+          *argv)
 
 
 CASES = [
@@ -266,9 +295,84 @@ CASES = [
     case("export/checkpoint-junk (finding 2)", ("export", "--checkpoint", "{inputs}/junk",
                                                 "--name", "m", "--out", "{tmp}/models"),
          "junk/checkpoints/7 is not a complete checkpoint", loads_model=True),
-    # the subcommands that have not landed, and the dispatch itself
-    *[case(f"{name}/not-available", (name,), f"'{name}' is not available yet")
-      for name in ("animate", "inpaint", "cinemagraph", "stylize", "edit")],
+    # the applications: inputs, then the model's config (never its weights)
+    case("animate/image-missing", animate(image="{tmp}/none.png"), "image file not found"),
+    case("animate/image-format", animate(image="{inputs}/file.txt"), "unsupported format"),
+    case("animate/image-not-a-picture", animate(image="{inputs}/fake.png"),
+         "not a readable picture"),
+    case("animate/default-model-not-shipped", animate(config=()),
+         "no conditional model is shipped with this install yet"),
+    case("animate/not-a-conditional-model", animate(config=("--model", "shapes_t2v")),
+         "animate needs a conditional <J, C, M> model (model.in_channels=7"),
+    case("animate/t2v-config", animate(config=("--config", "shapes_tiny:t2v")),
+         "model.in_channels=3 (stage 't2v')"),
+    case("animate/image-size", animate(image="{inputs}/image8.png"),
+         "is 8x8 pixels; this model makes 32x32 frames"),
+    case("animate/last-image-size", animate("--last-image", "{inputs}/image8.png"),
+         "--last-image"),
+    case("animate/out-format", animate(out="{tmp}/a.avi"), "unsupported video format"),
+    case("animate/dilate-negative", animate("--dilate", "-1"), "--dilate must be >= 0"),
+    case("animate/steps-0", animate("--steps", "0"), "--steps must be an integer >= 1"),
+    case("animate/known-pixels-config", animate("--config.diffusion.known_pixels=paste"),
+         "known pixels mode 'paste' is invalid"),
+    case("animate/known-pixels-flag", animate("--known-pixels", "paste"),
+         "invalid choice: 'paste'"),
+    case("inpaint/video-missing", inpaint(video="{tmp}/none.npy"), "video file not found"),
+    case("inpaint/mask-missing", inpaint(mask="{tmp}/none.png"), "mask file not found"),
+    case("inpaint/mask-format", inpaint(mask="{inputs}/image8.jpg"), "unsupported format"),
+    case("inpaint/mask-size", inpaint(mask="{inputs}/mask8.png"),
+         "is 8x8 pixels; this model's clips need 32x32 pixels"),
+    case("inpaint/mask-grey", inpaint(mask="{inputs}/grey.png"),
+         "grey levels other than black (0) and white (255)"),
+    case("inpaint/mask-values", inpaint(mask="{inputs}/twos.npy"), "must hold only 0 and 1"),
+    case("inpaint/mask-rank", inpaint(mask="{inputs}/flat.npy"),
+         "must be a .npy [T, H, W]"),
+    case("inpaint/mask-frames", inpaint(mask="{inputs}/mask8frames.npy"),
+         "[T, H, W] = 8x32x32"),
+    case("inpaint/video-frames", inpaint(video="{inputs}/video8.npy"),
+         "is 8x32x32 (frames x height x width); this model makes 16x32x32"),
+    case("inpaint/outpaint-too-wide", ("inpaint", "--video", "{inputs}/video16.npy",
+                                       "--outpaint", "16", "--prompt", "a red circle",
+                                       "--out", "{tmp}/o.npy", *COND),
+         "the border must be 1 to 15 pixels"),
+    case("inpaint/outpaint-and-mask", inpaint("--outpaint", "2"), "not allowed with"),
+    case("inpaint/not-a-conditional-model", inpaint(config=("--model", "shapes_t2v")),
+         "inpaint needs a conditional"),
+    case("cinemagraph/region-outside", cinemagraph("--region", "0,0,40,10"),
+         "region 0,0,40,10 is not inside the 32x32 frame"),
+    case("cinemagraph/region-empty", cinemagraph("--region", "5,5,5,9"), "is not inside"),
+    case("cinemagraph/region-syntax", cinemagraph("--region", "1,2,3"),
+         "is not x0,y0,x1,y1"),
+    case("cinemagraph/mask-npy", cinemagraph("--mask", "{inputs}/twos.npy"),
+         "one black-and-white .png"),
+    case("cinemagraph/no-region", cinemagraph(), "one of the arguments --region --mask is "
+                                                 "required"),
+    case("cinemagraph/not-a-conditional-model",
+         cinemagraph("--region", "1,1,5,5", config=("--model", "shapes_t2v")),
+         "cinemagraph needs a conditional"),
+    case("stylize/alpha-above-1", stylize("--alpha", "1.5"), "alpha must be in [0, 1]"),
+    case("stylize/alpha-nan", stylize("--alpha", "nan"), "alpha must be in [0, 1]"),
+    case("stylize/style-missing", stylize("--alpha", "0.5", style=("--style", "nope")),
+         "no shipped model named 'nope'"),
+    case("stylize/style-checkpoint-missing",
+         stylize("--alpha", "0.5", style=("--style-checkpoint", "{tmp}/nowhere")),
+         "does not exist"),
+    case("stylize/base-is-a-conditional-model",
+         stylize("--alpha", "0.5", style=("--style-checkpoint", "{inputs}/ckpt"),
+                 config=("--config", "shapes_tiny:cond")),
+         "stylize needs text-to-video / text-to-image models"),
+    case("stylize/no-style", ("stylize", "--alpha", "0.5", "--prompt", "a red circle",
+                              "--out", "{tmp}/s.npy"),
+         "one of the arguments --style --style-checkpoint is required"),
+    case("edit/strength-0", edit("--strength", "0"), "strength must be in (0, 1]"),
+    case("edit/strength-above-1", edit("--strength", "1.5"), "strength must be in (0, 1]"),
+    case("edit/video-missing", edit(video="{tmp}/none.npy"), "video file not found"),
+    case("edit/video-frames", edit(video="{inputs}/video8.npy"),
+         "the input video is 8x32x32 (frames x height x width); this model makes 16x32x32"),
+    case("edit/out-is-a-folder", edit(out="{inputs}/empty_dir.mp4"), "is a folder"),
+    case("edit/not-a-text-to-video-model", edit(config=("--config", "shapes_tiny:cond")),
+         "edit needs a text-to-video model (model.in_channels=3), got model.in_channels=7"),
+    # the dispatch itself
     case("upsample/unknown-flag", ("upsample", "--no-such-flag"), ""),
     case("lumiere/unknown-command", ("frobnicate",), "invalid choice: 'frobnicate'"),
 ]
@@ -306,6 +410,26 @@ def _write_inputs(root: pathlib.Path) -> None:
   (root / "junk" / "checkpoints" / "7" / "notes.txt").write_text("my notes\n")
   (root / "ckfile" / "checkpoints").write_text("not a folder\n")
   (root / "metricsdir" / "metrics.jsonl").mkdir()
+  _write_application_inputs(root)
+
+
+def _write_application_inputs(root: pathlib.Path) -> None:
+  """Images, videos and masks for the application commands (shapes_tiny: 16 x 32x32)."""
+  rng = np.random.default_rng(0)
+  for size in (8, 32):
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+        root / f"image{size}.png")
+    Image.fromarray(np.where(rng.random((size, size)) > 0.5, 255, 0).astype(np.uint8)).save(
+        root / f"mask{size}.png")
+  Image.fromarray(np.full((8, 8, 3), 9, np.uint8)).save(root / "image8.jpg")
+  Image.fromarray(np.arange(32 * 32).reshape(32, 32).astype(np.uint8)).save(root / "grey.png")
+  (root / "fake.png").write_text("not a picture\n")
+  for frames in (8, 16):
+    np.save(root / f"video{frames}.npy", rng.integers(0, 256, (frames, 32, 32, 3),
+                                                      dtype=np.uint8))
+  np.save(root / "twos.npy", np.full((16, 32, 32), 2, np.int64))
+  np.save(root / "flat.npy", np.zeros((32, 32), bool))
+  np.save(root / "mask8frames.npy", np.zeros((8, 32, 32), bool))
 
 
 @pytest.fixture(scope="module")
@@ -422,18 +546,16 @@ def test_data_build_says_what_it_does_and_that_nothing_is_downloaded(tmp_path, c
   assert out.strip() == f"wrote {tmp_path / 'd' / 'shapes' / '1.0.0'}"
 
 
-def test_help_of_commands_that_have_not_landed_says_so(capsys):
-  """Finding 17: `lumiere X --help` and `lumiere --help` say which commands are not
-  available yet; `demo --help` names what this install really ships."""
-  for name in ("animate", "inpaint", "cinemagraph", "stylize", "edit"):
-    with pytest.raises(SystemExit):
-      cli.main([name, "--help"])
-    assert "not available yet" in capsys.readouterr().out
+def test_help_names_the_mask_convention_and_what_is_shipped(capsys):
+  """Finding 17: every command has landed (none says it is not available); the mask
+  commands say what white means; `demo --help` names what this install really ships."""
   with pytest.raises(SystemExit):
     cli.main(["--help"])
-  listing = " ".join(capsys.readouterr().out.split())
-  for name in ("animate", "inpaint", "cinemagraph", "stylize", "edit"):
-    assert f"{name} " in listing and listing.count("not available yet") >= 5
+  assert "not available yet" not in capsys.readouterr().out
+  for name in ("inpaint", "cinemagraph"):
+    with pytest.raises(SystemExit):
+      cli.main([name, "--help"])
+    assert "1 (white) = FILL" in " ".join(capsys.readouterr().out.split())
   with pytest.raises(SystemExit):
     cli.main(["demo", "--help"])
   text = " ".join(capsys.readouterr().out.split())

@@ -27,6 +27,34 @@ def test_no_mask_knows_nothing_and_first_frame_knows_exactly_frame_zero():
   assert mask[0].all() and not mask[1:].any()
 
 
+def test_first_last_knows_exactly_the_first_and_the_last_frame():
+  mask = _sample("first_last")
+  assert mask[0].all() and mask[-1].all() and not mask[1:-1].any()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_keyframes_know_every_kth_frame_from_frame_0(seed):
+  """Whole frames 0, k, 2k, ... with k in 2..T/2: at least two keyframes, a gap of at
+  least one frame between them, the same k throughout."""
+  frames = _sample("keyframes", seed)[..., 0].reshape(T, -1)
+  assert np.all(frames.all(axis=1) | ~frames.any(axis=1))  # whole frames only
+  known = np.flatnonzero(frames.all(axis=1))
+  assert known[0] == 0 and len(known) >= 2
+  steps = np.diff(known)
+  assert np.all(steps == steps[0]) and 2 <= steps[0] <= T // 2
+  assert known[-1] + steps[0] >= T  # none left out at the end
+
+
+def test_keyframes_of_a_two_frame_clip_know_its_first_frame():
+  mask = masks.keyframes_mask(np.random.default_rng(0), 2, 4, 4)
+  assert mask[0].all() and not mask[1].any()
+
+
+def test_every_kind_is_drawn_by_default_and_the_weights_sum_to_one():
+  assert set(masks.DEFAULT_MASK_WEIGHTS) == set(masks.SAMPLERS)
+  assert abs(sum(masks.DEFAULT_MASK_WEIGHTS.values()) - 1.0) < 1e-9
+
+
 def _side_bounds(fraction_range, size):
   """The whole-pixel box sides a side fraction in `fraction_range` of `size` pixels can
   round to: the integers within half a pixel of the range."""

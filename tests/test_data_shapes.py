@@ -228,3 +228,29 @@ def test_unsupported_sizes_are_refused(resolution, frames):
 
 def test_all_captions_covers_rendered_captions(clips):
   assert {clip.caption for clip in clips} <= set(shapes.all_captions())
+
+
+@pytest.mark.parametrize("style", ["outlined", "striped"])
+def test_styles_draw_part_of_each_plain_shape_with_the_same_tracks(style):
+  """A style changes how objects are drawn, never where: the same tracks and caption,
+  each styled pixel no brighter than the plain one, a visible share of the plain
+  object's light kept and a visible share removed; outlines keep the edge and hollow
+  the middle."""
+  for seed in range(6):
+    plain = shapes.render_clip(seed, 64, 4)
+    styled = shapes.render_clip(seed, 64, 4, style=style)
+    assert styled.caption == plain.caption
+    for a, b in zip(plain.tracks, styled.tracks):
+      np.testing.assert_array_equal(a.centres, b.centres)
+    assert np.all(styled.video <= plain.video)
+    kept = styled.video.astype(float).sum() / plain.video.astype(float).sum()
+    assert 0.2 < kept < 0.8, (seed, kept)
+    if style == "outlined":
+      track = plain.tracks[0]
+      cx, cy = np.rint(track.centres[0]).astype(int)
+      assert not styled.video[0, cy, cx].any() and plain.video[0, cy, cx].any()
+
+
+def test_unknown_style_is_refused():
+  with pytest.raises(ValueError, match="style 'dotted' is not supported"):
+    shapes.render_clip(0, style="dotted")

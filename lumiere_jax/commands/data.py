@@ -2,6 +2,7 @@
 
   lumiere data build shapes --out DIR --num-videos N --resolution R --frames T
                             [--seed S --two-object-fraction F --held-out "red circle growing"]
+                            [--style plain|outlined|striped]
   lumiere data build folder --src DIR --out DIR --resolution R --frames T [--fps F]
   lumiere data show DIR --out grid.png
 """
@@ -9,6 +10,7 @@
 import sys
 
 from lumiere_jax import runtime
+from lumiere_jax.data import shapes  # numpy only: `lumiere --help` stays fast
 
 HELP = "Build and inspect datasets."
 
@@ -42,6 +44,9 @@ def _add_shapes_arguments(parser):
                       help="size of the heldout split (default 16 per combination)")
   parser.add_argument("--text-embeddings", default=None, metavar="NPZ",
                       help="precomputed caption embeddings to store with each clip")
+  parser.add_argument("--style", default="plain", choices=shapes.STYLES,
+                      help="how the objects are drawn: filled (plain), outlined or striped; "
+                           "a styled dataset trains the style stage (shapes_tiny:style)")
 
 
 def _add_folder_arguments(parser):
@@ -75,7 +80,8 @@ def run(args) -> int:
   if args.kind == "shapes":
     path = builders.build_shapes(args.out, args.num_videos, args.resolution, args.frames,
                                  args.seed, args.two_object_fraction, args.held_out,
-                                 args.held_out_videos, args.text_embeddings, announce)
+                                 args.held_out_videos, args.text_embeddings, announce,
+                                 args.style)
     print(f"wrote {path}")
   else:
     report = builders.build_folder(args.out, args.src, args.resolution, args.frames, args.fps,

@@ -119,6 +119,7 @@ class ShapesOptions:
   two_object_fraction: float = 0.5
   held_out: tuple = ()           # (colour, shape, motion) triples kept out of `train`
   num_held_out_videos: int = 0   # size of the `heldout` split
+  style: str = "plain"           # how objects are drawn (shapes.STYLES; the style stage)
 
 
 class Shapes(_Builder, skip_registration=True):
@@ -163,7 +164,7 @@ class Shapes(_Builder, skip_registration=True):
       runtime.check_interrupt(INTERRUPTED)
       required = required_cycle[index % len(required_cycle)] if required_cycle else None
       clip = shapes.render_clip((o.seed, split_code, index), o.resolution, o.num_frames,
-                                o.two_object_fraction, excluded, required)
+                                o.two_object_fraction, excluded, required, o.style)
       yield index, _with_text(_shapes_example(index, clip, o.num_frames),
                               self.text_embeddings)
 
@@ -198,19 +199,20 @@ def build_shapes(out_dir: str | pathlib.Path, num_videos: int, resolution: int =
                  num_frames: int = 16, seed: int = 0, two_object_fraction: float = 0.5,
                  held_out: Iterable[str] = (), num_held_out_videos: int | None = None,
                  text_embeddings: str | pathlib.Path | None = None,
-                 on_start: Callable | None = None) -> pathlib.Path:
+                 on_start: Callable | None = None, style: str = "plain") -> pathlib.Path:
   """Builds the shapes dataset under out_dir and returns its version folder;
   `on_start(version folder)` is called once every input has been checked.
 
   `held_out` lists caption combinations ('red triangle moving left'); `train` never
   contains them and `heldout` gets `num_held_out_videos` clips (default 16 per
-  combination) that each contain one.
+  combination) that each contain one. `style` (shapes.STYLES) draws the objects
+  outlined or striped instead of filled, for the style stage.
   """
   combinations = tuple(dict.fromkeys(parse_combination(c) for c in held_out))
   if num_held_out_videos is None:
     num_held_out_videos = HELD_OUT_VIDEOS_PER_COMBINATION * len(combinations)
   options = ShapesOptions(num_videos, resolution, num_frames, seed, two_object_fraction,
-                          combinations, num_held_out_videos)
+                          combinations, num_held_out_videos, style)
   _check_shapes_options(options)
   table = TextEmbeddingTable(text_embeddings) if text_embeddings else None
   path, _ = _build(out_dir, "shapes", lambda data_dir: Shapes(options, table, data_dir=data_dir),
@@ -221,6 +223,7 @@ def build_shapes(out_dir: str | pathlib.Path, num_videos: int, resolution: int =
 def _check_shapes_options(o: ShapesOptions) -> None:
   try:
     shapes.check_size(o.resolution, o.num_frames)
+    shapes.check_style(o.style)
   except ValueError as e:
     raise UserError(str(e)) from e
   if o.num_videos < 1:

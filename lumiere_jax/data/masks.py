@@ -8,17 +8,29 @@ One sampler per Lumiere application, each a pure function of a numpy Generator s
 pipeline seeded per example gets the same mask on every run and after a resume:
   none         nothing known: keeps plain text-to-video working in the fine-tuned model
   first_frame  image-to-video: the whole first frame is known
+  first_last   image-to-video between two images: the first and the last frame known
+  keyframes    frame interpolation: every k-th frame known (k in 2..T/2), from frame 0
   inpaint      everything known except one to three boxes, the same boxes at every frame
   outpaint     a central rectangle known, a border of random widths unknown, every frame
   cinemagraph  the first frame known; later frames known outside one region to animate
+
+A cinemagraph's known pixels are the still first frame (only the region moves), so its
+training clip is made one: `training_clip` freezes the clip outside the region at its
+first frame, and the model learns what `lumiere cinemagraph` asks of it.
 """
 
 from typing import Callable, Mapping
 
 import numpy as np
 
-DEFAULT_MASK_WEIGHTS = {"none": 0.1, "first_frame": 0.3, "inpaint": 0.2, "outpaint": 0.2,
-                        "cinemagraph": 0.2}
+DEFAULT_MASK_WEIGHTS = {"none": 0.1, "first_frame": 0.25, "first_last": 0.1,
+                        "keyframes": 0.1, "inpaint": 0.15, "outpaint": 0.15,
+                        "cinemagraph": 0.15}
+MAX_BOXES = 3
+INPAINT_SIDE = (0.2, 0.5)      # box sides, fractions of the frame's
+OUTPAINT_MARGIN = (0.0, 0.3)   # per side, fractions of the frame's
+OUTPAINT_MIN_BORDER = 0.15     # at least one side this wide
+CINEMAGRAPH_SIDE = (0.3, 0.6)  # the region's sides, fractions of the frame's
 
 
 def no_mask(rng: np.random.Generator, num_frames: int, height: int, width: int) -> np.ndarray:
@@ -32,18 +44,33 @@ def first_frame_mask(rng, num_frames: int, height: int, width: int) -> np.ndarra
   return mask
 
 
+def first_last_mask(rng, num_frames: int, height: int, width: int) -> np.ndarray:
+  mask = no_mask(rng, num_frames, height, width)
+  mask[0] = mask[-1] = 1
+  return mask
+
+
+def keyframes_mask(rng, num_frames: int, height: int, width: int) -> np.ndarray:
+  """Frames 0, k, 2k, ... known, k drawn from 2..max(2, T // 2) (a clip of 2 frames or
+  fewer knows its first frame only)."""
+  mask = no_mask(rng, num_frames, height, width)
+  every = int(rng.integers(2, max(2, num_frames // 2) + 1))
+  mask[::every] = 1
+  return mask
+
+
 def inpaint_mask(rng, num_frames: int, height: int, width: int) -> np.ndarray:
   frame = np.ones((height, width), np.uint8)
-  for _ in range(rng.integers(1, 4)):
-    rows, cols = _random_box(rng, height, width, (0.2, 0.5))
+  for _ in range(rng.integers(1, MAX_BOXES + 1)):
+    rows, cols = _random_box(rng, height, width, INPAINT_SIDE)
     frame[rows, cols] = 0
   return _every_frame(frame, num_frames)
 
 
 def outpaint_mask(rng, num_frames: int, height: int, width: int) -> np.ndarray:
   """Margins of 0-30% per side, one of them at least 15% so there is always a border."""
-  margins = rng.uniform(0.0, 0.3, size=4)
-  margins[rng.integers(4)] = rng.uniform(0.15, 0.3)
+  margins = rng.uniform(*OUTPAINT_MARGIN, size=4)
+  margins[rng.integers(4)] = rng.uniform(OUTPAINT_MIN_BORDER, OUTPAINT_MARGIN[1])
   top, bottom = (int(round(m * height)) for m in margins[:2])
   left, right = (int(round(m * width)) for m in margins[2:])
   frame = np.zeros((height, width), np.uint8)
@@ -52,10 +79,10 @@ def outpaint_mask(rng, num_frames: int, height: int, width: int) -> np.ndarray:
 
 
 def cinemagraph_mask(rng, num_frames: int, height: int, width: int) -> np.ndarray:
-  """At inference the known pixels after frame 0 are the still first frame; in training
-  they are the clip's own pixels, which is what the model is shown outside the region."""
+  """The known pixels after frame 0 are the still first frame, at inference and in
+  training (`training_clip`)."""
   frame = np.ones((height, width), np.uint8)
-  rows, cols = _random_box(rng, height, width, (0.3, 0.6))
+  rows, cols = _random_box(rng, height, width, CINEMAGRAPH_SIDE)
   frame[rows, cols] = 0
   mask = _every_frame(frame, num_frames)
   mask[0] = 1
@@ -63,8 +90,19 @@ def cinemagraph_mask(rng, num_frames: int, height: int, width: int) -> np.ndarra
 
 
 SAMPLERS: Mapping[str, Callable] = {"none": no_mask, "first_frame": first_frame_mask,
-                                    "inpaint": inpaint_mask, "outpaint": outpaint_mask,
+                                    "first_last": first_last_mask,
+                                    "keyframes": keyframes_mask, "inpaint": inpaint_mask,
+                                    "outpaint": outpaint_mask,
                                     "cinemagraph": cinemagraph_mask}
+
+
+def training_clip(kind: str, video: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """The clip a `kind` mask is trained on: the clip itself, except for a cinemagraph,
+  whose known pixels (outside the region, every frame) are its first frame's, so only
+  the region moves (uint8 [T, H, W, 3] and mask [T, H, W, 1])."""
+  if kind != "cinemagraph":
+    return video
+  return np.where(mask.astype(bool), video[:1], video)
 
 
 def check_weights(weights: Mapping[str, float]) -> None:

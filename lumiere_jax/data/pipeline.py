@@ -12,7 +12,8 @@ added without changing the batches, and a restored iterator continues exactly.
 Examples leave the pipeline as numpy: `video` uint8 [B, T, H, W, 3] (or `image` uint8
 [B, H, W, 3]), `caption` str [B], `tokens` int32 [B, L], and when present `text_embedding`
 [B, L, D] + `text_mask` [B, L], `mask` uint8 [B, T, H, W, 1] (1 = known pixel, see
-masks.py) and `low_res_video`. Videos stay uint8 until the device (a quarter of the host
+masks.py; a cinemagraph example's clip is frozen outside its region, masks.training_clip)
+and `low_res_video`. Videos stay uint8 until the device (a quarter of the host
 to device bytes); `to_model_range` maps them to [-1, 1] inside the step.
 """
 
@@ -84,9 +85,10 @@ class ExampleTransform(grain.transforms.RandomMap):
       example["image"] = record["image"]
       return example
     video = _frame_window(record["video"], self.num_frames, rng)
-    example["video"] = video
     if self.mask_weights is not None:
-      _, example["mask"] = mask_lib.sample_mask(rng, *video.shape[:3], self.mask_weights)
+      kind, example["mask"] = mask_lib.sample_mask(rng, *video.shape[:3], self.mask_weights)
+      video = mask_lib.training_clip(kind, video, example["mask"])
+    example["video"] = video
     if self.low_resolution:
       example["low_res_video"] = area_downsample(video, self.low_resolution)
     return example

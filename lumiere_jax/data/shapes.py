@@ -10,6 +10,11 @@ Anti-aliasing is box filtering: shapes are sampled at SUPERSAMPLE x SUPERSAMPLE 
 pixel (supersampling) and each pixel averages its samples (area downsampling), so a fully
 covered pixel has exactly its palette colour and edge pixels blend towards black.
 
+Styles (the `style` stage's data, for stylized generation): "plain" fills each shape with
+its colour; "outlined" draws only a band along its edge (STYLE_LINE of the canvas wide);
+"striped" fills it with horizontal stripes that move with it (period STYLE_STRIPES of the
+canvas). The geometry, captions and tracks are the same in every style.
+
 Every track is sampled so that its bounding box stays inside the canvas at every frame,
 and the two objects of a two-object clip never overlap (their boxes keep a one-pixel gap),
 so captions always describe what is visible and tests can measure each object by colour.
@@ -45,6 +50,9 @@ BOUNCE_TRAVEL_RANGE = (1.2, 1.8)   # per-axis path length, in units of the free 
 MIN_GROWTH = 1.6                   # growing/shrinking: size ratio over the clip
 OBJECT_GAP = 1.0                   # pixels between the boxes of two objects
 MAX_SCENE_TRIES = 1000
+STYLES = ("plain", "outlined", "striped")
+STYLE_LINE = 1 / 20                # "outlined": the band's width, fraction of R
+STYLE_STRIPES = 1 / 8              # "striped": one stripe and one gap, fraction of R
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,17 +79,23 @@ class Clip:
 
 def render_clip(seed: int | Sequence[int], resolution: int = 32, num_frames: int = 16,
                 two_object_fraction: float = 0.5, excluded: frozenset = frozenset(),
-                required: tuple | None = None) -> Clip:
+                required: tuple | None = None, style: str = "plain") -> Clip:
   """Renders the clip that `seed` determines.
 
   `excluded` holds (colour, shape, motion) triples that no object may have (held-out
   combinations); `required`, one such triple, is forced onto the first object (how the
-  held-out split is made).
+  held-out split is made). `style` changes how the objects are drawn, never where.
   """
   check_size(resolution, num_frames)
+  check_style(style)
   rng = np.random.default_rng(seed)
   tracks = sample_scene(rng, resolution, num_frames, two_object_fraction, excluded, required)
-  return Clip(render_video(tracks, resolution), caption(tracks), tracks)
+  return Clip(render_video(tracks, resolution, style), caption(tracks), tracks)
+
+
+def check_style(style: str) -> None:
+  if style not in STYLES:
+    raise ValueError(f"style {style!r} is not supported; use one of {STYLES}")
 
 
 def check_size(resolution: int, num_frames: int) -> None:
@@ -199,22 +213,23 @@ def _overlap(a: Track, b: Track) -> bool:
   return bool(np.any(np.all(distance < reach, axis=1)))
 
 
-def render_video(tracks: Sequence[Track], resolution: int) -> np.ndarray:
+def render_video(tracks: Sequence[Track], resolution: int, style: str = "plain") -> np.ndarray:
   """uint8 [T, R, R, 3]: each object's coverage times its colour, over black.
 
-  Coverage is the share of a pixel's SUPERSAMPLE x SUPERSAMPLE samples inside the shape.
-  Adding the objects is exact because no pixel touches two of them (OBJECT_GAP >= 1).
+  Coverage is the share of a pixel's SUPERSAMPLE x SUPERSAMPLE samples inside the shape
+  (for a style, inside its drawn part). Adding the objects is exact because no pixel
+  touches two of them (OBJECT_GAP >= 1).
   """
   num_frames = len(tracks[0].centres)
   frames = np.zeros((num_frames, resolution, resolution, 3), np.float32)
   for t in range(num_frames):
     for track in tracks:
-      rows, cols, coverage = _coverage(track, t, resolution)
+      rows, cols, coverage = _coverage(track, t, resolution, style)
       frames[t, rows, cols] += coverage[..., None] * np.float32(COLOURS[track.colour])
   return np.rint(frames).astype(np.uint8)
 
 
-def _coverage(track: Track, t: int, resolution: int):
+def _coverage(track: Track, t: int, resolution: int, style: str = "plain"):
   """The pixel window around the object at frame t and its coverage there, in [0, 1]."""
   (cx, cy), h = track.centres[t], track.half_extents[t]
   y0, y1 = _pixel_span(cy, h, resolution)
@@ -222,13 +237,24 @@ def _coverage(track: Track, t: int, resolution: int):
   offsets = (np.arange(SUPERSAMPLE) + 0.5) / SUPERSAMPLE
   dy = (np.arange(y0, y1)[:, None] + offsets).reshape(-1, 1) - cy
   dx = (np.arange(x0, x1)[:, None] + offsets).reshape(1, -1) - cx
-  inside = (np.abs(dx) <= h) & (np.abs(dy) <= h)
-  if track.shape == "circle":
-    inside &= dx * dx + dy * dy <= h * h
-  elif track.shape == "triangle":  # half-width grows from 0 at the apex (dy = -h) to h
-    inside &= np.abs(dx) <= (dy + h) / 2
+  inside = _inside(track.shape, dx, dy, h)
+  if style == "outlined":  # the shape minus the same shape one line width smaller
+    inside &= ~_inside(track.shape, dx, dy, h - STYLE_LINE * resolution)
+  elif style == "striped":  # stripes counted from the object's top edge
+    inside &= np.floor((dy + h) / (STYLE_STRIPES * resolution / 2)) % 2 == 0
   blocks = inside.reshape(y1 - y0, SUPERSAMPLE, x1 - x0, SUPERSAMPLE)
   return slice(y0, y1), slice(x0, x1), blocks.mean(axis=(1, 3), dtype=np.float32)
+
+
+def _inside(shape: str, dx, dy, h: float) -> np.ndarray:
+  """Which sample offsets (dx, dy) from the centre fall inside `shape` of half-extent h
+  (nothing for h <= 0)."""
+  inside = (np.abs(dx) <= h) & (np.abs(dy) <= h) & (h > 0)
+  if shape == "circle":
+    inside &= dx * dx + dy * dy <= h * h
+  elif shape == "triangle":  # half-width grows from 0 at the apex (dy = -h) to h
+    inside &= np.abs(dx) <= (dy + h) / 2
+  return inside
 
 
 def _pixel_span(centre: float, h: float, resolution: int) -> tuple:

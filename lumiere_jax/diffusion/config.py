@@ -49,7 +49,26 @@ def default_diffusion_config() -> ml_collections.ConfigDict:
   # noises the low-resolution clip to noise_aug_level (also the model's input).
   c.noise_aug_max = 0.5
   c.noise_aug_level = 0.15
+  # The conditional <J, C, M> model's known pixels (pipelines/applications.py):
+  # 'replace' puts them into the model's estimate of the clean clip at every step and
+  # into the output (exact), 'model' leaves them to the model (they are only its input).
+  # known_dilation > 0 grows the region to fill by that many pixels for the replacement,
+  # so the model blends a band around it (against seams; that band is not exact then).
+  c.known_pixels = "replace"
+  c.known_dilation = 0
   return c
+
+
+KNOWN_PIXEL_MODES = ("replace", "model")
+
+
+def check_known_pixels(mode: str, dilation: int) -> None:
+  if mode not in KNOWN_PIXEL_MODES:
+    raise ConfigError(f"known pixels mode {mode!r} is invalid; allowed: one of "
+                      f"{KNOWN_PIXEL_MODES}")
+  if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 0:
+    raise ConfigError(f"known pixels dilation must be an integer >= 0 (pixels), got "
+                      f"{dilation!r}")
 
 
 def validate_diffusion_config(c: ml_collections.ConfigDict) -> None:
@@ -77,6 +96,7 @@ def validate_diffusion_config(c: ml_collections.ConfigDict) -> None:
   if c.window_weighting not in windows.WEIGHTINGS:
     raise ConfigError(f"diffusion.window_weighting={c.window_weighting!r} is invalid; "
                       f"allowed: one of {windows.WEIGHTINGS}")
+  check_known_pixels(c.known_pixels, c.known_dilation)
   for field in ("noise_aug_max", "noise_aug_level"):
     if not 0.0 <= c[field] <= 1.0:
       raise ConfigError(f"diffusion.{field}={c[field]} is invalid; allowed: a time of the "

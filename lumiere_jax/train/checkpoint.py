@@ -31,12 +31,13 @@ import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec
 
 from lumiere_jax import runtime
 from lumiere_jax.config.defaults import base_config
 from lumiere_jax.data import pipeline
 from lumiere_jax.errors import UserError
-from lumiere_jax.models import build
+from lumiere_jax.models import build, widen
 
 CHECKPOINTS = "checkpoints"
 STATE, CONFIG, DATA = "state", "config", pipeline.DATA_ITEM
@@ -373,19 +374,71 @@ def _load_params(manager, step: int, config, params_target: dict, use_ema: bool)
   target = {}
   for group, source in sources.items():
     target.setdefault(source, {})[group] = params_target[group]
-  _check_groups(saved, target, manager, step, config)
+  target, narrowed = _narrow_input_kernel(saved, target, sources)
+  _check_groups(saved, target, manager, step, config, widening=narrowed is not None)
   restored = manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
       target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
       partial_restore=True)}))[STATE]
-  return {group: restored[source][group] for group, source in sources.items()}
+  loaded = {group: restored[source][group] for group, source in sources.items()}
+  if narrowed is not None:
+    loaded = _widen_input_kernel(loaded, params_target, narrowed, directory, step)
+  return loaded
 
 
-def _check_groups(saved, target, manager, step, config) -> None:
+def _narrow_input_kernel(saved, target, sources):
+  """(target, channels): a base model loaded into a model with more input channels (the
+  conditional model's <J, C, M>, models/widen.py) is restored with the checkpoint's
+  narrower first-convolution kernel (replicated: it is small), which has `channels`
+  inputs; (target, None) when nothing is to be widened. `target` is not changed."""
+  source = sources.get(widen.INPUT_KERNEL[0])
+  path = (source, *widen.INPUT_KERNEL)
+  try:
+    saved_kernel, wanted = _leaf(saved, path), _leaf(target, path)
+  except (KeyError, TypeError):
+    return target, None
+  if not widen.can_widen(saved_kernel.shape, wanted.shape):
+    return target, None
+  placement = wanted.sharding
+  if isinstance(placement, NamedSharding):
+    placement = NamedSharding(placement.mesh, PartitionSpec())
+  narrow = jax.ShapeDtypeStruct(tuple(saved_kernel.shape), wanted.dtype, sharding=placement)
+  return _with_leaf(target, path, narrow), int(saved_kernel.shape[widen.INPUT_AXIS])
+
+
+def _leaf(tree, path):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def _with_leaf(tree: dict, path, leaf) -> dict:
+  """A copy of the nested dict `tree` with `leaf` at `path` (the dicts along the path
+  are copied, the rest shared)."""
+  if not path:
+    return leaf
+  return {**tree, path[0]: _with_leaf(tree[path[0]], path[1:], leaf)}
+
+
+def _widen_input_kernel(loaded, params_target, saved_channels, directory, step):
+  """The loaded groups with the first convolution widened to the target's input
+  channels (zero weights for the new ones), placed with the target's sharding."""
+  wanted = widen.input_kernel(params_target)
+  channels = wanted.shape[widen.INPUT_AXIS]
+  kernel = jax.jit(lambda k: widen.widen_kernel(k, channels),
+                   out_shardings=wanted.sharding)(widen.input_kernel(loaded))
+  logging.getLogger(__name__).info(
+      "widened the first convolution of %s/%d from %d to %d input channels (the new "
+      "weights are zero)", directory, step, saved_channels, channels)
+  return widen.with_input_kernel(loaded, kernel)
+
+
+def _check_groups(saved, target, manager, step, config, widening: bool = False) -> None:
   saved_part = {source: {g: saved[source][g] for g in groups} for source, groups in target.items()}
   there, here = _shapes(saved_part), _shapes(target)
   if there != here:
+    ignored = NOT_SHAPE_FIELDS + STAGE_FIELDS + (("model.in_channels",) if widening else ())
     explanation = _explain(there, here, saved_config(manager, step), config,
-                           ARCHITECTURE_FIELDS, NOT_SHAPE_FIELDS + STAGE_FIELDS)
+                           ARCHITECTURE_FIELDS, ignored)
     raise UserError(f"checkpoint {manager.directory}/{step} has another architecture than "
                     f"this config: {explanation}")
 
