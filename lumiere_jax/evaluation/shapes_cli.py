@@ -99,7 +99,7 @@ def run(args) -> int:
                                      config.data.num_frames)
   bar = tqdm.tqdm(total=args.num, desc="evaluating", unit="video", disable=args.quiet)
   if args.contrast:
-    negative = "contrast"
+    negative = None  # one per prompt (settings: "contrast")
     sample = lambda captions, seed: model(
         captions, seed, guidance,
         negative_prompt=[shapes_eval.contrast_prompt(c) for c in captions])
@@ -111,7 +111,7 @@ def run(args) -> int:
   print(shapes_eval.table(report))
   settings_record = {
       "num": args.num, "seed": args.seed, "sampler": settings.method,
-      "steps": settings.steps, "guidance": guidance, "negative_prompt": negative,
+      "steps": settings.steps, "guidance": guidance, "negative_prompt": negative, "contrast": args.contrast,
       "threshold": settings.threshold, "resolution": config.data.resolution,
       "frames": config.data.num_frames, "checkpoint": args.checkpoint,
       "step": args.step, "model": None if args.checkpoint else (args.model or
