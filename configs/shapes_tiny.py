@@ -5,7 +5,10 @@ Variants, one per training stage:
   t2v    the inflated Space-Time U-Net; backbone frozen, temporal layers trained
   ssr    spatial super-resolution x4, 32 -> 128, conditioned on the low-resolution clip
          (noised: noise conditioning augmentation), sampled in overlapping 8-frame windows
-  cond   7-channel <J, C, M> conditional fine-tune (image-to-video, inpainting, ...)
+  cond   7-channel <J, C, M> conditional fine-tune (image-to-video, inpainting, ...,
+         and temporal super-resolution from quarter-rate keyframes)
+  keyframes  the keyframe model of the keyframes + TSR baseline: 4 frames at a quarter
+         of the frame rate, no temporal down-sampling
   style  backbone fine-tune on a style, for stylized generation
 
 Run:
@@ -35,7 +38,7 @@ import ml_collections
 
 from lumiere_jax.config import base_config
 
-STAGES = ("t2i", "t2v", "ssr", "cond", "style")
+STAGES = ("t2i", "t2v", "ssr", "cond", "style", "keyframes")
 
 
 def get_config(arg: str = "t2v") -> ml_collections.ConfigDict:
@@ -114,10 +117,19 @@ def get_config(arg: str = "t2v") -> ml_collections.ConfigDict:
     # zero (models/widen.py), then fine-tuned whole but for the frozen text encoder.
     model.in_channels = 7
     config.train.trainable = ("backbone", "temporal")
-    # One mask per clip, of these kinds (data/masks.py); "none" keeps text-to-video.
-    data.mask_weights = ml_collections.ConfigDict({
-        "none": 0.1, "first_frame": 0.25, "first_last": 0.1, "keyframes": 0.1,
-        "inpaint": 0.15, "outpaint": 0.15, "cinemagraph": 0.15})
+    # One mask per clip, drawn with data.mask_weights (data/masks.py: first frame, first
+    # and last, keyframes, quarter-rate keyframes for TSR, boxes, borders, cinemagraph
+    # regions; "none" keeps text-to-video).
+  elif stage == "keyframes":
+    # The baseline Lumiere argues against, its first half: a video model at a quarter of
+    # the frame rate (frames 0, 5, 10, 15 of each 16-frame clip, data.frame_stride) and
+    # no temporal down-sampling, as the keyframe models of cascades; the same backbone
+    # and temporal layers otherwise. The TSR model (a <J, C, M> model given those frames,
+    # the quarter_rate mask: the cond stage's model) fills the frames in between:
+    # `lumiere generate --pipeline keyframes-tsr`.
+    data.num_frames = 4
+    data.frame_stride = 5
+    model.temporal.down_levels = (False, False)
   elif stage == "style":
     # The T2I backbone fine-tuned on frames of a styled dataset (`lumiere data build
     # shapes --style outlined`), from the base model it will be interpolated with

@@ -6,8 +6,9 @@
 # Stages (default: all, in order): data t2i t2v t2v_full t2v_more export eval. The applications'
 # models are stages of their own, run after those (not by default): cond (the
 # conditional <J, C, M> model, from t2v_more), style (a backbone fine-tuned on outlined
-# shapes, from t2v_more; it builds its dataset first) and export_apps (both as named
-# models), e.g. `bash launch/shapes_recipe.sh RUNS cond style export_apps`.
+# shapes, from t2v_more; it builds its dataset first), keyframes (the keyframe model of
+# the keyframes + TSR baseline, whose TSR model is cond's) and export_apps (cond and
+# style as named models), e.g. `bash launch/shapes_recipe.sh RUNS cond style export_apps`.
 # Every training stage runs at
 # most STAGE_MINUTES (default 90) and is then stopped with SIGTERM, which checkpoints;
 # running the same command again resumes from the workdir's newest checkpoint, so the
@@ -30,10 +31,21 @@ HELD_OUT=("red triangle moving left" "green circle moving right" "blue square mo
 
 staged() { timeout --signal=TERM --kill-after=120 "${MINUTES}m" "$@" || [ $? -eq 124 ]; }
 
-# fine_tune WORKDIR INIT STEPS LR: the whole STUNet but the text encoder, on video, from
-# INIT's EMA (the t2v_full stage and those after it).
+# first_stage VARIANT WORKDIR: the temporal layers on video from t2i (backbone frozen).
+first_stage() {
+  staged lumiere train --config "shapes_tiny:$1" --workdir "$RUNS/$2" \
+      --config.train.data_dir="$DATA" --config.train.init_checkpoint="$RUNS/t2i" \
+      --config.train.num_steps=3000 --config.data.batch_size=4 \
+      --config.train.learning_rate=1e-3 --config.train.warmup_steps=50 \
+      --config.train.ema_decay=0.998 --config.train.checkpoint_every=100 \
+      --config.train.log_every=10 --config.diffusion.train_logsnr_shift=-5.545 \
+      --config.model.temporal.spacetime_attention=True
+}
+
+# fine_tune WORKDIR INIT STEPS LR [VARIANT]: the whole STUNet but the text encoder, on
+# video, from INIT's EMA (the t2v_full stage and those after it).
 fine_tune() {
-  staged lumiere train --config shapes_tiny:t2v --workdir "$RUNS/$1" \
+  staged lumiere train --config "shapes_tiny:${5:-t2v}" --workdir "$RUNS/$1" \
       --config.train.data_dir="$DATA" --config.train.init_checkpoint="$RUNS/$2" \
       --config.train.num_steps="$3" --config.data.batch_size=4 \
       --config.train.learning_rate="$4" --config.train.warmup_steps=50 \
@@ -60,13 +72,7 @@ for stage in $STAGES; do
           --config.train.log_every=20
       ;;
     t2v)
-      staged lumiere train --config shapes_tiny:t2v --workdir "$RUNS/t2v" \
-          --config.train.data_dir="$DATA" --config.train.init_checkpoint="$RUNS/t2i" \
-          --config.train.num_steps=3000 --config.data.batch_size=4 \
-          --config.train.learning_rate=1e-3 --config.train.warmup_steps=50 \
-          --config.train.ema_decay=0.998 --config.train.checkpoint_every=100 \
-          --config.train.log_every=10 --config.diffusion.train_logsnr_shift=-5.545 \
-          --config.model.temporal.spacetime_attention=True
+      first_stage t2v t2v
       ;;
     t2v_full)
       # Stage 2: the whole STUNet (backbone and temporal layers; the text encoder stays
@@ -90,6 +96,12 @@ for stage in $STAGES; do
           --config.train.ema_decay=0.998 --config.train.checkpoint_every=100 \
           --config.train.log_every=10 --config.diffusion.train_logsnr_shift=-4.1589 \
           --config.model.temporal.spacetime_attention=True
+      ;;
+    keyframes)
+      # The keyframes + TSR baseline's keyframe model (shapes_tiny:keyframes: frames 0,
+      # 5, 10, 15, no temporal down-sampling), trained as the STUNet's first two stages.
+      first_stage keyframes keyframes
+      fine_tune keyframes_full keyframes 3200 5e-4 keyframes
       ;;
     style)
       # The backbone of t2v_more (the shipped model's, which `lumiere stylize`
@@ -120,7 +132,7 @@ for stage in $STAGES; do
       lumiere eval shapes --checkpoint "$RUNS/t2v_more" --num 64 --steps 32 --guidance 3 --json "$RUNS/eval_t2v.json" \
           --sheet "$RUNS/eval_t2v.png"
       ;;
-    *) echo "unknown stage $stage (data t2i t2v t2v_full t2v_more export eval cond style export_apps)" >&2
+    *) echo "unknown stage $stage (data t2i t2v t2v_full t2v_more export eval cond style keyframes export_apps)" >&2
        exit 2 ;;
   esac
 done

@@ -13,6 +13,7 @@ from lumiere_jax.diffusion.samplers import SAMPLERS
 from lumiere_jax.errors import UserError
 from lumiere_jax.io import video as video_io
 from lumiere_jax.commands import upsample as upsample_command
+from lumiere_jax.pipelines import applications, keyframes
 from lumiere_jax.pipelines import generate as pipeline
 from lumiere_jax.pipelines import upsample as upsample_pipeline
 from lumiere_jax.pipelines import windowed
@@ -75,6 +76,17 @@ def add_arguments(parser):
                           help="frames per window (default: the model's clip length)")
   long_clips.add_argument("--overlap", type=int, metavar="O",
                           help="frames shared by neighbouring windows (default 2)")
+  baseline = parser.add_argument_group(
+      "keyframes + temporal super-resolution (the cascade Lumiere argues against)")
+  baseline.add_argument("--pipeline", choices=keyframes.PIPELINES, default="stunet",
+                        help="stunet: the model makes the whole clip (default); "
+                        "keyframes-tsr: the model (shapes_tiny:keyframes) makes quarter-rate "
+                        "keyframes and a TSR model fills the frames between")
+  tsr = baseline.add_mutually_exclusive_group()
+  tsr.add_argument("--tsr-checkpoint", metavar="DIR",
+                   help="the TSR model's workdir (a <J, C, M> model)")
+  tsr.add_argument("--tsr-model", metavar="NAME", help="a shipped TSR model (default: "
+                   f"{applications.DEFAULT_CONDITIONAL_MODEL})")
   cascade = parser.add_argument_group("cascade (--upsample: the base model, then SSR)")
   cascade.add_argument("--upsample", action="store_true",
                        help="upsample the videos with an SSR model (default: the shipped "
@@ -184,6 +196,32 @@ def load_cascade(args, config, frames: int):
                                      progress=not args.quiet)
 
 
+def check_pipeline_args(args) -> None:
+  if args.pipeline != keyframes.NAME:
+    if args.tsr_checkpoint or args.tsr_model:
+      raise UserError(f"--tsr-checkpoint and --tsr-model apply to --pipeline {keyframes.NAME}")
+    return
+  for flag, value in (("--init-video", args.init_video), ("--num-frames", args.num_frames),
+                      ("--upsample", args.upsample or None)):
+    if value is not None:
+      raise UserError(f"{flag} does not apply to --pipeline {keyframes.NAME}")
+
+
+def keyframes_tsr(args, config, params, settings) -> keyframes.KeyframesTSR:
+  """The cascade: `config` is the keyframe model; the TSR model as the flags name it."""
+  name = args.tsr_model or (None if args.tsr_checkpoint else
+                            applications.DEFAULT_CONDITIONAL_MODEL)
+  tsr_config, tsr_params = weights.load_model(checkpoint=args.tsr_checkpoint, name=name)
+  keyframes.check_models(config, tsr_config)
+  tsr_settings = diffusion_config.sampler_settings(
+      tsr_config.diffusion, method=args.sampler, steps=args.steps, eta=args.eta,
+      threshold=args.threshold)
+  return keyframes.KeyframesTSR(
+      pipeline.TextToVideo(config, params, settings, progress=not args.quiet),
+      applications.ConditionalGenerator(tsr_config, tsr_params, tsr_settings,
+                                        progress=not args.quiet))
+
+
 def run(args) -> int:
   if args.list_models:
     return list_models()
@@ -195,6 +233,7 @@ def run(args) -> int:
   if args.strength is not None and args.init_video is None:
     raise UserError("--strength applies to --init-video (SDEdit)")
   check_sampling_args(args, len(prompts))
+  check_pipeline_args(args)
   init_video = None if args.init_video is None else video_io.read_video(args.init_video)
   overrides = config_lib.parse_overrides(args.config_overrides)
   config, params = load(args, overrides)
@@ -208,11 +247,15 @@ def run(args) -> int:
   strength = 1.0
   if init_video is not None:
     strength = DEFAULT_STRENGTH if args.strength is None else args.strength
-  videos = pipeline.generate(config, params, prompts, settings=settings,
-                             guidance_scale=guidance, seed=args.seed, init_video=init_video,
-                             strength=strength, negative_prompt=negative,
-                             progress=not args.quiet, num_frames=num_frames,
-                             windows=windows)
+  if args.pipeline == keyframes.NAME:
+    videos = keyframes_tsr(args, config, params, settings)(prompts, args.seed, guidance,
+                                                           negative)
+  else:
+    videos = pipeline.generate(config, params, prompts, settings=settings,
+                               guidance_scale=guidance, seed=args.seed,
+                               init_video=init_video, strength=strength,
+                               negative_prompt=negative, progress=not args.quiet,
+                               num_frames=num_frames, windows=windows)
   if upsampler is not None:
     videos = upsampler(videos, prompts, args.seed, upsampler.config.diffusion.guidance)
   with runtime.shielded():  # once writing starts, Ctrl-C lets it finish

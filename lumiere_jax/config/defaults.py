@@ -88,6 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
   data.resolution = 32
   data.low_resolution = 0
   data.num_frames = 16
+  data.frame_stride = 1  # videos: every k-th frame of a window of (num_frames - 1) k + 1
   data.batch_size = 8  # global batch, split evenly over processes
   data.eval_split = "heldout"
   data.worker_count = 0  # grain worker processes (0: read in the main process)

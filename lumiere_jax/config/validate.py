@@ -93,6 +93,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
          data.resolution, f"a positive multiple of the spatial factor {factor} "
          f"(2 ** (levels - 1))")
   _check(data.batch_size >= 1, "data.batch_size", data.batch_size, "an integer >= 1")
+  _check(data.frame_stride >= 1, "data.frame_stride", data.frame_stride, "an integer >= 1")
   if model.in_channels == 6:
     _check(data.low_resolution >= 1 and data.resolution % data.low_resolution == 0,
            "data.low_resolution", data.low_resolution,

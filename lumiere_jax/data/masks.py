@@ -10,6 +10,9 @@ pipeline seeded per example gets the same mask on every run and after a resume:
   first_frame  image-to-video: the whole first frame is known
   first_last   image-to-video between two images: the first and the last frame known
   keyframes    frame interpolation: every k-th frame known (k in 2..T/2), from frame 0
+  quarter_rate temporal super-resolution: T // 4 frames known, evenly spaced from the
+               first to the last (`keyframe_positions`: 0, 5, 10, 15 of 16), the frames
+               a keyframe model at a quarter of the frame rate makes
   inpaint      everything known except one to three boxes, the same boxes at every frame
   outpaint     a central rectangle known, a border of random widths unknown, every frame
   cinemagraph  the first frame known; later frames known outside one region to animate
@@ -23,9 +26,10 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-DEFAULT_MASK_WEIGHTS = {"none": 0.1, "first_frame": 0.25, "first_last": 0.1,
-                        "keyframes": 0.1, "inpaint": 0.15, "outpaint": 0.15,
-                        "cinemagraph": 0.15}
+DEFAULT_MASK_WEIGHTS = {"none": 0.1, "first_frame": 0.2, "first_last": 0.1,
+                        "keyframes": 0.05, "quarter_rate": 0.1, "inpaint": 0.15,
+                        "outpaint": 0.15, "cinemagraph": 0.15}
+KEYFRAME_RATE = 4  # quarter_rate: one frame in 4 known
 MAX_BOXES = 3
 INPAINT_SIDE = (0.2, 0.5)      # box sides, fractions of the frame's
 OUTPAINT_MARGIN = (0.0, 0.3)   # per side, fractions of the frame's
@@ -56,6 +60,21 @@ def keyframes_mask(rng, num_frames: int, height: int, width: int) -> np.ndarray:
   mask = no_mask(rng, num_frames, height, width)
   every = int(rng.integers(2, max(2, num_frames // 2) + 1))
   mask[::every] = 1
+  return mask
+
+
+def keyframe_positions(num_frames: int, count: int) -> np.ndarray:
+  """`count` frame indices spread evenly from the first frame to the last, both included
+  (rounded: 0, 5, 10, 15 for 4 of 16); [0] for a count of 1."""
+  if not 1 <= count <= num_frames:
+    raise ValueError(f"{count} keyframes of a {num_frames}-frame clip")
+  return np.round(np.linspace(0, num_frames - 1, count)).astype(np.int64)
+
+
+def quarter_rate_mask(rng, num_frames: int, height: int, width: int) -> np.ndarray:
+  """The frames of a keyframe clip at 1 / KEYFRAME_RATE of the frame rate known."""
+  mask = no_mask(rng, num_frames, height, width)
+  mask[keyframe_positions(num_frames, max(1, num_frames // KEYFRAME_RATE))] = 1
   return mask
 
 
@@ -91,7 +110,9 @@ def cinemagraph_mask(rng, num_frames: int, height: int, width: int) -> np.ndarra
 
 SAMPLERS: Mapping[str, Callable] = {"none": no_mask, "first_frame": first_frame_mask,
                                     "first_last": first_last_mask,
-                                    "keyframes": keyframes_mask, "inpaint": inpaint_mask,
+                                    "keyframes": keyframes_mask,
+                                    "quarter_rate": quarter_rate_mask,
+                                    "inpaint": inpaint_mask,
                                     "outpaint": outpaint_mask,
                                     "cinemagraph": cinemagraph_mask}
 

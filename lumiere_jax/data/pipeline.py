@@ -72,6 +72,7 @@ class ExampleTransform(grain.transforms.RandomMap):
 
   tokenizer: Tokenizer
   num_frames: int = 0            # videos: a random window of this many frames; 0 = all
+  frame_stride: int = 1          # every k-th frame of a window of (num_frames - 1) k + 1
   mask_weights: dict | None = None
   low_resolution: int = 0        # > 0: add `low_res_video`, area-downsampled
 
@@ -84,7 +85,7 @@ class ExampleTransform(grain.transforms.RandomMap):
     if "image" in record:
       example["image"] = record["image"]
       return example
-    video = _frame_window(record["video"], self.num_frames, rng)
+    video = _frame_window(record["video"], self.num_frames, rng, self.frame_stride)
     if self.mask_weights is not None:
       kind, example["mask"] = mask_lib.sample_mask(rng, *video.shape[:3], self.mask_weights)
       video = mask_lib.training_clip(kind, video, example["mask"])
@@ -98,11 +99,21 @@ def _text(value) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def _frame_window(video: np.ndarray, num_frames: int, rng: np.random.Generator) -> np.ndarray:
-  if not num_frames or num_frames == len(video):
+def window_length(num_frames: int, stride: int) -> int:
+  """Frames of a clip that `num_frames` frames `stride` apart span."""
+  return (num_frames - 1) * stride + 1
+
+
+def _frame_window(video: np.ndarray, num_frames: int, rng: np.random.Generator,
+                  stride: int = 1) -> np.ndarray:
+  """`num_frames` frames `stride` apart from a random start (all frames if 0)."""
+  if not num_frames:
     return video
-  start = rng.integers(0, len(video) - num_frames + 1)
-  return video[start:start + num_frames]
+  span = window_length(num_frames, stride)
+  if span == len(video) and stride == 1:
+    return video
+  start = rng.integers(0, len(video) - span + 1)
+  return video[start:start + span:stride]
 
 
 def area_downsample(video: np.ndarray, size: int) -> np.ndarray:
@@ -190,9 +201,11 @@ def _source_and_transform(config, clips) -> tuple:
   model = build.Model(config)
   if not model.is_video:
     return FramesSource(clips, frames), ExampleTransform(model.tokenizer)
-  if frames < data.num_frames:
+  span = window_length(data.num_frames, data.frame_stride)
+  if frames < span:
     raise UserError(f"the dataset has {frames}-frame clips but data.num_frames="
-                    f"{data.num_frames}; build it with --frames {data.num_frames} or more")
+                    f"{data.num_frames} (data.frame_stride={data.frame_stride}) needs "
+                    f"{span}; build it with --frames {span} or more")
   if data.low_resolution and data.resolution % data.low_resolution:
     raise UserError(f"data.low_resolution={data.low_resolution} must divide "
                     f"data.resolution={data.resolution}")
@@ -203,7 +216,8 @@ def _source_and_transform(config, clips) -> tuple:
       mask_lib.check_weights(weights)
     except ValueError as e:
       raise UserError(f"data.mask_weights: {e}") from e
-  return clips, ExampleTransform(model.tokenizer, data.num_frames, weights, data.low_resolution)
+  return clips, ExampleTransform(model.tokenizer, data.num_frames, data.frame_stride,
+                                 weights, data.low_resolution)
 
 
 def iterator_save_args(iterator: grain.DatasetIterator):

@@ -1,5 +1,6 @@
 """`lumiere eval shapes`: the shapes evaluator from the command line (see shapes_eval)."""
 
+import dataclasses
 import os
 import pathlib
 
@@ -10,10 +11,10 @@ from lumiere_jax import weights
 from lumiere_jax.data import shapes
 from lumiere_jax.diffusion import config as diffusion_config
 from lumiere_jax.errors import UserError
-from lumiere_jax.evaluation import shapes_eval, tracker
+from lumiere_jax.evaluation import frechet, shapes_eval, shapes_features, tracker
 from lumiere_jax.io import sheet as sheet_io
 from lumiere_jax.io import video as video_io
-from lumiere_jax.pipelines import generate
+from lumiere_jax.pipelines import applications, generate, keyframes
 
 HELP = "Held-out shapes prompts: colour, shape, motion and consistency vs ground truth."
 XT_SCALE = 4
@@ -21,9 +22,23 @@ XT_SCALE = 4
 
 def add_arguments(parser) -> None:
   source = parser.add_mutually_exclusive_group()
-  source.add_argument("--checkpoint", metavar="DIR", help="a training workdir (EMA weights)")
+  source.add_argument("--checkpoint", metavar="DIR", help="a training workdir (EMA weights); "
+                      "with --pipeline keyframes-tsr, the keyframe model")
   source.add_argument("--model", metavar="NAME",
                       help=f"a shipped model (default: {weights.DEFAULT_MODEL})")
+  parser.add_argument("--pipeline", choices=keyframes.PIPELINES, default="stunet",
+                      help="stunet: the model makes the whole clip (default); "
+                      "keyframes-tsr: the model (shapes_tiny:keyframes) makes quarter-rate "
+                      "keyframes and a TSR model fills the frames between")
+  tsr = parser.add_mutually_exclusive_group()
+  tsr.add_argument("--tsr-checkpoint", metavar="DIR", help="keyframes-tsr: the TSR model's "
+                   "workdir (a <J, C, M> model)")
+  tsr.add_argument("--tsr-model", metavar="NAME", help="keyframes-tsr: a shipped TSR model "
+                   f"(default: {applications.DEFAULT_CONDITIONAL_MODEL})")
+  parser.add_argument("--fvd", action="store_true",
+                      help="also the Fréchet video distance (shapes features) between the "
+                      f"videos and the ground truth of the same prompts (--num > "
+                      f"{shapes_features.FEATURE_DIM})")
   parser.add_argument("--step", type=int, metavar="N", help="with --checkpoint: this step")
   parser.add_argument("--num", type=int, default=64, help="prompts (default 64)")
   parser.add_argument("--seed", type=int, default=0, help="prompts and sampling seed")
@@ -53,6 +68,12 @@ def check_args(args) -> None:
     raise UserError(f"--steps must be >= 1, got {args.steps}")
   if args.step is not None and args.checkpoint is None:
     raise UserError("--step selects a step of --checkpoint")
+  if args.pipeline != keyframes.NAME and (args.tsr_checkpoint or args.tsr_model):
+    raise UserError(f"--tsr-checkpoint and --tsr-model apply to --pipeline {keyframes.NAME}")
+  if args.fvd and args.num <= shapes_features.FEATURE_DIM:
+    raise UserError(f"--fvd needs --num above {shapes_features.FEATURE_DIM} (the shapes "
+                    f"features' dimension: fewer clips give a singular covariance), got "
+                    f"{args.num}")
   if args.guidance is not None:
     diffusion_config.check_guidance(args.guidance)
   generate.check_seed(args.seed, shapes_eval.seeds_used(args.num, args.batch))
@@ -85,35 +106,63 @@ def check_model(config) -> None:
                     f"{e}") from None
 
 
-def run(args) -> int:
-  check_args(args)
+def load_sampler(args, steps):
+  """(sample(captions, seed) -> uint8 videos, settings record, clip frames, resolution)
+  of the pipeline the arguments name, checked before anything is sampled."""
   config, params = weights.load_model(checkpoint=args.checkpoint, name=args.model,
                                       step=args.step)
-  check_model(config)
   section = config.diffusion
-  settings = diffusion_config.sampler_settings(section, steps=args.steps)
+  settings = diffusion_config.sampler_settings(section, steps=steps)
   guidance = section.guidance if args.guidance is None else args.guidance
   negative = section.negative_prompt if args.negative_prompt is None else args.negative_prompt
   model = generate.TextToVideo(config, params, settings)
-  items = shapes_eval.held_out_items(args.num, args.seed, config.data.resolution,
-                                     config.data.num_frames)
-  bar = tqdm.tqdm(total=args.num, desc="evaluating", unit="video", disable=args.quiet)
+  record = {"pipeline": args.pipeline, "sampler": settings.method, "steps": settings.steps,
+            "guidance": guidance, "negative_prompt": negative, "contrast": args.contrast,
+            "threshold": settings.threshold}
+  if args.pipeline == keyframes.NAME:
+    tsr_config, tsr_params = weights.load_model(
+        checkpoint=args.tsr_checkpoint,
+        name=args.tsr_model or (None if args.tsr_checkpoint else
+                                applications.DEFAULT_CONDITIONAL_MODEL))
+    keyframes.check_models(config, tsr_config)
+    check_model(tsr_config)
+    tsr_settings = diffusion_config.sampler_settings(tsr_config.diffusion, steps=steps)
+    model = keyframes.KeyframesTSR(model, applications.ConditionalGenerator(
+        tsr_config, tsr_params, tsr_settings))
+    record.update(tsr_checkpoint=args.tsr_checkpoint, tsr_model=args.tsr_model or (
+        None if args.tsr_checkpoint else applications.DEFAULT_CONDITIONAL_MODEL),
+                  keyframes=model.positions.tolist())
+    config = tsr_config
+  else:
+    check_model(config)
   if args.contrast:
-    negative = None  # one per prompt (settings: "contrast")
+    record["negative_prompt"] = None  # one per prompt
     sample = lambda captions, seed: model(
         captions, seed, guidance,
         negative_prompt=[shapes_eval.contrast_prompt(c) for c in captions])
   else:
     sample = lambda captions, seed: model(captions, seed, guidance, negative_prompt=negative)
+  return sample, record, config.data.num_frames, config.data.resolution
+
+
+def run(args) -> int:
+  check_args(args)
+  extractor = shapes_features.extractor() if args.fvd else None
+  sample, record, frames, resolution = load_sampler(args, args.steps)
+  items = shapes_eval.held_out_items(args.num, args.seed, resolution, frames)
+  bar = tqdm.tqdm(total=args.num, desc="evaluating", unit="video", disable=args.quiet)
   report, videos = shapes_eval.evaluate(sample, items, args.seed, args.batch,
                                         lambda done: bar.update(done - bar.n))
   bar.close()
+  truth = np.stack([item.ground_truth for item in items])
+  if extractor is not None:
+    score = frechet.fvd(truth, videos, extractor, reference=f"shapes held-out ground truth "
+                        f"of the same prompts (seed {args.seed})", label=args.pipeline)
+    report["fvd"] = dataclasses.asdict(score)
   print(shapes_eval.table(report))
   settings_record = {
-      "num": args.num, "seed": args.seed, "sampler": settings.method,
-      "steps": settings.steps, "guidance": guidance, "negative_prompt": negative, "contrast": args.contrast,
-      "threshold": settings.threshold, "resolution": config.data.resolution,
-      "frames": config.data.num_frames, "checkpoint": args.checkpoint,
+      "num": args.num, "seed": args.seed, **record, "resolution": resolution,
+      "frames": frames, "checkpoint": args.checkpoint,
       "step": args.step, "model": None if args.checkpoint else (args.model or
                                                                 weights.DEFAULT_MODEL),
       "batch": args.batch, "held_out": [" ".join(t) for t in shapes_eval.HELD_OUT],
@@ -121,7 +170,6 @@ def run(args) -> int:
   if args.json is not None:
     shapes_eval.write_json(args.json, report, settings_record)
     print(args.json)
-  truth = np.stack([item.ground_truth for item in items])
   shown = slice(0, 16)
   if args.sheet is not None:
     rows = [row for caption, v, g in zip(report["captions"][shown], videos[shown],

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from lumiere_jax.data import shapes
+from lumiere_jax.data import masks, shapes
 from lumiere_jax.evaluation import tracker
 from lumiere_jax.io import atomic
 
@@ -81,9 +81,27 @@ def held_out_items(num: int, seed: int, resolution: int, num_frames: int) -> lis
   return items
 
 
+def segment_steps(videos: Sequence[np.ndarray]) -> dict:
+  """Mean absolute frame-to-frame difference (0-255 units, all pixels) of the frame
+  pairs that touch a quarter-rate keyframe (data/masks.py `keyframe_positions`, the
+  frames a keyframes + TSR cascade fixes: 0, 5, 10, 15 of 16) and of those inside the
+  segments between them; `across / inside` is about 1 where motion is smooth and grows
+  where the in-between frames bunch up against their keyframes. The same positions are
+  measured for every pipeline."""
+  videos = np.asarray(videos, np.float32)
+  frames = videos.shape[1]
+  keys = set(masks.keyframe_positions(frames, max(1, frames // masks.KEYFRAME_RATE)).tolist())
+  steps = np.abs(np.diff(videos, axis=1)).mean(axis=(0, 2, 3, 4))  # [T - 1]
+  touches = np.array([i in keys or i + 1 in keys for i in range(frames - 1)])
+  across = float(steps[touches].mean()) if touches.any() else math.nan
+  inside = float(steps[~touches].mean()) if (~touches).any() else math.nan
+  return {"across": across, "inside": inside, "across_over_inside": across / inside
+          if inside > 0 else math.nan}
+
+
 def score(videos: Sequence[np.ndarray], captions: Sequence[str]) -> dict:
   """Judges every named object: accuracy per motion and overall, and the mean
-  temporal-consistency figures."""
+  temporal-consistency figures, and the frame steps of `segment_steps`."""
   objects = [r for video, caption in zip(videos, captions)
              for r in tracker.judge_video(np.asarray(video), caption)]
   per_motion = {}
@@ -94,7 +112,7 @@ def score(videos: Sequence[np.ndarray], captions: Sequence[str]) -> dict:
   overall = {key: _mean([r[key] for r in objects]) for key in ("motion", "colour", "shape")}
   figures = {key: _nanmean([r.get(key, np.nan) for r in objects]) for key in FIGURES}
   return {"objects": len(objects), "accuracy": overall, "per_motion": per_motion,
-          "consistency": figures}
+          "consistency": figures, "segments": segment_steps(videos)}
 
 
 def _mean(values) -> float:
@@ -122,7 +140,9 @@ def ratios(model: dict, truth: dict) -> dict:
           "per_motion": {m: ratio(v["accuracy"], truth["per_motion"][m]["accuracy"])
                          for m, v in model["per_motion"].items()},
           "consistency": {k: ratio(v, truth["consistency"][k])
-                          for k, v in model["consistency"].items()}}
+                          for k, v in model["consistency"].items()},
+          "segments": {k: ratio(v, truth["segments"][k])
+                       for k, v in model["segments"].items()}}
 
 
 def batches(count: int, batch: int) -> list:
@@ -171,6 +191,11 @@ def table(report: dict) -> str:
   for key in FIGURES:
     lines.append(f"{key:22s}{'':4s}{m['consistency'][key]:8.2f}"
                  f"{g['consistency'][key]:8.2f}{r['consistency'][key]:8.2f}")
+  for key in ("across", "inside"):
+    lines.append(f"{'frame step ' + key:22s}{'':4s}{m['segments'][key]:8.2f}"
+                 f"{g['segments'][key]:8.2f}{r['segments'][key]:8.2f}")
+  if "fvd" in report:
+    lines.append(f"{'FVD (shapes features)':22s}{'':4s}{report['fvd']['value']:8.1f}")
   return "\n".join(lines)
 
 

@@ -143,11 +143,17 @@ def check_alpha(alpha: float) -> None:
                     f"got {alpha}")
 
 
-def check_condition(config, condition: Condition) -> None:
-  check_clip(config, condition.clip, "the conditioning clip")
-  if condition.known.shape != condition.clip.shape[:3] + (1,):
+def check_condition(config, condition: Condition, count: int = 1) -> None:
+  """A clip [T, H, W, 3] for every prompt, or [count, T, H, W, 3] (one per prompt)."""
+  clip = condition.clip
+  if clip.ndim == 5:
+    if len(clip) != count:
+      raise UserError(f"{len(clip)} conditioning clips for {count} prompts")
+    clip = clip[0]
+  check_clip(config, clip, "the conditioning clip")
+  if condition.known.shape != clip.shape[:3] + (1,):
     raise UserError(f"the known-pixel mask is {list(condition.known.shape)}, the clip "
-                    f"{list(condition.clip.shape)}; expected [T, H, W, 1]")
+                    f"{list(clip.shape)}; expected [T, H, W, 1]")
 
 
 def _describe(shape) -> str:
@@ -271,7 +277,8 @@ def keep_known(denoiser, schedule, prediction: str, clip, replace):
 
 class ConditionalGenerator:
   """The conditional model with fixed sampler settings and known-pixel handling; call
-  it with prompts and a Condition to get clips. One compiled program per batch size."""
+  it with prompts and a Condition (one clip for all prompts, or one per prompt; the
+  known pixels are the same for all) to get clips. One compiled program per batch size."""
 
   def __init__(self, config, params: dict, settings: SamplerSettings,
                known_pixels: Optional[str] = None, dilation: Optional[int] = None,
@@ -296,9 +303,9 @@ class ConditionalGenerator:
     generate_pipeline.check_prompt_lengths(self.model.tokenizer, prompts)
     generate_pipeline.check_seed(seed, len(prompts))
     diffusion_config.check_guidance(guidance_scale)
-    check_condition(self.config, condition)
+    check_condition(self.config, condition, len(prompts))
     generate_pipeline.warn_unknown_words(self.model.tokenizer, [*prompts, negative_prompt])
-    batch = lambda a: np.broadcast_to(a, (len(prompts),) + a.shape)
+    batch = lambda a: np.broadcast_to(a, (len(prompts),) + a.shape[-4:])
     clip = batch(video_io.from_uint8(condition.clip))
     known = batch(condition.known.astype(np.float32))
     replace = batch(replaced_pixels(condition, self.dilation).astype(np.float32))
