@@ -13,6 +13,7 @@ from lumiere_jax.diffusion import config as diffusion_config
 from lumiere_jax.errors import UserError
 from lumiere_jax.evaluation import frechet, shapes_eval, shapes_features, tracker
 from lumiere_jax.io import sheet as sheet_io
+from lumiere_jax.models import build
 from lumiere_jax.io import video as video_io
 from lumiere_jax.pipelines import applications, generate, keyframes
 
@@ -95,7 +96,12 @@ def check_args(args) -> None:
 def check_model(config) -> None:
   """A text-to-video model whose clips the shapes renderer can draw as ground truth."""
   generate.check_generation_config(config)
-  frames = generate.video_shape(config)[0]
+  check_clips(config)
+
+
+def check_clips(config) -> None:
+  """Clips the shapes renderer can draw as ground truth, with motion to judge."""
+  frames = build.Model(config).clip_shape[0]
   if frames < 2:
     raise UserError(f"eval shapes judges motion: it needs a text-to-video model, got a "
                     f"{frames}-frame {config.model.kind} model")
@@ -125,7 +131,7 @@ def load_sampler(args, steps):
         name=args.tsr_model or (None if args.tsr_checkpoint else
                                 applications.DEFAULT_CONDITIONAL_MODEL))
     keyframes.check_models(config, tsr_config)
-    check_model(tsr_config)
+    check_clips(tsr_config)
     tsr_settings = diffusion_config.sampler_settings(tsr_config.diffusion, steps=steps)
     model = keyframes.KeyframesTSR(model, applications.ConditionalGenerator(
         tsr_config, tsr_params, tsr_settings))
