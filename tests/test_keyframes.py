@@ -150,3 +150,45 @@ def test_eval_shapes_compares_the_cascade_on_the_same_prompts(tmp_path, capsys,
   segments = report["ground_truth"]["segments"]
   assert segments["across"] > 0 and segments["inside"] > 0
   assert "frame step across" in capsys.readouterr().out
+
+
+def _report(path, pipeline, motion, seed=0, fvd=None):
+  """A minimal eval shapes report of 8 ground-truth prompts, judged by the real scorer."""
+  items = shapes_eval.held_out_items(8, seed=seed, resolution=32, num_frames=16)
+  captions = [item.caption for item in items]
+  truth = shapes_eval.score([item.ground_truth for item in items], captions)
+  model = json.loads(json.dumps(truth))
+  model["accuracy"]["motion"] = motion
+  report = {"model": model, "ground_truth": truth, "ratio": {}, "captions": captions}
+  if fvd is not None:
+    report["fvd"] = fvd
+  settings = {"num": 8, "seed": seed, "resolution": 32, "frames": 16, "pipeline": pipeline,
+              "model": "m", "held_out": [" ".join(t) for t in shapes_eval.HELD_OUT]}
+  shapes_eval.write_json(path, report, settings)
+  return str(path)
+
+
+def _fvd(value, frames=16):
+  return {"value": value, "extractor": "shapes", "weights": "abc", "preprocess": "p",
+          "feature_dim": 64, "frames": frames, "resolution": [32, 32], "num_real": 96,
+          "num_fake": 96, "reference": "r", "label": "x"}
+
+
+def test_compare_puts_reports_side_by_side_and_refuses_different_prompts(tmp_path, capsys):
+  a = _report(tmp_path / "a.json", "stunet", 0.75, fvd=_fvd(10.0))
+  b = _report(tmp_path / "b.json", "keyframes-tsr", 0.5, fvd=_fvd(20.0))
+  md = tmp_path / "table.md"
+  assert cli.main(["eval", "compare", a, b, "--markdown", str(md)]) == 0
+  table = md.read_text()
+  assert "| stunet (m) | keyframes-tsr (m + None) | ground truth |" in table
+  assert "| motion accuracy | 0.75 | 0.5 | 1 |" in table
+  assert "| FVD (shapes features) | 10 | 20 | 0 |" in table
+  capsys.readouterr()
+  for other, match in (
+      (_report(tmp_path / "c.json", "stunet", 0.5, seed=1), "seed is 0 vs 1"),
+      (_report(tmp_path / "d.json", "stunet", 0.5, fvd=_fvd(5.0, frames=8)),
+       "frames differs (16 vs 8)"),
+      (_report(tmp_path / "e.json", "stunet", 0.5), "has no Fréchet distance")):
+    assert cli.main(["eval", "compare", a, other]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and match in err, err

@@ -4,11 +4,13 @@
           temporal consistency against ground truth rendered for the same prompts
   probe   does a t2v checkpoint read the motion word? (caption-swap loss gap,
           conditional means, text sensitivity; a minute instead of sampling)
+  compare shapes reports side by side (pipelines, checkpoints) on the same prompts
 """
 
 from lumiere_jax.evaluation import EVALUATORS
 
-HELP = "Evaluate a model: shapes (held-out prompts vs ground truth), probe (motion words)."
+HELP = ("Evaluate a model: shapes (held-out prompts vs ground truth), probe (motion "
+        "words), compare (shapes reports side by side).")
 
 
 def add_arguments(parser):

@@ -1,6 +1,6 @@
 """Evaluators, looked up by name behind `lumiere eval` (each module has HELP,
 add_arguments(parser) and run(args))."""
 
-from lumiere_jax.evaluation import probe, shapes_cli
+from lumiere_jax.evaluation import compare, probe, shapes_cli
 
-EVALUATORS = {"shapes": shapes_cli, "probe": probe}
+EVALUATORS = {"shapes": shapes_cli, "probe": probe, "compare": compare}
