@@ -5,6 +5,7 @@
   probe   does a t2v checkpoint read the motion word? (caption-swap loss gap,
           conditional means, text sensitivity; a minute instead of sampling)
   compare shapes reports side by side (pipelines, checkpoints) on the same prompts
+  apps    the conditional model's animate, inpaint and cinemagraph on held-out prompts
 """
 
 from lumiere_jax.evaluation import EVALUATORS

@@ -144,15 +144,17 @@ def check_alpha(alpha: float) -> None:
 
 
 def check_condition(config, condition: Condition, count: int = 1) -> None:
-  """A clip [T, H, W, 3] for every prompt, or [count, T, H, W, 3] (one per prompt)."""
-  clip = condition.clip
-  if clip.ndim == 5:
-    if len(clip) != count:
-      raise UserError(f"{len(clip)} conditioning clips for {count} prompts")
-    clip = clip[0]
+  """A clip [T, H, W, 3] and known pixels [T, H, W, 1] for every prompt, or either one
+  per prompt ([count, T, H, W, ...])."""
+  for name, array in (("conditioning clips", condition.clip),
+                      ("known-pixel masks", condition.known)):
+    if array.ndim == 5 and len(array) != count:
+      raise UserError(f"{len(array)} {name} for {count} prompts")
+  clip = condition.clip[0] if condition.clip.ndim == 5 else condition.clip
+  known = condition.known[0] if condition.known.ndim == 5 else condition.known
   check_clip(config, clip, "the conditioning clip")
-  if condition.known.shape != clip.shape[:3] + (1,):
-    raise UserError(f"the known-pixel mask is {list(condition.known.shape)}, the clip "
+  if known.shape != clip.shape[:3] + (1,):
+    raise UserError(f"the known-pixel mask is {list(known.shape)}, the clip "
                     f"{list(clip.shape)}; expected [T, H, W, 1]")
 
 
@@ -239,20 +241,20 @@ def keyframes_condition(video: np.ndarray, every: int) -> Condition:
 
 
 def grow(fill: np.ndarray, pixels: int) -> np.ndarray:
-  """bool [T, H, W] grown by `pixels` in every direction within each frame (a square
+  """bool [..., H, W] grown by `pixels` in every direction within each frame (a square
   structuring element: a pixel joins when one within `pixels` rows and columns is in)."""
   grown = np.asarray(fill, bool)
+  h, w = grown.shape[-2:]
   for _ in range(pixels):
-    padded = np.pad(grown, ((0, 0), (1, 1), (1, 1)))
-    h, w = grown.shape[1:]
-    grown = np.logical_or.reduce([padded[:, dy:dy + h, dx:dx + w]
+    padded = np.pad(grown, ((0, 0),) * (grown.ndim - 2) + ((1, 1), (1, 1)))
+    grown = np.logical_or.reduce([padded[..., dy:dy + h, dx:dx + w]
                                   for dy in range(3) for dx in range(3)])
   return grown
 
 
 def replaced_pixels(condition: Condition, dilation: int) -> np.ndarray:
-  """uint8 [T, H, W, 1]: the known pixels that `replace` puts back (the known region
-  less a band of `dilation` pixels around the region to fill)."""
+  """uint8 [..., T, H, W, 1]: the known pixels that `replace` puts back (the known
+  region less a band of `dilation` pixels around the region to fill)."""
   return _known(grow(condition.fill, dilation))
 
 
@@ -277,8 +279,8 @@ def keep_known(denoiser, schedule, prediction: str, clip, replace):
 
 class ConditionalGenerator:
   """The conditional model with fixed sampler settings and known-pixel handling; call
-  it with prompts and a Condition (one clip for all prompts, or one per prompt; the
-  known pixels are the same for all) to get clips. One compiled program per batch size."""
+  it with prompts and a Condition (one for all prompts, or its clip and known pixels
+  one per prompt) to get clips. One compiled program per batch size."""
 
   def __init__(self, config, params: dict, settings: SamplerSettings,
                known_pixels: Optional[str] = None, dilation: Optional[int] = None,
@@ -305,7 +307,7 @@ class ConditionalGenerator:
     diffusion_config.check_guidance(guidance_scale)
     check_condition(self.config, condition, len(prompts))
     generate_pipeline.warn_unknown_words(self.model.tokenizer, [*prompts, negative_prompt])
-    batch = lambda a: np.broadcast_to(a, (len(prompts),) + a.shape[-4:])
+    batch = lambda a: np.broadcast_to(a, (len(prompts),) + a.shape[-4:])  # one per prompt
     clip = batch(video_io.from_uint8(condition.clip))
     known = batch(condition.known.astype(np.float32))
     replace = batch(replaced_pixels(condition, self.dilation).astype(np.float32))
