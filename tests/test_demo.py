@@ -4,13 +4,15 @@ contact sheet; a bad --out is one line, exit 2, before any work."""
 import numpy as np
 import pytest
 
+import test_train_support as support
 from lumiere_jax import cli, weights
-from lumiere_jax.pipelines import demo, generate
+from lumiere_jax.pipelines import applications, demo, generate
 
 
 @pytest.fixture()
 def demo_model(fresh_model, monkeypatch):
   monkeypatch.setattr(demo, "DEMO_PROMPTS", demo.DEMO_PROMPTS[:2])
+  monkeypatch.setattr(weights, "manifest", lambda: {weights.DEFAULT_MODEL: {}})
   return fresh_model
 
 
@@ -23,6 +25,34 @@ def test_demo_writes_every_file(tmp_path, capsys, demo_model):
   assert names == sorted([f"{s}{x}" for s in stems for x in (".gif", ".mp4", ".xt.png")]
                          + ["sheet.png"])
   assert str(out.resolve()) in capsys.readouterr().out
+
+
+def test_demo_adds_the_applications_when_the_conditional_model_ships(tmp_path, capsys,
+                                                                     demo_model,
+                                                                     monkeypatch):
+  cond = support.micro_config("cond", "diffusion.steps=2")
+  cond_params = generate.fresh_params(cond)
+  t2v_load = weights.load_model
+  monkeypatch.setattr(weights, "manifest", lambda: {
+      weights.DEFAULT_MODEL: {}, applications.DEFAULT_CONDITIONAL_MODEL: {}})
+  monkeypatch.setattr(weights, "load_model", lambda **kw: (
+      (cond, cond_params) if kw.get("name") == applications.DEFAULT_CONDITIONAL_MODEL
+      else t2v_load(**kw)))
+  out = tmp_path / "demo"
+  assert cli.main(["demo", "--out", str(out), "--quiet"]) == 0
+  apps = sorted(p.name for p in (out / "apps").iterdir())
+  stems = [generate.output_name(i, f"{a}: {p}")
+           for i, (a, p, _) in enumerate(demo.APP_EXAMPLES)]
+  assert apps == sorted(f"{s}{x}" for s in stems for x in (".gif", ".mp4", ".xt.png"))
+  assert (out / "apps_sheet.png").is_file() and (out / "sheet.png").is_file()
+  printed = capsys.readouterr().out
+  assert f"wrote {len(demo.DEMO_PROMPTS) + len(demo.APP_EXAMPLES)} videos" in printed
+  # The requests: animate and cinemagraph know all of frame 0, inpaint a frame with a
+  # hole where the white square went, the cinemagraph less after frame 0.
+  _, condition = demo.app_requests(32, support.DATA_FRAMES)
+  known = condition.known[..., 0].astype(bool)
+  assert known[0, 0].all() and not known[0, 1:].any()
+  assert 0 < known[1].mean() < 1 and known[2, 0].all() and not known[2, 1].all()
 
 
 def test_the_xt_slice_goes_through_the_object():

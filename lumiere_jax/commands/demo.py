@@ -38,8 +38,10 @@ def run(args) -> int:
   written = demo.run_demo(args.out, args.model, progress=not args.quiet)
   runtime.check_interrupt(f"interrupted; the demo files were complete and are written "
                           f"to {args.out}")
-  sheet = next(p for p in written if p.name == "sheet.png")
-  print(f"wrote {len(written) // 3} videos (mp4, gif, X-T slice) and a contact "
-        f"sheet to {pathlib.Path(args.out).resolve()}/ in {time.perf_counter() - start:.0f} s")
-  print(f"start with {sheet}")
+  videos = sum(p.suffix == ".mp4" for p in written)
+  sheets = [p for p in written if p.name.endswith("sheet.png")]
+  print(f"wrote {videos} videos (mp4, gif, X-T slice) and {len(sheets)} contact "
+        f"sheet{'s' * (len(sheets) > 1)} to {pathlib.Path(args.out).resolve()}/ in "
+        f"{time.perf_counter() - start:.0f} s")
+  print(f"start with {' and '.join(map(str, sheets))}")
   return 0

@@ -3,6 +3,12 @@ and an X-T slice each, plus one contact sheet: what the project does, in about a
 
 The videos are sampled with the model's own defaults (steps, guidance, negative prompt:
 its config's `diffusion` section, the settings its evaluation used), as one batch.
+
+Where the install ships the conditional model (applications.DEFAULT_CONDITIONAL_MODEL),
+the demo adds one example of each of its applications (APP_EXAMPLES: animate, inpaint,
+cinemagraph; their inputs are rendered shapes clips, built as `lumiere eval apps`
+builds them), sampled as one batch, into apps/ with apps_sheet.png (each clip above its
+known pixels).
 """
 
 import os
@@ -12,12 +18,14 @@ from typing import Optional, Sequence
 import numpy as np
 
 from lumiere_jax import runtime
+from lumiere_jax.data import shapes
 from lumiere_jax import weights
 from lumiere_jax.diffusion import config as diffusion_config
 from lumiere_jax.errors import UserError
+from lumiere_jax.evaluation import apps_eval
 from lumiere_jax.io import sheet as sheet_io
 from lumiere_jax.io import video as video_io
-from lumiere_jax.pipelines import generate
+from lumiere_jax.pipelines import applications, generate
 
 # Several motions, single and two objects; the seed of each is DEMO_SEED + its index.
 DEMO_PROMPTS = (
@@ -31,6 +39,12 @@ DEMO_PROMPTS = (
 DEMO_SEED = 0
 XT_SCALE = 8  # 16 frames x 32 pixels -> a visible 128 x 256 picture
 SHEET_FRAMES = 8
+# (application, prompt, the rendered clip its input comes from: colour, shape, motion)
+APP_EXAMPLES = (
+    ("animate", "a green square moving right", ("green", "square", "moving right")),
+    ("inpaint", "a cyan circle moving left", ("white", "square", "moving left")),
+    ("cinemagraph", "a yellow circle growing", ("yellow", "circle", "growing")),
+)
 
 
 def check_out_dir(out_dir) -> pathlib.Path:
@@ -55,8 +69,9 @@ def object_row(video: np.ndarray) -> int:
   return int(np.argmax(bright.sum(axis=(0, 2))))
 
 
-def write_demo(videos: np.ndarray, prompts: Sequence[str], out_dir) -> list:
-  """Per video: NNN_<prompt>.mp4, .gif and .xt.png; then sheet.png. Returns the paths."""
+def write_demo(videos: np.ndarray, prompts: Sequence[str], out_dir,
+               sheet: Optional[str] = "sheet.png") -> list:
+  """Per video: NNN_<prompt>.mp4, .gif and .xt.png; then `sheet`. Returns the paths."""
   out_dir = pathlib.Path(out_dir)
   written = []
   for i, (prompt, video) in enumerate(zip(prompts, videos)):
@@ -65,8 +80,40 @@ def write_demo(videos: np.ndarray, prompts: Sequence[str], out_dir) -> list:
       written.append(video_io.write_video(out_dir / f"{name}{suffix}", video))
     xt = video_io.xt_slice(video, object_row(video))
     written.append(video_io.write_png(out_dir / f"{name}.xt.png", xt, scale=XT_SCALE))
-  written.append(sheet_io.write_sheet(list(zip(prompts, videos)), out_dir / "sheet.png",
-                                      SHEET_FRAMES))
+  if sheet is not None:
+    written.append(sheet_io.write_sheet(list(zip(prompts, videos)), out_dir / sheet,
+                                        SHEET_FRAMES))
+  return written
+
+
+def app_requests(resolution: int, num_frames: int) -> tuple:
+  """(prompts, Condition with one clip and known mask per example) of APP_EXAMPLES."""
+  conditions = [apps_eval.request(app, shapes.render_clip(
+      (DEMO_SEED, i), resolution, num_frames, two_object_fraction=0.0,
+      required=triple).video) for i, (app, _, triple) in enumerate(APP_EXAMPLES)]
+  return [p for _, p, _ in APP_EXAMPLES], applications.Condition(
+      np.stack([c.clip for c in conditions]), np.stack([c.known for c in conditions]))
+
+
+def run_apps(out_dir: pathlib.Path, progress: bool) -> list:
+  """The conditional model's examples (module docstring); [] when it is not shipped."""
+  name = applications.DEFAULT_CONDITIONAL_MODEL
+  if name not in weights.manifest():
+    return []
+  config, params = weights.load_model(name=name)
+  section = config.diffusion
+  model = applications.ConditionalGenerator(
+      config, params, diffusion_config.sampler_settings(section), progress=progress)
+  frames, resolution = applications.clip_shape(config)[:2]
+  prompts, condition = app_requests(resolution, frames)
+  videos = model(prompts, condition, DEMO_SEED, section.guidance)
+  labels = [f"{app}: {prompt}" for app, prompt, _ in APP_EXAMPLES]
+  with runtime.shielded():
+    written = write_demo(videos, labels, out_dir / "apps", sheet=None)
+    rows = [row for label, video, clip, known in zip(labels, videos, condition.clip,
+                                                     condition.known)
+            for row in ((label, video), ("input (known pixels)", clip * known))]
+    written.append(sheet_io.write_sheet(rows, out_dir / "apps_sheet.png", SHEET_FRAMES))
   return written
 
 
@@ -81,4 +128,7 @@ def run_demo(out_dir, model_name: str = weights.DEFAULT_MODEL,
   videos = model(list(prompts), DEMO_SEED, section.guidance,
                  negative_prompt=section.negative_prompt)
   with runtime.shielded():  # once writing starts, Ctrl-C lets it finish
-    return write_demo(videos, prompts, out_dir)
+    written = write_demo(videos, prompts, out_dir)
+  runtime.check_interrupt(f"interrupted; the text-to-video demo files were complete and "
+                          f"are written to {out_dir}")
+  return written + run_apps(out_dir, progress)
