@@ -401,7 +401,8 @@ def _write_inputs(root: pathlib.Path) -> None:
   (root / "binary.txt").write_bytes(bytes(range(128, 256)) * 4)
   (root / "nul.txt").write_text("a red\0circle\n")
   (root / "text.npy").write_text("not an array\n")
-  (root / "garbage.npz").write_bytes(np.random.default_rng(0).bytes(300))
+  # A zip header then garbage: what made the old code raise BadZipFile (finding 8).
+  (root / "garbage.npz").write_bytes(b"PK\x03\x04" + np.random.default_rng(0).bytes(300))
   with zipfile.ZipFile(root / "keys.npz", "w") as archive:
     archive.writestr("captions.npy", b"junk")
   configs = {
