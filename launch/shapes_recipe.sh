@@ -3,10 +3,10 @@
 #
 #   bash launch/shapes_recipe.sh RUNS_DIR [STAGE...]
 #
-# Stages (default: all, in order): data t2i t2v t2v_full t2v_more export eval. The applications'
+# Stages (default: all, in order): data t2i t2v t2v_full t2v_more t2v_last export eval. The applications'
 # models are stages of their own, run after those (not by default): cond (the
-# conditional <J, C, M> model, from t2v_more), style (a backbone fine-tuned on outlined
-# shapes, from t2v_more; it builds its dataset first), keyframes (the keyframe model of
+# conditional <J, C, M> model, from t2v_last), style (a backbone fine-tuned on outlined
+# shapes, from t2v_last; it builds its dataset first), keyframes (the keyframe model of
 # the keyframes + TSR baseline, whose TSR model is cond's) and export_apps (cond and
 # style as named models), e.g. `bash launch/shapes_recipe.sh RUNS cond style export_apps`.
 # Every training stage runs at
@@ -21,7 +21,7 @@
 set -euo pipefail
 RUNS=${1:?usage: shapes_recipe.sh RUNS_DIR [STAGE...]}
 shift
-STAGES=${*:-data t2i t2v t2v_full t2v_more export eval}
+STAGES=${*:-data t2i t2v t2v_full t2v_more t2v_last export eval}
 MINUTES=${STAGE_MINUTES:-90}
 DATA=$RUNS/data/shapes16
 STYLE_DATA=$RUNS/data/shapes16_outlined
@@ -80,17 +80,21 @@ for stage in $STAGES; do
       fine_tune t2v_full t2v 3200 5e-4
       ;;
     t2v_more)
-      # Stage 3 (what ships): stage 2 again from its EMA at a lower rate.
+      # Stage 3: stage 2 again from its EMA at a lower rate.
       fine_tune t2v_more t2v_full 3200 3e-4
       ;;
+    t2v_last)
+      # Stage 4 (what ships): stage 3 again, shorter, at a lower rate.
+      fine_tune t2v_last t2v_more 2400 2e-4
+      ;;
     cond)
-      # t2v_more's weights with the first convolution widened from 3 to 7 input channels
+      # t2v_last's weights with the first convolution widened from 3 to 7 input channels
       # (the new weights zero, so it starts as the base model), fine-tuned whole but for
       # the text encoder on shapes_tiny:cond's mask mixture (first frame, first and last,
-      # keyframes, boxes, borders, cinemagraph regions, 10% none). Same layout flags as
-      # t2v_more: the checkpoint must fit.
+      # keyframes, quarter-rate keyframes, boxes, borders, cinemagraph regions, 10% none).
+      # Same layout flags as t2v_last: the checkpoint must fit.
       staged lumiere train --config shapes_tiny:cond --workdir "$RUNS/cond" \
-          --config.train.data_dir="$DATA" --config.train.init_checkpoint="$RUNS/t2v_more" \
+          --config.train.data_dir="$DATA" --config.train.init_checkpoint="$RUNS/t2v_last" \
           --config.train.num_steps=3000 --config.data.batch_size=4 \
           --config.train.learning_rate=5e-4 --config.train.warmup_steps=50 \
           --config.train.ema_decay=0.998 --config.train.checkpoint_every=100 \
@@ -104,13 +108,13 @@ for stage in $STAGES; do
       fine_tune keyframes_full keyframes 3200 5e-4 keyframes
       ;;
     style)
-      # The backbone of t2v_more (the shipped model's, which `lumiere stylize`
+      # The backbone of t2v_last (the shipped model's, which `lumiere stylize`
       # interpolates with) fine-tuned on frames of outlined shapes; text encoder frozen.
       [ -d "$STYLE_DATA" ] || lumiere data build shapes --out "$STYLE_DATA" \
           --num-videos 4096 --resolution 32 --frames 16 --two-object-fraction 0.3 \
           --style outlined
       staged lumiere train --config shapes_tiny:style --workdir "$RUNS/style" \
-          --config.train.data_dir="$STYLE_DATA" --config.train.init_checkpoint="$RUNS/t2v_more" \
+          --config.train.data_dir="$STYLE_DATA" --config.train.init_checkpoint="$RUNS/t2v_last" \
           --config.train.num_steps=800 --config.data.batch_size=16 \
           --config.train.learning_rate=5e-4 --config.train.warmup_steps=50 \
           --config.train.checkpoint_every=200 --config.train.log_every=20
@@ -124,15 +128,15 @@ for stage in $STAGES; do
     export)
       lumiere export --checkpoint "$RUNS/t2i" --name shapes_t2i --out "$RUNS/models" \
           --description "shapes text-to-image backbone (t2i stage)"
-      lumiere export --checkpoint "$RUNS/t2v_more" --name shapes_t2v --out "$RUNS/models" \
+      lumiere export --checkpoint "$RUNS/t2v_last" --name shapes_t2v --out "$RUNS/models" \
           --steps 32 --guidance 3 --threshold static \
-          --description "shapes text-to-video STUNet (t2v, t2v_full, t2v_more stages)"
+          --description "shapes text-to-video STUNet (t2v, t2v_full, t2v_more, t2v_last stages)"
       ;;
     eval)
-      lumiere eval shapes --checkpoint "$RUNS/t2v_more" --num 64 --steps 32 --guidance 3 --json "$RUNS/eval_t2v.json" \
-          --sheet "$RUNS/eval_t2v.png"
+      lumiere eval shapes --checkpoint "$RUNS/t2v_last" --num 96 --steps 32 --guidance 3 \
+          --fvd --json "$RUNS/eval_t2v.json" --sheet "$RUNS/eval_t2v.png"
       ;;
-    *) echo "unknown stage $stage (data t2i t2v t2v_full t2v_more export eval cond style keyframes export_apps)" >&2
+    *) echo "unknown stage $stage (data t2i t2v t2v_full t2v_more t2v_last export eval cond style keyframes export_apps)" >&2
        exit 2 ;;
   esac
 done
