@@ -283,6 +283,9 @@ CASES = [
          "--tsr-checkpoint and --tsr-model apply to --pipeline keyframes-tsr"),
     case("eval/fvd-with-too-few-clips", ("eval", "shapes", "--fvd", "--num", "64"),
          "--fvd needs --num above 64"),
+    case("eval/contrast-with-the-cascade", ("eval", "shapes", "--pipeline", "keyframes-tsr",
+                                            "--contrast"),
+         "--contrast applies to --pipeline stunet"),
     case("eval/pipeline-unknown", ("eval", "shapes", "--pipeline", "tsr"),
          "invalid choice: 'tsr'"),
     # demo, bench, export

@@ -13,8 +13,8 @@ from lumiere_jax.diffusion import config as diffusion_config
 from lumiere_jax.errors import UserError
 from lumiere_jax.evaluation import frechet, shapes_eval, shapes_features, tracker
 from lumiere_jax.io import sheet as sheet_io
-from lumiere_jax.models import build
 from lumiere_jax.io import video as video_io
+from lumiere_jax.models import build
 from lumiere_jax.pipelines import applications, generate, keyframes
 
 HELP = "Held-out shapes prompts: colour, shape, motion and consistency vs ground truth."
@@ -71,6 +71,8 @@ def check_args(args) -> None:
     raise UserError("--step selects a step of --checkpoint")
   if args.pipeline != keyframes.NAME and (args.tsr_checkpoint or args.tsr_model):
     raise UserError(f"--tsr-checkpoint and --tsr-model apply to --pipeline {keyframes.NAME}")
+  if args.pipeline == keyframes.NAME and args.contrast:
+    raise UserError("--contrast applies to --pipeline stunet")
   if args.fvd and args.num <= shapes_features.FEATURE_DIM:
     raise UserError(f"--fvd needs --num above {shapes_features.FEATURE_DIM} (the shapes "
                     f"features' dimension: fewer clips give a singular covariance), got "
