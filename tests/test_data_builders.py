@@ -136,6 +136,25 @@ def test_an_existing_dataset_is_never_overwritten(shapes_dir):
   assert _files(shapes_dir) == before
 
 
+def test_a_split_past_tfds_memory_buffer_builds_without_tensorflow(tmp_path, monkeypatch):
+  # TFDS spills a split larger than its buffer (1 GB; a 128x128 build of 2048 clips is
+  # 1.6 GB) through TensorFlow, which is not installed: a 1 kB buffer stands in for it.
+  from tensorflow_datasets.core import shuffle as tfds_shuffle
+  monkeypatch.setattr(tfds_shuffle, "MAX_MEM_BUFFER_SIZE", 1024)
+  path = builders.build_shapes(tmp_path / "out", 4, 32, 4)
+  assert len(tfds.builder_from_directory(str(path)).as_data_source(split="train")) == 4
+  assert tfds_shuffle.MAX_MEM_BUFFER_SIZE == 1024  # restored after the build
+
+
+def test_a_split_larger_than_the_writer_may_hold_is_refused_before_any_work(tmp_path,
+                                                                           monkeypatch):
+  monkeypatch.setattr(builders, "writer_memory_limit", lambda: 10 * 32 * 32 * 3 * 4)
+  builders.build_shapes(tmp_path / "fits", 10, 32, 4)
+  with pytest.raises(UserError, match="half this machine's memory"):
+    builders.build_shapes(tmp_path / "big", 11, 32, 4)
+  assert not (tmp_path / "big").exists()
+
+
 def test_an_exception_during_the_build_leaves_nothing_that_looks_complete(tmp_path,
                                                                           monkeypatch):
   real = shapes.render_clip

@@ -13,6 +13,11 @@ overwritten.
 
 Records keep generation order (no TFDS shuffling): record i of a split is the example with
 `id` i, and the same options give byte-identical array_record files.
+
+TFDS's writer holds a split in memory before writing it and past 1 GB spills to
+TensorFlow files, which needs TensorFlow (not a dependency). `_build` lets it hold up to
+`writer_memory_limit()` (half the machine's memory) instead, and `build_shapes` refuses,
+before any work, a build whose largest split would not fit.
 """
 
 import contextlib
@@ -26,6 +31,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import shuffle as tfds_shuffle
 import tqdm
 
 from lumiere_jax import runtime
@@ -214,10 +220,26 @@ def build_shapes(out_dir: str | pathlib.Path, num_videos: int, resolution: int =
   options = ShapesOptions(num_videos, resolution, num_frames, seed, two_object_fraction,
                           combinations, num_held_out_videos, style)
   _check_shapes_options(options)
+  _check_split_memory(options)
   table = TextEmbeddingTable(text_embeddings) if text_embeddings else None
   path, _ = _build(out_dir, "shapes", lambda data_dir: Shapes(options, table, data_dir=data_dir),
                    on_start)
   return path
+
+
+def writer_memory_limit() -> int:
+  """Bytes TFDS's writer may hold for one split: half of the machine's memory."""
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+def _check_split_memory(o: ShapesOptions) -> None:
+  clip_bytes = o.num_frames * o.resolution ** 2 * 3
+  largest = max(o.num_videos, o.num_held_out_videos if o.held_out else 0) * clip_bytes
+  if largest > writer_memory_limit():
+    raise UserError(
+        f"{o.num_videos} videos of {o.num_frames} frames at {o.resolution}x{o.resolution} "
+        f"are {largest / 2**30:.1f} GiB, more than the {writer_memory_limit() / 2**30:.1f} "
+        f"GiB (half this machine's memory) the writer may hold; build fewer videos")
 
 
 def _check_shapes_options(o: ShapesOptions) -> None:
@@ -365,8 +387,9 @@ def _build(out_dir, name: str, make_builder: Callable, on_start: Callable | None
       staging = pathlib.Path(tempfile.mkdtemp(prefix=".incomplete-", dir=out_dir))
       builder = make_builder(staging)
       tfds.disable_progress_bar()  # its bars name the staging folder; _progress is ours
-      builder.download_and_prepare(download_dir=staging / "downloads",
-                                   file_format=FILE_FORMAT)
+      with _writer_memory(writer_memory_limit()):
+        builder.download_and_prepare(download_dir=staging / "downloads",
+                                     file_format=FILE_FORMAT)
       with runtime.shielded():  # the rename is the last step: let it happen
         final.parent.mkdir(exist_ok=True)
         os.rename(builder.data_dir, final)
@@ -375,6 +398,17 @@ def _build(out_dir, name: str, make_builder: Callable, on_start: Callable | None
       raise
     shutil.rmtree(staging, ignore_errors=True)
   return final, builder
+
+
+@contextlib.contextmanager
+def _writer_memory(limit: int):
+  """TFDS's in-memory writer buffer raised to `limit` bytes (module docstring)."""
+  saved = tfds_shuffle.MAX_MEM_BUFFER_SIZE
+  tfds_shuffle.MAX_MEM_BUFFER_SIZE = max(saved, limit)
+  try:
+    yield
+  finally:
+    tfds_shuffle.MAX_MEM_BUFFER_SIZE = saved
 
 
 def find_dataset(path: str | pathlib.Path) -> pathlib.Path:
