@@ -12,8 +12,11 @@ Base model (default: the shipped shapes_t2v, or --checkpoint / --config): one cl
 resolution, then upsampled in windows. For each setting it prints the mean absolute
 frame difference (uint8 units, RGB) over the transitions that cross a window edge
 (diffusion/windows.py:seam_transitions) and over the others, and their ratio (seams /
-inside: about 1 without a seam, above 1 with a jump). --out writes the X-T slices (the
-middle row over time), overlap 2 above overlap 0, one column per clip.
+inside: about 1 without a seam, above 1 with a jump). For the base model it also tracks
+each prompt's object as `lumiere eval shapes` does (evaluation/tracker.py) and prints its
+centroid step (px) and relative area change at window edges and inside, and the eval's
+motion accuracy over the long clips. --out writes the X-T slices (the middle row over
+time), overlap 2 above overlap 0, one column per clip.
 """
 
 import argparse
@@ -22,8 +25,10 @@ import numpy as np
 
 from lumiere_jax import weights
 from lumiere_jax.config import load_config
+from lumiere_jax.data import shapes
 from lumiere_jax.diffusion import config as diffusion_config
 from lumiere_jax.diffusion import windows as windows_lib
+from lumiere_jax.evaluation import tracker
 from lumiere_jax.io import video as video_io
 from lumiere_jax.pipelines import generate, upsample, windowed
 
@@ -56,6 +61,26 @@ def seam_ratio(videos, plan) -> tuple:
   return float(at), float(inside), float(at / inside)
 
 
+def tracked_seams(videos, prompts, plan) -> dict:
+  """The prompted objects' centroid step (px) and |area change| / area per frame step,
+  at window edges and inside windows (means over clips and objects), and the tracker's
+  motion accuracy over the whole clips."""
+  seams = windows_lib.seam_transitions(plan)
+  names = list(shapes.COLOURS)
+  steps, changes, correct = [], [], []
+  for video, prompt in zip(videos, prompts):
+    correct += [r["motion"] for r in tracker.judge_video(video, prompt)]
+    coverage = tracker.colour_coverage(video)
+    for colour, _, _ in filter(None, tracker.parse_caption(prompt)):
+      obj = tracker.track(coverage[names.index(colour)])
+      steps.append(np.linalg.norm(np.diff(obj.centroids, axis=0), axis=-1))  # NaN: absent
+      changes.append(np.abs(np.diff(obj.areas)) / np.maximum(obj.areas[:-1], tracker.MIN_AREA))
+  steps, changes = np.stack(steps), np.stack(changes)
+  return {"centroid_step": (np.nanmean(steps[:, seams]), np.nanmean(steps[:, ~seams])),
+          "area_change": (changes[:, seams].mean(), changes[:, ~seams].mean()),
+          "motion_accuracy": float(np.mean(correct))}
+
+
 def base_clips(args, overlap):
   if args.config:
     config = load_config(args.config)
@@ -67,8 +92,9 @@ def base_clips(args, overlap):
   model = generate.TextToVideo(config, params, settings, num_frames=args.frames,
                                windows=windows)
   prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.clips)]
-  videos = model(prompts, args.seed, config.diffusion.guidance)
-  return videos, model.plan
+  videos = model(prompts, args.seed, config.diffusion.guidance,
+                 negative_prompt=config.diffusion.negative_prompt)
+  return videos, model.plan, prompts
 
 
 def ssr_clips(args, overlap):
@@ -80,7 +106,7 @@ def ssr_clips(args, overlap):
   settings = diffusion_config.sampler_settings(config.diffusion, steps=args.steps)
   windows = windowed.window_settings(config, overlap=overlap)
   upsampler = upsample.Upsampler(config, params, settings, windows)
-  return upsampler(low, seed=args.seed), upsampler.sampling.plan(low.shape[1])
+  return upsampler(low, seed=args.seed), upsampler.sampling.plan(low.shape[1]), None
 
 
 def main():
@@ -88,11 +114,19 @@ def main():
   make = ssr_clips if args.ssr_checkpoint else base_clips
   rows = []
   for overlap in OVERLAPS:
-    videos, plan = make(args, overlap)
+    videos, plan, prompts = make(args, overlap)
     at, inside, ratio = seam_ratio(videos, plan)
     print(f"overlap {overlap}: windows at {plan.starts} (W={plan.window}, T="
           f"{plan.num_frames}), |frame difference| at window edges {at:.2f}, inside "
           f"{inside:.2f}, ratio {ratio:.3f}")
+    if prompts is not None:
+      tracked = tracked_seams(videos, prompts, plan)
+      for key in ("centroid_step", "area_change"):
+        edge, within = tracked[key]
+        print(f"  {key}: at window edges {edge:.3f}, inside {within:.3f}, ratio "
+              f"{edge / within:.3f}")
+      print(f"  motion accuracy over the {plan.num_frames}-frame clips: "
+            f"{tracked['motion_accuracy']:.2f}")
     rows.append(video_io.xt_slices(videos))
   if args.out:
     gap = np.full((2, rows[0].shape[1], 3), 128, np.uint8)

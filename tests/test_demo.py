@@ -23,7 +23,12 @@ def test_demo_writes_every_file(tmp_path, capsys, demo_model):
   names = sorted(p.name for p in out.iterdir())
   stems = [generate.output_name(i, p) for i, p in enumerate(demo.DEMO_PROMPTS)]
   assert names == sorted([f"{s}{x}" for s in stems for x in (".gif", ".mp4", ".xt.png")]
-                         + ["sheet.png"])
+                         + ["sheet.png", "apps", "apps_sheet.png"])
+  # Without the conditional and style models, the text-to-video model's application:
+  # the first video edited.
+  edit = generate.output_name(0, f"edit: {demo.EDIT_PROMPT}")
+  assert sorted(p.name for p in (out / "apps").iterdir()) == sorted(
+      f"{edit}{x}" for x in (".gif", ".mp4", ".xt.png"))
   assert str(out.resolve()) in capsys.readouterr().out
 
 
@@ -34,19 +39,21 @@ def test_demo_adds_the_applications_when_the_conditional_model_ships(tmp_path, c
   cond_params = generate.fresh_params(cond)
   t2v_load = weights.load_model
   monkeypatch.setattr(weights, "manifest", lambda: {
-      weights.DEFAULT_MODEL: {}, applications.DEFAULT_CONDITIONAL_MODEL: {}})
+      weights.DEFAULT_MODEL: {}, applications.DEFAULT_CONDITIONAL_MODEL: {},
+      applications.DEFAULT_STYLE_MODEL: {}})
   monkeypatch.setattr(weights, "load_model", lambda **kw: (
       (cond, cond_params) if kw.get("name") == applications.DEFAULT_CONDITIONAL_MODEL
       else t2v_load(**kw)))
   out = tmp_path / "demo"
   assert cli.main(["demo", "--out", str(out), "--quiet"]) == 0
   apps = sorted(p.name for p in (out / "apps").iterdir())
-  stems = [generate.output_name(i, f"{a}: {p}")
-           for i, (a, p, _) in enumerate(demo.APP_EXAMPLES)]
+  labels = [f"{a}: {p}" for a, p, _ in demo.APP_EXAMPLES] + [
+      f"edit: {demo.EDIT_PROMPT}", f"stylize: {demo.STYLE_PROMPT}"]
+  stems = [generate.output_name(i, label) for i, label in enumerate(labels)]
   assert apps == sorted(f"{s}{x}" for s in stems for x in (".gif", ".mp4", ".xt.png"))
   assert (out / "apps_sheet.png").is_file() and (out / "sheet.png").is_file()
   printed = capsys.readouterr().out
-  assert f"wrote {len(demo.DEMO_PROMPTS) + len(demo.APP_EXAMPLES)} videos" in printed
+  assert f"wrote {len(demo.DEMO_PROMPTS) + len(labels)} videos" in printed
   # The requests: animate and cinemagraph know all of frame 0, inpaint a frame with a
   # hole where the white square went, the cinemagraph less after frame 0.
   _, condition = demo.app_requests(32, support.DATA_FRAMES)

@@ -4,6 +4,7 @@ wrong, an empty video matches nothing, and `lumiere eval shapes` runs end to end
 import json
 import math
 
+import jax
 import numpy as np
 import pytest
 
@@ -187,6 +188,28 @@ def test_eval_shapes_end_to_end(tmp_path, capsys, fresh_model):
   assert "moving left" in capsys.readouterr().out
 
 
+def test_eval_shapes_stylized_at_alpha_0_is_plain_generation(tmp_path, capsys, monkeypatch):
+  from lumiere_jax.config import load_config
+  from lumiere_jax.pipelines import generate
+  config = load_config("shapes_tiny:t2v", ["data.num_frames=4", "diffusion.steps=2"])
+  params = generate.fresh_params(config)
+  style = jax.tree_util.tree_map(lambda w: w + 0.05, params)  # another backbone
+  monkeypatch.setattr(weights, "load_model", lambda name=None, **kwargs: (
+      (config, style) if name == "outlined" else (config, params)))
+
+  def evaluate(*style_args):
+    out = tmp_path / f"{len(list(tmp_path.iterdir()))}.json"
+    assert cli.main(["eval", "shapes", "--num", "2", "--steps", "2", "--json", str(out),
+                     "--quiet", *style_args]) == 0, capsys.readouterr().err
+    return json.loads(out.read_text())
+
+  plain, at_0, at_1 = (evaluate(), evaluate("--style", "outlined", "--alpha", "0"),
+                       evaluate("--style", "outlined", "--alpha", "1"))
+  assert at_0["settings"]["alpha"] == 0 and at_0["settings"]["style"] == "outlined"
+  assert at_0["model"] == plain["model"]
+  assert at_1["model"] != plain["model"]
+
+
 @pytest.mark.parametrize("argv,match", [
     (["--num", "0"], "--num must be >= 1"),
     (["--json", "{tmp}/missing/e.json"], "does not exist"),
@@ -197,6 +220,9 @@ def test_eval_shapes_end_to_end(tmp_path, capsys, fresh_model):
     (["--batch", "0"], "--batch must be >= 1"),
     (["--guidance", "-1"], "guidance scale must be >= 0"),
     (["--seed", str(2**31 - 2), "--num", "2"], "seed must be in"),
+    (["--alpha", "0.5"], "--alpha goes with --style"),
+    (["--style", "outlined"], "--alpha goes with --style"),
+    (["--style", "outlined", "--alpha", "1.5"], "alpha must be in [0, 1]"),
 ])
 def test_bad_input_is_one_line_exit_2_before_any_work(tmp_path, capsys, fresh_model, argv,
                                                       match):

@@ -36,6 +36,15 @@ def add_arguments(parser) -> None:
                    "workdir (a <J, C, M> model)")
   tsr.add_argument("--tsr-model", metavar="NAME", help="keyframes-tsr: a shipped TSR model "
                    f"(default: {applications.DEFAULT_CONDITIONAL_MODEL})")
+  style = parser.add_mutually_exclusive_group()
+  style.add_argument("--style", metavar="NAME", help="stylized generation (as `lumiere "
+                     "stylize`): the model's backbone interpolated towards this shipped "
+                     "style model's by --alpha")
+  style.add_argument("--style-checkpoint", metavar="DIR", help="the same with a style "
+                     "training workdir (EMA weights)")
+  parser.add_argument("--alpha", type=float, metavar="A",
+                      help="with --style/--style-checkpoint: how far towards the style, "
+                      "in [0, 1]")
   parser.add_argument("--fvd", action="store_true",
                       help="also the Fréchet video distance (shapes features) between the "
                       f"videos and the ground truth of the same prompts (--num > "
@@ -73,6 +82,13 @@ def check_args(args) -> None:
     raise UserError(f"--tsr-checkpoint and --tsr-model apply to --pipeline {keyframes.NAME}")
   if args.pipeline == keyframes.NAME and args.contrast:
     raise UserError("--contrast applies to --pipeline stunet")
+  styled = args.style is not None or args.style_checkpoint is not None
+  if styled != (args.alpha is not None):
+    raise UserError("--alpha goes with --style or --style-checkpoint, and they with it")
+  if styled:
+    applications.check_alpha(args.alpha)
+    if args.pipeline != "stunet":
+      raise UserError("--style applies to --pipeline stunet")
   if args.fvd and args.num <= shapes_features.FEATURE_DIM:
     raise UserError(f"--fvd needs --num above {shapes_features.FEATURE_DIM} (the shapes "
                     f"features' dimension: fewer clips give a singular covariance), got "
@@ -119,6 +135,11 @@ def load_sampler(args, steps):
   of the pipeline the arguments name, checked before anything is sampled."""
   config, params = weights.load_model(checkpoint=args.checkpoint, name=args.model,
                                       step=args.step)
+  if args.style is not None or args.style_checkpoint is not None:
+    style_config, style_params = weights.load_model(checkpoint=args.style_checkpoint,
+                                                    name=args.style)
+    applications.check_style_config(config, style_config)
+    params = applications.interpolate_backbone(params, style_params["backbone"], args.alpha)
   section = config.diffusion
   settings = diffusion_config.sampler_settings(section, steps=steps)
   guidance = section.guidance if args.guidance is None else args.guidance
@@ -126,7 +147,8 @@ def load_sampler(args, steps):
   model = generate.TextToVideo(config, params, settings)
   record = {"pipeline": args.pipeline, "sampler": settings.method, "steps": settings.steps,
             "guidance": guidance, "negative_prompt": negative, "contrast": args.contrast,
-            "threshold": settings.threshold}
+            "threshold": settings.threshold, "style": args.style,
+            "style_checkpoint": args.style_checkpoint, "alpha": args.alpha}
   if args.pipeline == keyframes.NAME:
     tsr_config, tsr_params = weights.load_model(
         checkpoint=args.tsr_checkpoint,

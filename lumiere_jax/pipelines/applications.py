@@ -46,6 +46,10 @@ from lumiere_jax.pipelines import generate as generate_pipeline
 from lumiere_jax.train import checkpoint as checkpoint_lib
 
 DEFAULT_CONDITIONAL_MODEL = "shapes_cond"
+DEFAULT_STYLE_MODEL = "shapes_style_outlined"
+# The alpha docs/applications.md documents (outlines show from about 0.6; 1 distorts the
+# shapes and their motion: the eval's figures there).
+DEFAULT_STYLE_ALPHA = 0.7
 EXTRA = "extra"  # the conditioning channels in the sampler's cond (guidance pairs them)
 # Config fields that must agree for a style model's backbone to replace the base's.
 BACKBONE_FIELDS = ("model.", "text.")

@@ -4,11 +4,13 @@ and an X-T slice each, plus one contact sheet: what the project does, in about a
 The videos are sampled with the model's own defaults (steps, guidance, negative prompt:
 its config's `diffusion` section, the settings its evaluation used), as one batch.
 
-Where the install ships the conditional model (applications.DEFAULT_CONDITIONAL_MODEL),
-the demo adds one example of each of its applications (APP_EXAMPLES: animate, inpaint,
-cinemagraph; their inputs are rendered shapes clips, built as `lumiere eval apps`
-builds them), sampled as one batch, into apps/ with apps_sheet.png (each clip above its
-known pixels).
+Then one example of each application into apps/, with apps_sheet.png (each clip above
+its input): where the install ships the conditional model
+(applications.DEFAULT_CONDITIONAL_MODEL), APP_EXAMPLES (animate, inpaint, cinemagraph;
+their inputs are rendered shapes clips, built as `lumiere eval apps` builds them),
+sampled as one batch; with the text-to-video model, an SDEdit of the first demo video to
+EDIT_PROMPT and, where the style model ships (applications.DEFAULT_STYLE_MODEL),
+STYLE_PROMPT stylized at applications.DEFAULT_STYLE_ALPHA.
 """
 
 import os
@@ -45,6 +47,9 @@ APP_EXAMPLES = (
     ("inpaint", "a cyan circle moving left", ("white", "square", "moving left")),
     ("cinemagraph", "a yellow circle growing", ("yellow", "circle", "growing")),
 )
+EDIT_PROMPT = "a blue circle moving right"  # the first demo video, recoloured
+EDIT_STRENGTH = 0.7
+STYLE_PROMPT = "a green square moving up"
 
 
 def check_out_dir(out_dir) -> pathlib.Path:
@@ -95,8 +100,9 @@ def app_requests(resolution: int, num_frames: int) -> tuple:
       np.stack([c.clip for c in conditions]), np.stack([c.known for c in conditions]))
 
 
-def run_apps(out_dir: pathlib.Path, progress: bool) -> list:
-  """The conditional model's examples (module docstring); [] when it is not shipped."""
+def conditional_examples(progress: bool) -> list:
+  """[(label, video, input)] of APP_EXAMPLES (input: the known pixels); [] when the
+  conditional model is not shipped."""
   name = applications.DEFAULT_CONDITIONAL_MODEL
   if name not in weights.manifest():
     return []
@@ -107,12 +113,39 @@ def run_apps(out_dir: pathlib.Path, progress: bool) -> list:
   frames, resolution = applications.clip_shape(config)[:2]
   prompts, condition = app_requests(resolution, frames)
   videos = model(prompts, condition, DEMO_SEED, section.guidance)
-  labels = [f"{app}: {prompt}" for app, prompt, _ in APP_EXAMPLES]
+  return [(f"{app}: {prompt}", video, clip * known) for (app, prompt, _), video, clip, known
+          in zip(APP_EXAMPLES, videos, condition.clip, condition.known)]
+
+
+def text_to_video_examples(model: generate.TextToVideo, source: np.ndarray,
+                           stylize: bool) -> list:
+  """[(label, video, input or None)]: `source` edited to EDIT_PROMPT and, with `stylize`
+  where the style model ships, STYLE_PROMPT stylized."""
+  section = model.config.diffusion
+  edited = model([EDIT_PROMPT], DEMO_SEED, section.guidance, init_video=source,
+                 strength=EDIT_STRENGTH, negative_prompt=section.negative_prompt)[0]
+  examples = [(f"edit: {EDIT_PROMPT}", edited, source)]
+  name = applications.DEFAULT_STYLE_MODEL
+  if stylize and name in weights.manifest():
+    style_config, style_params = weights.load_model(name=name)
+    applications.check_style_config(model.config, style_config)
+    alpha = applications.DEFAULT_STYLE_ALPHA
+    params = applications.interpolate_backbone(model.params, style_params["backbone"], alpha)
+    styled = generate.TextToVideo(model.config, params, model.settings,
+                                  progress=model.progress is not None, model=model.model)
+    examples.append((f"stylize: {STYLE_PROMPT}", styled(
+        [STYLE_PROMPT], DEMO_SEED, section.guidance,
+        negative_prompt=section.negative_prompt)[0], None))
+  return examples
+
+
+def write_apps(examples: list, out_dir: pathlib.Path) -> list:
+  """apps/ (write_demo) and apps_sheet.png: each clip above its input, if any."""
   with runtime.shielded():
+    labels, videos = [e[0] for e in examples], [e[1] for e in examples]
     written = write_demo(videos, labels, out_dir / "apps", sheet=None)
-    rows = [row for label, video, clip, known in zip(labels, videos, condition.clip,
-                                                     condition.known)
-            for row in ((label, video), ("input (known pixels)", clip * known))]
+    rows = [row for label, video, given in examples
+            for row in ((label, video),) + (() if given is None else (("input", given),))]
     written.append(sheet_io.write_sheet(rows, out_dir / "apps_sheet.png", SHEET_FRAMES))
   return written
 
@@ -131,4 +164,9 @@ def run_demo(out_dir, model_name: str = weights.DEFAULT_MODEL,
     written = write_demo(videos, prompts, out_dir)
   runtime.check_interrupt(f"interrupted; the text-to-video demo files were complete and "
                           f"are written to {out_dir}")
-  return written + run_apps(out_dir, progress)
+  # The style model was fine-tuned from the shipped model's backbone: it stylizes that one.
+  examples = conditional_examples(progress) + text_to_video_examples(
+      model, videos[0], stylize=model_name == weights.DEFAULT_MODEL)
+  runtime.check_interrupt(f"interrupted; the text-to-video demo files were complete and "
+                          f"are written to {out_dir}; the applications' were not")
+  return written + write_apps(examples, out_dir)
