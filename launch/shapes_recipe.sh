@@ -7,8 +7,10 @@
 # models are stages of their own, run after those (not by default): cond (the
 # conditional <J, C, M> model, from t2v_last), style (a backbone fine-tuned on outlined
 # shapes, from t2v_last; it builds its dataset first), keyframes (the keyframe model of
-# the keyframes + TSR baseline, whose TSR model is cond's) and export_apps (cond and
-# style as named models), e.g. `bash launch/shapes_recipe.sh RUNS cond style export_apps`.
+# the keyframes + TSR baseline, whose TSR model is cond's), ssr (the x4 spatial
+# super-resolution model, 32 -> 128, on a 128x128 dataset it builds first) and
+# export_apps (cond, style and ssr as named models), e.g.
+# `bash launch/shapes_recipe.sh RUNS cond style ssr export_apps`.
 # Every training stage runs at
 # most STAGE_MINUTES (default 90) and is then stopped with SIGTERM, which checkpoints;
 # running the same command again resumes from the workdir's newest checkpoint, so the
@@ -25,6 +27,7 @@ STAGES=${*:-data t2i t2v t2v_full t2v_more t2v_last export eval}
 MINUTES=${STAGE_MINUTES:-90}
 DATA=$RUNS/data/shapes16
 STYLE_DATA=$RUNS/data/shapes16_outlined
+SSR_DATA=$RUNS/data/shapes128
 HELD_OUT=("red triangle moving left" "green circle moving right" "blue square moving up"
           "yellow triangle moving down" "magenta circle bouncing around" "cyan square growing"
           "white circle shrinking" "red square standing still")
@@ -119,11 +122,27 @@ for stage in $STAGES; do
           --config.train.learning_rate=5e-4 --config.train.warmup_steps=50 \
           --config.train.checkpoint_every=200 --config.train.log_every=20
       ;;
+    ssr)
+      # shapes_tiny:ssr from scratch: 8-frame windows of 128x128 clips, the low
+      # resolution (32x32) area-downsampled in the input pipeline.
+      held_out=()
+      for c in "${HELD_OUT[@]}"; do held_out+=(--held-out "$c"); done
+      [ -d "$SSR_DATA" ] || lumiere data build shapes --out "$SSR_DATA" --num-videos 2048 \
+          --resolution 128 --frames 16 --two-object-fraction 0.3 --held-out-videos 64 \
+          "${held_out[@]}"
+      staged lumiere train --config shapes_tiny:ssr --workdir "$RUNS/ssr" \
+          --config.train.data_dir="$SSR_DATA" --config.train.num_steps=1500 \
+          --config.data.batch_size=4 --config.train.learning_rate=1e-3 \
+          --config.train.warmup_steps=50 --config.train.ema_decay=0.995 \
+          --config.train.checkpoint_every=100 --config.train.log_every=10
+      ;;
     export_apps)
       lumiere export --checkpoint "$RUNS/cond" --name shapes_cond --out "$RUNS/models" \
           --description "shapes conditional <J, C, M> model (cond stage: animate, inpaint, cinemagraph)"
       lumiere export --checkpoint "$RUNS/style" --name shapes_style_outlined \
           --out "$RUNS/models" --description "shapes backbone fine-tuned on outlined shapes (style stage: stylize)"
+      lumiere export --checkpoint "$RUNS/ssr" --name shapes_ssr --out "$RUNS/models" \
+          --description "shapes x4 spatial super-resolution, 32 -> 128 (ssr stage: upsample)"
       ;;
     export)
       lumiere export --checkpoint "$RUNS/t2i" --name shapes_t2i --out "$RUNS/models" \
@@ -136,7 +155,7 @@ for stage in $STAGES; do
       lumiere eval shapes --checkpoint "$RUNS/t2v_last" --num 96 --steps 32 --guidance 3 \
           --fvd --json "$RUNS/eval_t2v.json" --sheet "$RUNS/eval_t2v.png"
       ;;
-    *) echo "unknown stage $stage (data t2i t2v t2v_full t2v_more t2v_last export eval cond style keyframes export_apps)" >&2
+    *) echo "unknown stage $stage (data t2i t2v t2v_full t2v_more t2v_last export eval cond style keyframes ssr export_apps)" >&2
        exit 2 ;;
   esac
 done

@@ -6,6 +6,7 @@
           conditional means, text sensitivity; a minute instead of sampling)
   compare shapes reports side by side (pipelines, checkpoints) on the same prompts
   apps    the conditional model's animate, inpaint and cinemagraph on held-out prompts
+  ssr     the SSR model against bicubic and bilinear upsampling (PSNR, edge sharpness)
 """
 
 from lumiere_jax.evaluation import EVALUATORS
