@@ -74,3 +74,22 @@ def test_bad_out_is_one_line_exit_2_before_loading(tmp_path, capsys, fresh_model
   err = capsys.readouterr().err
   assert code == 2 and "not a directory" in err and len(err.strip().splitlines()) == 1
   assert fresh_model == []
+
+
+def test_demo_adds_the_cascade_when_the_ssr_model_ships(tmp_path, capsys, demo_model,
+                                                        monkeypatch):
+  from test_upsample import ssr_config  # pylint: disable=g-import-not-at-top
+  from lumiere_jax.pipelines import upsample  # pylint: disable=g-import-not-at-top
+  ssr = ssr_config("data.resolution=64", "data.low_resolution=32")  # the demo's 32 -> 64
+  ssr_params = generate.fresh_params(ssr)
+  t2v_load = weights.load_model
+  monkeypatch.setattr(weights, "manifest", lambda: {
+      weights.DEFAULT_MODEL: {}, upsample.DEFAULT_SSR_MODEL: {}})
+  monkeypatch.setattr(weights, "load_model", lambda **kw: (
+      (ssr, ssr_params) if kw.get("name") == upsample.DEFAULT_SSR_MODEL else t2v_load(**kw)))
+  out = tmp_path / "demo"
+  assert cli.main(["demo", "--out", str(out), "--quiet"]) == 0
+  stem = generate.output_name(0, f"{demo.DEMO_PROMPTS[0]} x2")
+  assert sorted(p.name for p in (out / "cascade").iterdir()) == sorted(
+      f"{stem}{x}" for x in (".gif", ".mp4", ".xt.png"))
+  assert f"wrote {len(demo.DEMO_PROMPTS) + 2} videos" in capsys.readouterr().out

@@ -16,7 +16,7 @@ from lumiere_jax.pipelines import upsample as pipeline
 from lumiere_jax.pipelines import windowed
 
 HELP = "Spatial super-resolution of a video with temporal MultiDiffusion."
-DEFAULT_SSR_MODEL = "shapes_ssr"
+DEFAULT_SSR_MODEL = pipeline.DEFAULT_SSR_MODEL
 
 
 def add_source_arguments(parser, prefix: str = "") -> None:

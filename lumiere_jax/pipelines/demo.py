@@ -10,7 +10,9 @@ its input): where the install ships the conditional model
 their inputs are rendered shapes clips, built as `lumiere eval apps` builds them),
 sampled as one batch; with the text-to-video model, an SDEdit of the first demo video to
 EDIT_PROMPT and, where the style model ships (applications.DEFAULT_STYLE_MODEL),
-STYLE_PROMPT stylized at applications.DEFAULT_STYLE_ALPHA.
+STYLE_PROMPT stylized at applications.DEFAULT_STYLE_ALPHA. Where the SSR model ships
+(upsample.DEFAULT_SSR_MODEL), the cascade: the first demo video upsampled by it in temporal
+windows, into cascade/ with its X-T slice.
 """
 
 import os
@@ -27,7 +29,7 @@ from lumiere_jax.errors import UserError
 from lumiere_jax.evaluation import apps_eval
 from lumiere_jax.io import sheet as sheet_io
 from lumiere_jax.io import video as video_io
-from lumiere_jax.pipelines import applications, generate
+from lumiere_jax.pipelines import applications, generate, upsample, windowed
 
 # Several motions, single and two objects; the seed of each is DEMO_SEED + its index.
 DEMO_PROMPTS = (
@@ -150,6 +152,23 @@ def write_apps(examples: list, out_dir: pathlib.Path) -> list:
   return written
 
 
+def run_cascade(video: np.ndarray, prompt: str, out_dir: pathlib.Path,
+                progress: bool) -> list:
+  """The base model's `video` upsampled by the shipped SSR model (module docstring); []
+  where it is not shipped."""
+  if upsample.DEFAULT_SSR_MODEL not in weights.manifest():
+    return []
+  config, params = weights.load_model(name=upsample.DEFAULT_SSR_MODEL)
+  if config.data.low_resolution != video.shape[1]:
+    return []  # a --model at another resolution than the SSR model's input
+  high = upsample.upsample(config, params, video, settings=diffusion_config.sampler_settings(
+      config.diffusion), windows=windowed.window_settings(config), seed=DEMO_SEED,
+                           progress=progress)
+  factor = config.data.resolution // config.data.low_resolution
+  with runtime.shielded():
+    return write_demo(high, [f"{prompt} x{factor}"], out_dir / "cascade", sheet=None)
+
+
 def run_demo(out_dir, model_name: str = weights.DEFAULT_MODEL,
              prompts: Optional[Sequence[str]] = None, progress: bool = True) -> list:
   prompts = DEMO_PROMPTS if prompts is None else prompts
@@ -169,4 +188,7 @@ def run_demo(out_dir, model_name: str = weights.DEFAULT_MODEL,
       model, videos[0], stylize=model_name == weights.DEFAULT_MODEL)
   runtime.check_interrupt(f"interrupted; the text-to-video demo files were complete and "
                           f"are written to {out_dir}; the applications' were not")
-  return written + write_apps(examples, out_dir)
+  written += write_apps(examples, out_dir)
+  runtime.check_interrupt(f"interrupted; the demo files were complete and are written to "
+                          f"{out_dir}; the cascade's were not")
+  return written + run_cascade(videos[0], prompts[0], out_dir, progress)
