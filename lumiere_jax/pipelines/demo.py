@@ -8,8 +8,8 @@ Then one example of each application into apps/, with apps_sheet.png (each clip 
 its input): where the install ships the conditional model
 (applications.DEFAULT_CONDITIONAL_MODEL), APP_EXAMPLES (animate, inpaint, cinemagraph;
 their inputs are rendered shapes clips, built as `lumiere eval apps` builds them),
-sampled as one batch; with the text-to-video model, an SDEdit of the first demo video to
-EDIT_PROMPT and, where the style model ships (applications.DEFAULT_STYLE_MODEL),
+sampled as one batch; with the text-to-video model, an SDEdit of a rendered clip of
+EDIT_SOURCE to EDIT_PROMPT and, where the style model ships (applications.DEFAULT_STYLE_MODEL),
 STYLE_PROMPT stylized at applications.DEFAULT_STYLE_ALPHA. Where the SSR model ships
 (upsample.DEFAULT_SSR_MODEL), the cascade: the first demo video upsampled by it in temporal
 windows, into cascade/ with its X-T slice.
@@ -49,8 +49,9 @@ APP_EXAMPLES = (
     ("inpaint", "a cyan circle moving left", ("white", "square", "moving left")),
     ("cinemagraph", "a yellow circle growing", ("yellow", "circle", "growing")),
 )
-EDIT_PROMPT = "a blue circle moving right"  # the first demo video, recoloured
-EDIT_STRENGTH = 0.7
+EDIT_SOURCE = ("red", "circle", "moving right")  # rendered, then recoloured by SDEdit
+EDIT_PROMPT = "a blue circle moving right"
+EDIT_STRENGTH = 0.8
 STYLE_PROMPT = "a green square moving up"
 
 
@@ -184,8 +185,11 @@ def run_demo(out_dir, model_name: str = weights.DEFAULT_MODEL,
   runtime.check_interrupt(f"interrupted; the text-to-video demo files were complete and "
                           f"are written to {out_dir}")
   # The style model was fine-tuned from the shipped model's backbone: it stylizes that one.
+  source = shapes.render_clip((DEMO_SEED, len(APP_EXAMPLES)), config.data.resolution,
+                             model.video_shape[0], two_object_fraction=0.0,
+                             required=EDIT_SOURCE).video
   examples = conditional_examples(progress) + text_to_video_examples(
-      model, videos[0], stylize=model_name == weights.DEFAULT_MODEL)
+      model, source, stylize=model_name == weights.DEFAULT_MODEL)
   runtime.check_interrupt(f"interrupted; the text-to-video demo files were complete and "
                           f"are written to {out_dir}; the applications' were not")
   written += write_apps(examples, out_dir)
