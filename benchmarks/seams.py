@@ -16,7 +16,7 @@ inside: about 1 without a seam, above 1 with a jump). For the base model it also
 each prompt's object as `lumiere eval shapes` does (evaluation/tracker.py) and prints its
 centroid step (px) and relative area change at window edges and inside, and the eval's
 motion accuracy over the long clips. --out writes the X-T slices (the middle row over
-time), overlap 2 above overlap 0, one column per clip.
+time), one band per overlap (--overlaps, default 2 above 0), one column per clip.
 """
 
 import argparse
@@ -34,7 +34,6 @@ from lumiere_jax.pipelines import generate, upsample, windowed
 
 PROMPTS = ("a red circle moving right", "a blue square moving left",
            "a green triangle bouncing around", "a yellow circle moving up")
-OVERLAPS = (2, 0)
 
 
 def parse_args():
@@ -48,6 +47,9 @@ def parse_args():
   parser.add_argument("--frames", type=int, default=48, help="base model: frames per clip")
   parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--overlaps", default="2,0", help="overlaps to compare, comma-"
+                      "separated (default 2,0: the paper's, and independent windows)")
+  parser.add_argument("--weighting", choices=("uniform", "ramp"), default="uniform")
   parser.add_argument("--out", help="X-T slices .png")
   return parser.parse_args()
 
@@ -88,7 +90,7 @@ def base_clips(args, overlap):
   else:
     config, params = weights.load_model(checkpoint=args.checkpoint, name=args.model)
   settings = diffusion_config.sampler_settings(config.diffusion, steps=args.steps)
-  windows = windowed.window_settings(config, overlap=overlap)
+  windows = windowed.window_settings(config, overlap=overlap, weighting=args.weighting)
   model = generate.TextToVideo(config, params, settings, num_frames=args.frames,
                                windows=windows)
   prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.clips)]
@@ -104,7 +106,7 @@ def ssr_clips(args, overlap):
   low = np.stack([pipeline.area_downsample(clips[i]["video"], config.data.low_resolution)
                   for i in range(args.clips)])
   settings = diffusion_config.sampler_settings(config.diffusion, steps=args.steps)
-  windows = windowed.window_settings(config, overlap=overlap)
+  windows = windowed.window_settings(config, overlap=overlap, weighting=args.weighting)
   upsampler = upsample.Upsampler(config, params, settings, windows)
   return upsampler(low, seed=args.seed), upsampler.sampling.plan(low.shape[1]), None
 
@@ -113,7 +115,7 @@ def main():
   args = parse_args()
   make = ssr_clips if args.ssr_checkpoint else base_clips
   rows = []
-  for overlap in OVERLAPS:
+  for overlap in map(int, args.overlaps.split(",")):
     videos, plan, prompts = make(args, overlap)
     at, inside, ratio = seam_ratio(videos, plan)
     print(f"overlap {overlap}: windows at {plan.starts} (W={plan.window}, T="
@@ -130,7 +132,8 @@ def main():
     rows.append(video_io.xt_slices(videos))
   if args.out:
     gap = np.full((2, rows[0].shape[1], 3), 128, np.uint8)
-    print(video_io.write_png(args.out, np.concatenate([rows[0], gap, rows[1]]), scale=4))
+    stacked = [part for row in rows for part in (row, gap)][:-1]
+    print(video_io.write_png(args.out, np.concatenate(stacked), scale=4))
 
 
 if __name__ == "__main__":
