@@ -87,7 +87,13 @@ def check_args(args) -> None:
   if args.guidance is not None:
     diffusion_config.check_guidance(args.guidance)
   generate.check_seed(args.seed, shapes_eval.seeds_used(args.num, args.batch))
-  for flag, path, suffix in (("--json", args.json, ".json"), ("--sheet", args.sheet, ".png")):
+  check_report_paths(args.json, args.sheet)
+
+
+def check_report_paths(json_path, sheet_path) -> None:
+  """--json (.json) and --sheet (.png), where given, can be written: checked before any
+  work (also `lumiere eval ssr`'s)."""
+  for flag, path, suffix in (("--json", json_path, ".json"), ("--sheet", sheet_path, ".png")):
     if path is None:
       continue
     if path.suffix.lower() != suffix:

@@ -23,7 +23,7 @@ from PIL import Image
 from lumiere_jax import runtime
 from lumiere_jax.diffusion import config as diffusion_config
 from lumiere_jax.errors import UserError
-from lumiere_jax.evaluation import shapes_eval
+from lumiere_jax.evaluation import apps_eval, shapes_eval
 from lumiere_jax.io import sheet as sheet_io
 from lumiere_jax.pipelines import generate, windowed
 
@@ -101,15 +101,7 @@ def check_args(args) -> None:
   if args.step is not None and args.checkpoint is None:
     raise UserError("--step selects a step of --checkpoint")
   generate.check_seed(args.seed, args.num)
-  for flag, path, suffix in (("--json", args.json, ".json"), ("--sheet", args.sheet, ".png")):
-    if path is None:
-      continue
-    if path.suffix.lower() != suffix:
-      raise UserError(f"{flag} {path}: write it as {suffix}")
-    if not path.parent.is_dir():
-      raise UserError(f"{flag} {path}: folder {path.parent} does not exist")
-    if not os.access(path.parent, os.W_OK):
-      raise UserError(f"{flag} {path}: folder {path.parent} is not writable")
+  apps_eval.check_report_paths(args.json, args.sheet)
 
 
 def held_out_clips(config, data: str, num: int) -> np.ndarray:
