@@ -104,6 +104,24 @@ def test_train_logsnr_shift_moves_the_trained_noise_levels_by_exactly_the_shift(
   np.testing.assert_allclose(np.median(t), 2 / np.pi * np.arctan(4.0), atol=0.01)
 
 
+def test_a_shift_fraction_shifts_that_share_of_the_examples_and_leaves_the_rest_uniform():
+  """Each example's t is either the plain-shift draw (same key) or the unshifted one; the
+  shifted share is the fraction (4096 draws: within 3 standard errors), 1 is the plain
+  shift exactly and 0 no shift."""
+  schedule = schedules.schedule_from_config(default_diffusion_config(), 4)
+  u = jax.random.uniform(jax.random.key(5), (4096,), jnp.float32)
+  shift = -math.log(64)
+  plain = np.asarray(losses.shifted_levels(schedule, u, jax.random.key(7),
+                                           diffusion_config(train_logsnr_shift=shift)))
+  for fraction in (0.0, 0.5, 1.0):
+    config = diffusion_config(train_logsnr_shift=shift, train_logsnr_shift_fraction=fraction)
+    t = np.asarray(losses.shifted_levels(schedule, u, jax.random.key(7), config))
+    is_shifted, is_plain = t == plain, t == np.asarray(u)
+    assert np.all(is_shifted | is_plain)
+    share = np.mean(is_shifted & ~is_plain)
+    assert abs(share - fraction) <= 3 * math.sqrt(0.25 / 4096), (fraction, share)
+
+
 def test_default_is_plain_v_mse():
   config = default_diffusion_config()
   logsnr = jnp.linspace(-15, 15, 7)
@@ -144,6 +162,7 @@ def test_validation_names_the_field():
   validate_diffusion_config(default_diffusion_config())
   for field, value in [("loss_weighting", "l1"), ("cfg_dropout", 1.0), ("guidance", -1.0),
                        ("sampler", "euler"), ("steps", 0), ("logsnr_min", 20.0),
-                       ("train_logsnr_shift", float("nan"))]:
+                       ("train_logsnr_shift", float("nan")),
+                       ("train_logsnr_shift_fraction", 1.5)]:
     with pytest.raises(ConfigError):
       validate_diffusion_config(diffusion_config(**{field: value}))

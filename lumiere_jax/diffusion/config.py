@@ -29,6 +29,10 @@ def default_diffusion_config() -> ml_collections.ConfigDict:
   # changes. -log(T) for T frames, simple diffusion's shift for T-fold redundancy: what
   # the prompt alone decides in a video (where an object goes) is hidden only at high noise.
   c.train_logsnr_shift = 0.0
+  # The share of training examples that get the shift (the rest: every level alike), so
+  # that one run trains both the high-noise levels where the prompt decides motion and
+  # the low-noise ones where edges and shapes are drawn. Not in the paper.
+  c.train_logsnr_shift_fraction = 1.0
   c.sampler = "dpmpp"                  # 'ddpm' | 'ddim' | 'dpmpp'
   c.steps = 64
   c.eta = 0.0                          # DDIM noise (0 = deterministic); 'ddpm' is eta 1
@@ -83,6 +87,9 @@ def validate_diffusion_config(c: ml_collections.ConfigDict) -> None:
   if not math.isfinite(c.train_logsnr_shift):
     raise ConfigError(f"diffusion.train_logsnr_shift={c.train_logsnr_shift} is invalid; "
                       "allowed: a finite number (0 trains every noise level alike)")
+  if not 0.0 <= c.train_logsnr_shift_fraction <= 1.0:
+    raise ConfigError(f"diffusion.train_logsnr_shift_fraction={c.train_logsnr_shift_fraction}"
+                      " is invalid; allowed: [0, 1] (the share of examples shifted)")
   predictions.check_prediction(c.prediction)
   losses.check_weighting(c.loss_weighting)
   if not 0.0 <= c.cfg_dropout < 1.0:

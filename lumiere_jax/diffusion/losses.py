@@ -56,6 +56,20 @@ def _expand(per_example, x):
   return per_example.reshape(per_example.shape + (1,) * (x.ndim - 1))
 
 
+def shifted_levels(schedule, t, rng, config):
+  """Training times `t` [B] (uniform draws) moved by `config.train_logsnr_shift` in logSNR,
+  for a `config.train_logsnr_shift_fraction` share of the examples (drawn per example from
+  a key folded out of `rng`, so a fraction of 1 keeps the draws of a plain shift)."""
+  if not config.train_logsnr_shift:
+    return t
+  shifted = schedule.time(schedule.logsnr(t) + config.train_logsnr_shift)
+  fraction = config.get("train_logsnr_shift_fraction", 1.0)
+  if fraction >= 1.0:
+    return shifted
+  chosen = jax.random.uniform(jax.random.fold_in(rng, 1), t.shape) < fraction
+  return jnp.where(chosen, shifted, t)
+
+
 def diffusion_loss(denoise_fn, params, x0, cond, rng, config, uncond=None):
   """The weighted denoising loss of one batch, and metrics.
 
@@ -79,8 +93,7 @@ def diffusion_loss(denoise_fn, params, x0, cond, rng, config, uncond=None):
   schedule = schedule_from_config(config, resolution=x0.shape[-3])
   t_rng, noise_rng, drop_rng = jax.random.split(rng, 3)
   t = jax.random.uniform(t_rng, (x0.shape[0],), jnp.float32)
-  if config.train_logsnr_shift:
-    t = schedule.time(schedule.logsnr(t) + config.train_logsnr_shift)
+  t = shifted_levels(schedule, t, t_rng, config)
   eps = jax.random.normal(noise_rng, x0.shape, x0.dtype)
   logsnr = schedule.logsnr(t)
   alpha, sigma = (_expand(a, x0) for a in alpha_sigma_from_logsnr(logsnr))
