@@ -123,6 +123,20 @@ def test_held_out_prompts_cover_every_motion_and_hold_a_held_out_combination():
   assert sum(" and " in i.caption for i in items) == 24 // shapes_eval.TWO_OBJECT_EVERY
 
 
+def test_seen_prompts_are_the_held_out_ones_with_trained_combinations():
+  """--combinations seen: prompt i names the held-out prompt's shape and motion in the next
+  palette colour, and no prompt holds a held-out combination."""
+  held = {" ".join(t) for t in shapes_eval.HELD_OUT}
+  items = shapes_eval.held_out_items(16, seed=5, resolution=32, num_frames=16)
+  seen = shapes_eval.held_out_items(16, seed=5, resolution=32, num_frames=16,
+                                    combinations="seen")
+  for item, twin in zip(items, seen):
+    first = tracker.parse_caption(item.caption)[0]
+    assert tracker.parse_caption(twin.caption)[0] == shapes_eval.seen_twin(first)
+    assert not any(p[2:] in held for p in twin.caption.split(" and "))
+    assert (" and " in item.caption) == (" and " in twin.caption)
+
+
 def test_every_held_out_combination_appears_alone_and_with_a_second_object():
   captions = [shapes_eval.held_out_items(1, 0, 32, 16)[0].caption]  # builds one clip
   assert captions[0].startswith("a red triangle moving left")

@@ -52,6 +52,10 @@ def add_arguments(parser) -> None:
   parser.add_argument("--step", type=int, metavar="N", help="with --checkpoint: this step")
   parser.add_argument("--num", type=int, default=64, help="prompts (default 64)")
   parser.add_argument("--seed", type=int, default=0, help="prompts and sampling seed")
+  parser.add_argument("--combinations", choices=shapes_eval.COMBINATIONS, default="held-out",
+                      help="held-out: each prompt's first object is a combination never "
+                      "trained on (default); seen: the same prompts with that object's "
+                      "colour moved to the next palette colour, a trained combination")
   parser.add_argument("--batch", type=int, default=8, help="videos sampled at once")
   parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
   parser.add_argument("--guidance", type=float, help="(default: the model's)")
@@ -179,7 +183,8 @@ def run(args) -> int:
   check_args(args)
   extractor = shapes_features.extractor() if args.fvd else None
   sample, record, frames, resolution = load_sampler(args, args.steps)
-  items = shapes_eval.held_out_items(args.num, args.seed, resolution, frames)
+  items = shapes_eval.held_out_items(args.num, args.seed, resolution, frames,
+                                     args.combinations)
   bar = tqdm.tqdm(total=args.num, desc="evaluating", unit="video", disable=args.quiet)
   report, videos = shapes_eval.evaluate(sample, items, args.seed, args.batch,
                                         lambda done: bar.update(done - bar.n))
@@ -191,7 +196,8 @@ def run(args) -> int:
     report["fvd"] = dataclasses.asdict(score)
   print(shapes_eval.table(report))
   settings_record = {
-      "num": args.num, "seed": args.seed, **record, "resolution": resolution,
+      "num": args.num, "seed": args.seed, "combinations": args.combinations, **record,
+      "resolution": resolution,
       "frames": frames, "checkpoint": args.checkpoint,
       "step": args.step, "model": None if args.checkpoint else (args.model or
                                                                 weights.DEFAULT_MODEL),

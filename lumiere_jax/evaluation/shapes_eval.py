@@ -68,12 +68,30 @@ def two_objects(index: int) -> bool:
   return (index + shift) % TWO_OBJECT_EVERY == TWO_OBJECT_EVERY - 1
 
 
-def held_out_items(num: int, seed: int, resolution: int, num_frames: int) -> list:
-  """`num` prompts with their ground-truth clips; deterministic in `seed`."""
+COMBINATIONS = ("held-out", "seen")
+
+
+def seen_twin(triple: tuple) -> tuple:
+  """A held-out (colour, shape, motion) with its colour moved to the next palette colour:
+  the same shape and motion in a combination the training data holds."""
+  colours = list(shapes.COLOURS)
+  return (colours[(colours.index(triple[0]) + 1) % len(colours)],) + tuple(triple[1:])
+
+
+def held_out_items(num: int, seed: int, resolution: int, num_frames: int,
+                   combinations: str = "held-out") -> list:
+  """`num` prompts with their ground-truth clips; deterministic in `seed`. Each prompt's
+  first object is a held-out combination ("held-out") or its `seen_twin` ("seen": the
+  same prompts' layout with combinations seen in training, which tells a failure to
+  compose from a failure to draw)."""
+  if combinations not in COMBINATIONS:
+    raise ValueError(f"combinations {combinations!r}: one of {COMBINATIONS}")
   by_motion = {motion: triple for triple in HELD_OUT for motion in [triple[2]]}
   items = []
   for i in range(num):
     required = by_motion[shapes.MOTIONS[i % len(shapes.MOTIONS)]]
+    if combinations == "seen":
+      required = seen_twin(required)
     clip = shapes.render_clip((seed, i), resolution, num_frames,
                               two_object_fraction=1.0 if two_objects(i) else 0.0,
                               excluded=frozenset(HELD_OUT), required=required)
