@@ -9,7 +9,9 @@ import errno
 import logging
 import re
 import subprocess
+import sys
 import time
+import warnings
 
 import chex
 import jax
@@ -260,6 +262,28 @@ def test_closed_event_loop_reports_of_tensorstore_go_to_the_log_not_the_terminal
 
   Unrelated()
   assert [type(r.exc_value) for r in passed_on] == [ValueError]
+
+
+def test_python_warnings_of_a_training_run_go_to_its_log_not_the_terminal(tmp_path, capsys):
+  """What ended two full-disk runs with a line after the error (orbax's coroutines never
+  awaited once its event loop is torn down, reported by `warnings` at exit): with a
+  workdir, a Python warning is written to logs/process_0.log and not to stderr."""
+  root = logging.getLogger()
+  saved = (list(root.handlers), root.level, logging.raiseExceptions, sys.unraisablehook)
+  try:
+    metrics_lib.configure_logging(0, tmp_path)
+    with warnings.catch_warnings():
+      warnings.simplefilter("always")
+      warnings.warn("coroutine 'write' was never awaited", RuntimeWarning)
+    for handler in root.handlers:
+      handler.flush()
+  finally:
+    metrics_lib.stop_logging_to(tmp_path)
+    logging.captureWarnings(False)
+    root.handlers, root.level = saved[0], saved[1]
+    logging.raiseExceptions, sys.unraisablehook = saved[2], saved[3]
+  assert "never awaited" not in capsys.readouterr().err
+  assert "coroutine 'write' was never awaited" in (tmp_path / "logs" / "process_0.log").read_text()
 
 
 @pytest.mark.parametrize("flags,message", [

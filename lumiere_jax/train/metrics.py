@@ -32,7 +32,7 @@ PEAK_FLOPS = (("v6 lite", 918e12), ("v6e", 918e12), ("v5 lite", 197e12), ("v5e",
 def configure_logging(process_index: int, workdir=None) -> None:
   """Terminal: the library's progress lines (std logging under `lumiere_jax`) on stderr,
   from process 0 only. Everything else that logs through Python (orbax, grain, jax, with
-  their warnings and background-thread tracebacks) goes to WORKDIR/logs/process_N.log,
+  their warnings, Python's `warnings` and background-thread tracebacks) goes to WORKDIR/logs/process_N.log,
   so the terminal shows progress and, on failure, the one line that says why."""
   logger = logging.getLogger("lumiere_jax")
   logger.setLevel(logging.INFO if process_index == 0 else logging.WARNING)
@@ -51,6 +51,9 @@ def configure_logging(process_index: int, workdir=None) -> None:
     # The log file shares the workdir's disk: when that is full, a failed log write must
     # stay silent instead of printing a traceback per log call.
     logging.raiseExceptions = False
+    # Python warnings too (e.g. "coroutine ... was never awaited" when orbax's event loop
+    # is torn down after a failed save): to the log, not after the one line that says why.
+    logging.captureWarnings(True)
     if not getattr(sys.unraisablehook, "diverts_closed_loop_reports", False):
       sys.unraisablehook = closed_loop_reports_to_log(sys.unraisablehook)
 
