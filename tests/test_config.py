@@ -40,6 +40,8 @@ INVALID = [
     ("model.dtype='float8'", "model.dtype", "one of"),
     ("mesh.shape=(-1, -1, 1)", "mesh.shape", "at most one -1"),
     ("mesh.shape=(2, 2)", "mesh.shape", "one size per axis"),
+    ("diffusion.ssr_residual_scale=4.0", "diffusion.ssr_residual_scale",
+     "not an SSR model"),
 ]
 
 

@@ -163,6 +163,10 @@ def test_validation_names_the_field():
   for field, value in [("loss_weighting", "l1"), ("cfg_dropout", 1.0), ("guidance", -1.0),
                        ("sampler", "euler"), ("steps", 0), ("logsnr_min", 20.0),
                        ("train_logsnr_shift", float("nan")),
-                       ("train_logsnr_shift_fraction", 1.5)]:
+                       ("train_logsnr_shift_fraction", 1.5),
+                       ("ssr_residual_scale", -1.0), ("ssr_residual_scale", float("inf"))]:
     with pytest.raises(ConfigError):
       validate_diffusion_config(diffusion_config(**{field: value}))
+  validate_diffusion_config(diffusion_config(ssr_residual_scale=4.0, threshold="none"))
+  with pytest.raises(ConfigError, match="needs diffusion.threshold='none'"):
+    validate_diffusion_config(diffusion_config(ssr_residual_scale=4.0, threshold="static"))

@@ -111,12 +111,43 @@ def test_the_ssr_loss_noises_its_conditioning(ssr_model):
   assert np.isfinite(losses).all() and losses[0] != losses[1]
 
 
+def test_the_residual_form_diffuses_the_clip_minus_its_clean_upsampling(ssr_model,
+                                                                        monkeypatch):
+  """diffusion.ssr_residual_scale = s: the loss's clean signal is s (clip - bilinear
+  upsampling of the clean low-resolution clip), not of the noise-augmented one."""
+  _, params = ssr_model
+  rng = np.random.default_rng(1)
+  batch = {"video": rng.integers(0, 256, (2, 4, 16, 16, 3), np.uint8),
+           "low_res_video": rng.integers(0, 256, (2, 4, 4, 4, 3), np.uint8),
+           "tokens": np.zeros((2, 8), np.int32)}
+  seen = {}
+  real_loss = loss_lib.diffusion_loss
+
+  def spy(denoise, params, x0, *args, **kwargs):
+    seen.setdefault("x0", []).append(x0)
+    return real_loss(denoise, params, x0, *args, **kwargs)
+
+  monkeypatch.setattr(loss_lib, "diffusion_loss", spy)
+  for scale in (0.0, 4.0):
+    config = ssr_config(f"diffusion.ssr_residual_scale={scale}", "diffusion.threshold='none'")
+    loss_lib.make_loss_fn(config)(params, batch, jax.random.key(0))
+  clip = batch["video"].astype(np.float32) / 127.5 - 1
+  low = jnp.asarray(batch["low_res_video"].astype(np.float32) / 127.5 - 1)
+  upsampled = np.asarray(jax.image.resize(low, clip.shape, "bilinear"))
+  np.testing.assert_allclose(seen["x0"][0], clip, atol=1e-6)
+  np.testing.assert_allclose(seen["x0"][1], 4.0 * (clip - upsampled), atol=1e-5)
+
+
 # -- the Upsampler -----------------------------------------------------------------------
 
-def test_one_window_upsampling_equals_plain_sampling(ssr_model):
+@pytest.mark.parametrize("residual_scale", [0.0, 4.0])
+def test_one_window_upsampling_equals_plain_sampling(ssr_model, residual_scale):
   """A window of at least the clip: one window of 8 (padded to 8 windows, sharded over 8
-  devices) gives exactly what sampling the model on the whole clip gives."""
-  config, params = ssr_model
+  devices) gives exactly what sampling the model on the whole clip gives; in the residual
+  form, that sample / s plus the clean upsampling."""
+  _, params = ssr_model
+  config = ssr_config(*([f"diffusion.ssr_residual_scale={residual_scale}",
+                         "diffusion.threshold='none'"] if residual_scale else []))
   settings = diffusion_config.sampler_settings(config.diffusion)
   upsampler = upsample.Upsampler(config, params, settings, windowed.WindowSettings(8, 2))
   assert upsampler.sampling.devices == jax.device_count() == 8
@@ -132,6 +163,8 @@ def test_one_window_upsampling_equals_plain_sampling(ssr_model):
     denoiser = lambda x, t, c: upsampler.model.denoise(params, x, t, c, extra)
     x = samplers.sample(denoiser, samplers.initial_noise(keys, extra.shape), cond, keys,
                         upsampler.schedule, settings)
+    if residual_scale:
+      x = jax.image.resize(low_res, x.shape, "bilinear") + x / residual_scale
     return jnp.round((jnp.clip(x, -1, 1) + 1) * 127.5).astype(jnp.uint8)
 
   np.testing.assert_array_equal(out, plain(params, low[None].astype(np.float32) / 127.5 - 1))

@@ -98,6 +98,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(data.low_resolution >= 1 and data.resolution % data.low_resolution == 0,
            "data.low_resolution", data.low_resolution,
            f"a divisor of data.resolution={data.resolution} (the SSR model's input size)")
+  else:
+    _check(not config.diffusion.ssr_residual_scale, "diffusion.ssr_residual_scale",
+           config.diffusion.ssr_residual_scale,
+           "0 for a model that is not an SSR model (model.in_channels=6)")
   _validate_mesh(config.mesh)
   validate_diffusion_config(config.diffusion)
   validate_train_config(config)

@@ -53,6 +53,13 @@ def default_diffusion_config() -> ml_collections.ConfigDict:
   # noises the low-resolution clip to noise_aug_level (also the model's input).
   c.noise_aug_max = 0.5
   c.noise_aug_level = 0.15
+  # SSR only. 0: the model diffuses the high-resolution clip (the paper's SSR). s > 0: it
+  # diffuses the residual s * (clip - bilinear upsampling of the clean low-resolution
+  # clip), and sampling adds the upsampling back; copying the low-resolution content then
+  # costs the network nothing, it only draws the detail (SR3's residual form; not in the
+  # paper). s rescales the residual (std ~0.1 on the shapes data) towards the data's ~0.5.
+  # Thresholding must be 'none' with it (a threshold of [-1, 1] would cut the residual).
+  c.ssr_residual_scale = 0.0
   # The conditional <J, C, M> model's known pixels (pipelines/applications.py):
   # 'replace' puts them into the model's estimate of the clean clip at every step and
   # into the output (exact), 'model' leaves them to the model (they are only its input).
@@ -108,6 +115,13 @@ def validate_diffusion_config(c: ml_collections.ConfigDict) -> None:
     if not 0.0 <= c[field] <= 1.0:
       raise ConfigError(f"diffusion.{field}={c[field]} is invalid; allowed: a time of the "
                         "schedule in [0, 1]")
+  if not (math.isfinite(c.ssr_residual_scale) and c.ssr_residual_scale >= 0):
+    raise ConfigError(f"diffusion.ssr_residual_scale={c.ssr_residual_scale} is invalid; "
+                      "allowed: a finite number >= 0 (0: diffuse the clip itself)")
+  if c.ssr_residual_scale and c.threshold != "none":
+    raise ConfigError(f"diffusion.ssr_residual_scale={c.ssr_residual_scale} needs "
+                      f"diffusion.threshold='none', got {c.threshold!r} (thresholding the "
+                      "residual to [-1, 1] would cut it)")
 
 
 def check_guidance(scale: float) -> None:

@@ -4,7 +4,8 @@ diffusion/windows.py), the windows sharded across the devices (parallel/windows.
 
 The low-resolution clip, bilinearly upsampled and noised to `noise_level` (noise
 conditioning augmentation, models/conditioning.py), is concatenated to the noisy clip on
-channels, and the level is an input of the model too. A clip whose frames are not the
+channels, and the level is an input of the model too. A residual-form model
+(diffusion.ssr_residual_scale) samples the clip's difference from the clean upsampling. A clip whose frames are not the
 model's low resolution is refused, not resized: a silent resize would hide a base model
 and an SSR model that were not made for each other.
 
@@ -149,7 +150,15 @@ class Upsampler:
     noise = samplers.initial_noise(keys, extra.shape)
     x = samplers.sample(denoiser, noise, cond, keys, self.schedule, self.settings,
                         progress=self.progress, stop=runtime.interrupt_requested)
-    return video_io.to_uint8(x)
+    return video_io.to_uint8(self.clip(x, low_res))
+
+  def clip(self, sampled, low_res):
+    """The clip [-1, 1] from what the sampler diffused: the clip itself, or (residual
+    form, diffusion.ssr_residual_scale = s > 0) the clean upsampling + residual / s."""
+    scale = self.config.diffusion.ssr_residual_scale
+    if not scale:
+      return sampled
+    return conditioning.ssr_channels(low_res, sampled.shape) + sampled / scale
 
 
 def upsample(config, params: dict, videos, *, settings: SamplerSettings,

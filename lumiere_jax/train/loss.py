@@ -5,7 +5,8 @@ LossFn: fn(full_params, batch, rng) -> (loss, metrics). `batch` holds global arr
 the data pipeline's fields (pixels still uint8); `full_params` is the whole tree
 {'backbone'[, 'temporal'], 'text'}. The train step decides which part is differentiated.
 The SSR stage noises its conditioning clip per example (noise conditioning augmentation,
-models/conditioning.py) and gives the model the level.
+models/conditioning.py) and gives the model the level; with diffusion.ssr_residual_scale
+it diffuses the clip's residual over its upsampled low-resolution clip.
 """
 
 from typing import Callable
@@ -36,6 +37,8 @@ def make_loss_fn(config) -> LossFn:
     extra = conditioning.channels(
         model.conditioning, x0.shape, clip=x0, known=batch.get("mask"),
         low_res=None if low_res is None else to_model_range(low_res))
+    if config.diffusion.ssr_residual_scale:
+      x0 = residual(x0, extra, config.diffusion.ssr_residual_scale)
     levels = {}
     if model.takes_noise_level:
       rng, aug_rng = jax.random.split(rng)
@@ -51,6 +54,12 @@ def make_loss_fn(config) -> LossFn:
                           batch["tokens"], rng, config.diffusion, uncond=empty_prompt)
 
   return loss_fn
+
+
+def residual(clip, upsampled, scale: float):
+  """The SSR residual form's diffused signal: scale * (clip - upsampled), where
+  `upsampled` is the clean low-resolution clip upsampled (conditioning.ssr_channels)."""
+  return scale * (clip - upsampled)
 
 
 def augment_conditioning(extra, rng, schedule, max_level: float):
