@@ -22,7 +22,7 @@ import tensorstore as ts
 import test_train_support as support
 from lumiere_jax import cli
 from lumiere_jax.commands import train as train_command
-from lumiere_jax.errors import UserError
+from lumiere_jax.errors import ConfigError, UserError
 from lumiere_jax.parallel.mesh import make_mesh
 from lumiere_jax.train import checkpoint
 from lumiere_jax.train import loop
@@ -103,6 +103,29 @@ def test_t2v_needs_a_matching_t2i_checkpoint(t2i_checkpoint, data_dir, tmp_path)
   with pytest.raises(UserError, match=r"another architecture.*model\.block_out_channels="
                                       r"\[8\] in the checkpoint, \[16\] here"):
     loop.train(other, tmp_path / "c", loss_fn=support.cheap_loss)
+
+
+def test_init_group_checkpoints_take_those_groups_from_their_own_runs(t2i_checkpoint,
+                                                                     data_dir, tmp_path):
+  """train.init_group_checkpoints=('temporal=T2V',): the backbone and text come from
+  init_checkpoint (a t2i run), the temporal layers from the t2v run T2V (its EMA)."""
+  t2i_dir, t2i_state = t2i_checkpoint
+  t2v_dir = tmp_path / "t2v"
+  t2v_state = support.save_random_checkpoint(_config("t2v", data_dir), t2v_dir, SAVED_STEP,
+                                             data_dir)
+  config = _config("t2v", data_dir, f"train.init_checkpoint={t2i_dir}",
+                   f"train.init_group_checkpoints=('temporal={t2v_dir}',)",
+                   "train.num_steps=1", "train.warmup_steps=10")  # step 1: lr 0
+  result = jax.device_get(loop.train(config, tmp_path / "run", loss_fn=support.cheap_loss
+                                     ).state)
+  chex.assert_trees_all_equal(result.params["temporal"], t2v_state.ema["temporal"])
+  chex.assert_trees_all_equal(result.frozen["backbone"], t2i_state.ema["backbone"])
+  chex.assert_trees_all_equal(result.frozen["text"], t2i_state.frozen["text"])
+  assert not jax.tree_util.tree_all(jax.tree_util.tree_map(
+      lambda a, b: (a == b).all(), t2v_state.ema["temporal"], t2v_state.params["temporal"]))
+  for bad in ("('temporal',)", "('motion=/x',)", f"('temporal={t2v_dir}', 'temporal=/x')"):
+    with pytest.raises(ConfigError, match=r"train\.init_group_checkpoints="):
+      _config("t2v", data_dir, f"train.init_group_checkpoints={bad}")
 
 
 def test_a_group_frozen_at_init_stays_at_its_seeded_init(data_dir, tmp_path):

@@ -19,6 +19,10 @@ def default_train_config() -> ml_collections.ConfigDict:
   # stage, its checkpoints/ folder or one step folder. Groups found there are loaded;
   # groups it lacks (the temporal layers of a t2i checkpoint) start from their init.
   train.init_checkpoint = ""
+  # ("GROUP=DIR", ...): those groups from DIR instead of init_checkpoint, e.g.
+  # ("temporal=RUNS/t2v",) to put trained temporal layers over a newer backbone (as the
+  # paper's stylized generation swaps the backbone under them). Not in the paper.
+  train.init_group_checkpoints = ()
   train.init_from_ema = True  # load the earlier stage's EMA weights, not its raw ones
   # Frozen groups that may stay at their seeded random init when no checkpoint provides
   # them: ('text',) makes the text encoder a fixed random transformer, the stand-in for
@@ -74,6 +78,11 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
         f"a non-empty subset of {groups} (model.kind={config.model.kind!r})")
   # A trainable group named here is simply trained (overriding `trainable` alone works).
   check(set(t.frozen_at_init) <= set(groups), "frozen_at_init", f"a subset of {groups}")
+  named = [entry.partition("=") for entry in t.init_group_checkpoints]
+  check(all(isinstance(e, str) for e in t.init_group_checkpoints)
+        and all(sep and group in groups and path for group, sep, path in named)
+        and len({group for group, _, _ in named}) == len(named),
+        "init_group_checkpoints", f"('GROUP=DIR', ...) with each GROUP once, one of {groups}")
   for field in ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints",
                 "max_nonfinite_steps"):
     check(t[field] >= 1, field, "an integer >= 1")

@@ -96,9 +96,12 @@ def check_run(config, workdir) -> None:
 def _check_init_checkpoint(config) -> None:
   frozen = sorted(set(build.param_groups(config.model)) - set(config.train.trainable))
   needed = [g for g in frozen if g not in config.train.frozen_at_init]
-  if config.train.init_checkpoint:
-    checkpoint.find_checkpoint(config.train.init_checkpoint)
-  elif needed:
+  overridden = {entry.partition("=")[0] for entry in config.train.init_group_checkpoints}
+  for path in [config.train.init_checkpoint] + [
+      entry.partition("=")[2] for entry in config.train.init_group_checkpoints]:
+    if path:
+      checkpoint.find_checkpoint(path)
+  if not config.train.init_checkpoint and set(needed) - overridden:
     raise UserError(f"stage {config.stage!r} freezes {needed}, so it needs "
                     f"train.init_checkpoint (the workdir of the earlier stage, e.g. t2i)")
 
@@ -230,26 +233,34 @@ def _initial_state(run: _Run, layout: state_lib.Layout, rng):
 
 
 def _pretrained_groups(layout: state_lib.Layout):
-  """Groups loaded from config.train.init_checkpoint; every frozen group must be there,
-  unless train.frozen_at_init names it (training around random frozen weights is
-  otherwise never what anyone wants)."""
+  """Groups loaded from config.train.init_checkpoint (and those of
+  train.init_group_checkpoints from theirs); every frozen group must be there, unless
+  train.frozen_at_init names it (training around random frozen weights is otherwise never
+  what anyone wants)."""
   config = layout.config
   frozen = sorted(set(layout.abstract_params) - set(config.train.trainable))
   needed = [g for g in frozen if g not in config.train.frozen_at_init]
   path = config.train.init_checkpoint
-  if not path:
-    if needed:
-      raise UserError(f"stage {config.stage!r} freezes {needed}, so it needs "
-                      f"train.init_checkpoint (the workdir of the earlier stage, e.g. t2i)")
-    return None
-  loaded = checkpoint.load_params(path, config, layout.params_target(),
+  target = layout.params_target()
+  loaded = {}
+  if path:
+    loaded = checkpoint.load_params(path, config, target, config.train.init_from_ema)
+    _info("loaded %s from %s", sorted(loaded), path)
+  for entry in config.train.init_group_checkpoints:
+    group, _, group_path = entry.partition("=")
+    part = checkpoint.load_params(group_path, config, {group: target[group]},
                                   config.train.init_from_ema)
+    if group not in part:
+      raise UserError(f"train.init_group_checkpoints: {group_path} has no {group} "
+                      "parameters")
+    loaded[group] = part[group]
+    _info("loaded %s from %s", group, group_path)
   missing = [g for g in needed if g not in loaded]
   if missing:
-    raise UserError(f"train.init_checkpoint={path} has no {missing} parameters, which "
-                    f"stage {config.stage!r} freezes")
-  _info("loaded %s from %s", sorted(loaded), path)
-  return loaded
+    source = f"train.init_checkpoint={path}" if path else "train.init_checkpoint"
+    raise UserError(f"stage {config.stage!r} freezes {missing}, which {source} does not "
+                    f"provide (the workdir of the earlier stage, e.g. t2i)")
+  return loaded or None
 
 
 def _global_batches(run: _Run):
