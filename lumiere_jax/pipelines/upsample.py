@@ -5,9 +5,9 @@ diffusion/windows.py), the windows sharded across the devices (parallel/windows.
 The low-resolution clip, bilinearly upsampled and noised to `noise_level` (noise
 conditioning augmentation, models/conditioning.py), is concatenated to the noisy clip on
 channels, and the level is an input of the model too. A residual-form model
-(diffusion.ssr_residual_scale) samples the clip's difference from the clean upsampling. A clip whose frames are not the
-model's low resolution is refused, not resized: a silent resize would hide a base model
-and an SSR model that were not made for each other.
+(diffusion.ssr_residual_scale) samples the clip's difference from the clean upsampling.
+A clip whose frames are not the model's low resolution is refused, not resized: a silent
+resize would hide a base model and an SSR model that were not made for each other.
 
 One compiled program per (clip length, guidance on or off): the window plan depends on
 the length; seeds, prompts, guidance scales and noise levels are arguments.
