@@ -16,12 +16,12 @@ import argparse
 import itertools
 
 import numpy as np
+from PIL import Image
 
 from lumiere_jax import weights
 from lumiere_jax.data import shapes
 from lumiere_jax.diffusion import config as diffusion_config
 from lumiere_jax.evaluation import tracker
-from lumiere_jax.io import sheet as sheet_io
 from lumiere_jax.pipelines import generate
 
 
@@ -63,6 +63,19 @@ def ground_truth(captions, resolution: int) -> list:
   return out
 
 
+def write_grid(videos, path, zoom: int = 3) -> None:
+  """First frames as a grid: a row per colour, a column per (seed, shape)."""
+  frames = np.stack([v[0] for v in videos])  # [2 * colours * shapes, H, W, 3]
+  half = len(frames) // 2
+  rows = []
+  for c in range(len(shapes.COLOURS)):
+    cells = [frames[k * half + c * len(shapes.SHAPES) + s] for k in range(2)
+             for s in range(len(shapes.SHAPES))]
+    rows.append(np.concatenate(cells, axis=1))
+  grid = np.concatenate(rows, axis=0).repeat(zoom, 0).repeat(zoom, 1)
+  Image.fromarray(grid).save(path)
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   source = parser.add_mutually_exclusive_group()
@@ -99,9 +112,9 @@ def main(argv=None) -> None:
     for s, (fill, offset) in result["median"].items():
       print(f"  {s:8s} median fill {fill:.2f}  offset {offset:+.2f}")
   if args.sheet:
-    sheet_io.write_sheet([(c, v[:1]) for c, v in zip(captions, videos)], args.sheet,
-                         frames_per_clip=1)
-    print(f"wrote {args.sheet}")
+    write_grid(videos, args.sheet)
+    print(f"wrote {args.sheet}: one row per colour ({', '.join(shapes.COLOURS)}), "
+          f"columns {', '.join(shapes.SHAPES)}, then the same with the second seed")
 
 
 if __name__ == "__main__":
