@@ -30,10 +30,13 @@ unwinds while XLA's threads are still compiling can crash in interpreter shutdow
 """
 
 import contextlib
+import json
 import os
 import pathlib
+import re
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -62,6 +65,64 @@ def enable_compilation_cache(default_dir: str = "~/.cache/lumiere_jax/xla") -> N
   jax.config.update("jax_compilation_cache_dir", str(path))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+# ---------------------------------------------------------------------------------------
+# XLA_FLAGS
+
+XLA_FLAGS_ENV = "XLA_FLAGS"
+_KNOWN_FLAGS_FILE = "known_xla_flags.json"  # beside the compilation cache
+
+
+def xla_flag_names(flags: str) -> list:
+  """The option names in an XLA_FLAGS value ('--a=1 --b' -> ['a', 'b'])."""
+  return [word.lstrip("-").split("=", 1)[0] for word in flags.split() if word.strip("-")]
+
+
+def check_xla_flags(cache_dir: str = "~/.cache/lumiere_jax") -> None:
+  """Refuses, as one line, an XLA_FLAGS option this jaxlib does not know, before anything
+  compiles: XLA itself aborts the process on one (a fatal log line and SIGABRT, with no
+  Python error to catch) the first time a backend starts. A short child process starts
+  the CPU backend under the same flags; the names it accepted are remembered per jaxlib
+  version, so the check costs one start-up (~2 s) per new option, not per command."""
+  from lumiere_jax.errors import UserError  # pylint: disable=import-outside-toplevel
+  flags = os.environ.get(XLA_FLAGS_ENV, "")
+  names = set(xla_flag_names(flags))
+  if not names:
+    return
+  import jaxlib  # pylint: disable=import-outside-toplevel
+  record = pathlib.Path(cache_dir).expanduser() / _KNOWN_FLAGS_FILE
+  try:
+    known = json.loads(record.read_text()).get(jaxlib.__version__, [])
+  except (OSError, ValueError, AttributeError):
+    known = []
+  if names <= set(known):
+    return
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  child = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+  if child.returncode != 0:
+    text = child.stderr.decode("utf-8", "replace")
+    unknown = re.search(r"Unknown flags? in XLA_FLAGS: (.*)", text)
+    if unknown:
+      raise UserError(f"{XLA_FLAGS_ENV} has options this jaxlib ({jaxlib.__version__}) "
+                      f"does not know: {unknown.group(1).strip()}")
+    fatal = re.findall(r"^F\d{4} [^\]]*\] (.*)$", text, flags=re.M)
+    reason = fatal[-1] if fatal else (text.strip().splitlines() or ["no message"])[-1]
+    raise UserError(f"the CPU backend does not start with {XLA_FLAGS_ENV}={flags!r}: "
+                    f"{reason}")
+  try:
+    record.parent.mkdir(parents=True, exist_ok=True)
+    try:
+      table = json.loads(record.read_text())
+    except (OSError, ValueError):
+      table = {}
+    table[jaxlib.__version__] = sorted(names | set(known))
+    temporary = record.with_suffix(f".{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(table))
+    os.replace(temporary, record)
+  except OSError:
+    pass  # an unwritable cache only costs the check again next time
 
 
 # ---------------------------------------------------------------------------------------

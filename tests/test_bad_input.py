@@ -299,6 +299,13 @@ CASES = [
          "is a directory"),
     case("bench/batch-with-base", ("bench", "base", "--batch", "2"),
          "--batch applies to the tiny-* presets"),
+    # issue 18: a mesh that does not fit the devices or the batch, an unknown remat policy
+    case("bench/mesh-does-not-divide-the-devices",
+         ("bench", "base", "--config.mesh.shape=(3,-1,1)"), "does not divide 8 devices"),
+    case("bench/mesh-too-small", ("bench", "tiny-t2v", "--config.mesh.shape=(1,2,1)"),
+         "needs 2 devices, have 1"),
+    case("bench/remat-unknown", ("bench", "base", "--config.model.remat=blocks"),
+         "model.remat='blocks' is invalid"),
     case("export/name", ("export", "--checkpoint", "{inputs}/ckpt", "--name", "Bad-Name",
                          "--out", "{tmp}/models"), "use lower-case letters, digits and _"),
     case("export/out-is-a-file", ("export", "--checkpoint", "{inputs}/ckpt", "--name", "m",
@@ -606,3 +613,29 @@ def test_a_train_run_refused_up_front_creates_nothing_and_exits_quietly(inputs, 
       f"lumiere train: error: dataset folder {tmp_path / 'nowhere'} does not exist"]
   assert list(tmp_path.iterdir()) == []
 
+
+
+@pytest.mark.parametrize("problem,xla_flags,overrides,message", [
+    ("batch-not-split-by-the-mesh", "", ("mesh.shape=(1,-1,1)",),
+     "lumiere train: error: data.batch_size=2 is not a multiple of 3, the devices the batch "
+     "is split over (mesh axes fsdp=3 of mesh.shape=(1, 3, 1))"),
+    ("unknown-xla-option", " --xla_cpu_use_fast_magic=true", (),
+     "lumiere train: error: XLA_FLAGS has options this jaxlib ({jaxlib}) does not know: "
+     "--xla_cpu_use_fast_magic=true"),
+])
+def test_a_train_run_that_cannot_fit_the_devices_is_refused_before_anything(
+    problem, xla_flags, overrides, message, inputs, tmp_path):
+  """Issue 18's bad input, as a process (the device count is known only after
+  jax.distributed starts, and XLA aborts the whole process on an option it does not
+  know): one line, exit 2, no workdir. Three forced devices."""
+  import jaxlib  # pylint: disable=import-outside-toplevel
+  del problem
+  env = support.subprocess_env(devices=3)
+  env["XLA_FLAGS"] += xla_flags
+  result = subprocess.run(support.lumiere_command(
+      "train", "--config", "shapes_tiny:t2i", "--workdir", str(tmp_path / "run"), *MICRO,
+      f"--config.train.data_dir={inputs / 'data'}", *(f"--config.{o}" for o in overrides)),
+      env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines() == [message.format(jaxlib=jaxlib.__version__)]
+  assert list(tmp_path.iterdir()) == []

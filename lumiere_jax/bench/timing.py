@@ -34,7 +34,7 @@ from lumiere_jax.config import load_config
 from lumiere_jax.diffusion import denoisers
 from lumiere_jax.models import build
 from lumiere_jax.parallel import sharding as sharding_lib
-from lumiere_jax.parallel.mesh import make_mesh
+from lumiere_jax.parallel.mesh import check_batch_fits, make_mesh
 from lumiere_jax.train import metrics as metrics_lib
 from lumiere_jax.train import optimizer as optimizer_lib
 from lumiere_jax.train import state as state_lib
@@ -156,6 +156,10 @@ def random_batch(config) -> dict:
 
 
 def config_mesh(config, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """The config's mesh, refused in one line (before anything compiles) where it does not
+  fit the devices or the batch."""
+  devices = list(jax.devices() if devices is None else devices)
+  check_batch_fits(config, len(devices))
   return make_mesh(config.mesh, devices)
 
 

@@ -22,6 +22,28 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple:
   return tuple(shape)
 
 
+def check_batch_fits(config, num_devices: int) -> tuple:
+  """The config's mesh shape on `num_devices` (resolve_mesh_shape), refusing a global
+  batch that the mesh axes of the first 'batch' rule do not divide: the sharding rules
+  would fall through to fewer axes and the batch would silently be computed again on
+  every device of the rest. Needs no devices, so runs before anything is built."""
+  shape = resolve_mesh_shape(tuple(config.mesh.shape), num_devices)
+  sizes = dict(zip(config.mesh.axes, shape))
+  for name, mesh_axes in config.logical_axis_rules:
+    if name != "batch":
+      continue
+    axes = [a for a in ((mesh_axes,) if isinstance(mesh_axes, str) else mesh_axes or ())
+            if sizes.get(a, 1) > 1]
+    ways = math.prod(sizes[a] for a in axes)
+    if config.data.batch_size % ways:
+      raise ConfigError(
+          f"data.batch_size={config.data.batch_size} is not a multiple of {ways}, the "
+          f"devices the batch is split over (mesh axes "
+          f"{' x '.join(f'{a}={sizes[a]}' for a in axes)} of mesh.shape={shape})")
+    break
+  return shape
+
+
 def make_mesh(mesh_config, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
   """A topology-aware mesh with Auto axis types (linen's logical partitioning needs Auto;
   jax.make_mesh defaults to Explicit)."""

@@ -24,6 +24,7 @@ import pathlib
 import shutil
 import signal
 import time
+from typing import Optional
 
 import jax
 import tqdm
@@ -80,11 +81,15 @@ def _info(message: str, *args) -> None:
     log.info(message, *args)
 
 
-def check_run(config, workdir) -> None:
+def check_run(config, workdir, num_devices: Optional[int] = None) -> None:
   """Every problem known before a run starts, as a UserError, with nothing created,
-  built or compiled: the train section, the dataset (and that it fits the config), the
-  init checkpoint, the workdir's layout and the checkpoints in it."""
+  built or compiled: the train section, the mesh on `num_devices` (when known: the
+  command checks before jax.distributed starts, when no device may be counted yet), the
+  dataset (and that it fits the config), the init checkpoint, the workdir's layout and
+  the checkpoints in it."""
   validate_train_config(config)
+  if num_devices is not None:
+    mesh_lib.check_batch_fits(config, num_devices)
   if not config.train.data_dir:
     raise UserError("config.train.data_dir is empty; build a dataset with `lumiere data "
                     "build shapes --out DIR` and pass --config.train.data_dir=DIR")
@@ -146,7 +151,7 @@ def train(config, workdir, *, loss_fn=None, stop_at_step: int = 0,
   next run continues exactly as if there had been no stop. `log_file` sends this
   process's Python logging to WORKDIR/logs (metrics.configure_logging; the CLI does).
   """
-  check_run(config, workdir)
+  check_run(config, workdir, jax.device_count())
   created = not pathlib.Path(workdir).exists()
   workdir = prepare_workdir(workdir)
   if log_file:
