@@ -35,6 +35,9 @@ def parse_args(argv):
   parser.add_argument("--devices", type=int, default=8, help="forced CPU devices")
   parser.add_argument("--mesh", default="1,-1,1", help="mesh.shape ('data,fsdp,tensor')")
   parser.add_argument("--per-device-batch", type=int, default=1)
+  parser.add_argument("--global-batch", type=int, default=None,
+                      help="clips in all (default: per-device batch x devices); fewer "
+                           "clips than devices split each clip's frames over the rest")
   parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="memory",
                       help="XLA:CPU scheduler (see above)")
   config_lib.accept_overrides(parser)
@@ -56,10 +59,11 @@ def main(argv):
   overrides = [f"mesh.shape=({args.mesh})", *given]
   mesh = make_mesh(config_lib.load_config(args.config, overrides).mesh)
   config, report = memory.train_step_memory(args.config, overrides, mesh,
-                                            args.per_device_batch)
+                                            args.per_device_batch, args.global_batch)
   gib = lambda n: f"{n / memory.GIB:.3f}"
   print(f"{args.config} {' '.join(given)}: train step, mesh {dict(mesh.shape)}, "
-        f"per-device batch {args.per_device_batch}, {config.data.num_frames} frames at "
+        f"{config.data.batch_size} clips ({config.data.batch_size / mesh.devices.size:g} "
+        f"per device), {config.data.num_frames} frames at "
         f"{config.data.resolution}x{config.data.resolution}, remat {config.model.remat}, "
         f"compute {config.model.dtype}, {args.scheduler} scheduler; jax {jax.__version__}, "
         f"{platform.machine()} CPU backend")
@@ -73,6 +77,10 @@ def main(argv):
     print(f"| {name} | {gib(value)} |")
   for chip, capacity in CHIPS:
     print(f"| fits {chip} ({capacity} GiB) | {'yes' if report.fits(capacity) else 'no'} |")
+  for kind, value in report.collective_bytes.items():
+    print(f"| {kind} received per step (GiB) | {gib(value)} |")
+  print(f"| collectives in all (GiB per device per step) | "
+        f"{gib(sum(report.collective_bytes.values()))} |")
   print(f"compile time: {report.compile_seconds:.0f} s")
 
 

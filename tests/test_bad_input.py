@@ -617,8 +617,9 @@ def test_a_train_run_refused_up_front_creates_nothing_and_exits_quietly(inputs, 
 
 @pytest.mark.parametrize("problem,xla_flags,overrides,message", [
     ("batch-not-split-by-the-mesh", "", ("mesh.shape=(1,-1,1)",),
-     "lumiere train: error: data.batch_size=2 is not a multiple of 3, the devices the batch "
-     "is split over (mesh axes fsdp=3 of mesh.shape=(1, 3, 1))"),
+     "lumiere train: error: data.batch_size=2 (images) cannot be split over the 3 "
+     "devices of mesh axes fsdp=3 (mesh.shape=(1, 3, 1)); use a batch that is a multiple "
+     "of 3"),
     ("unknown-xla-option", " --xla_cpu_use_fast_magic=true", (),
      "lumiere train: error: XLA_FLAGS has options this jaxlib ({jaxlib}) does not know: "
      "--xla_cpu_use_fast_magic=true"),

@@ -79,3 +79,22 @@ def test_unwritable_json_path_is_refused_before_anything_runs(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--json" in err
   assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_collective_bytes_counts_each_collective_once_by_its_results():
+  """Per-device bytes received, from the result shapes of a partitioned module's
+  collectives: a synchronous one by its result, an asynchronous pair by the results of
+  its '-start' (its '-done' is not counted again), nothing else."""
+  from lumiere_jax.bench import memory
+  hlo = "\n".join([
+      "  %ag = bf16[8,128]{1,0} all-gather(bf16[1,128]{1,0} %p), dimensions={0}",
+      "  %ar = f32[4]{0} all-reduce(f32[4]{0} %x), to_apply=%add",
+      "  %ags = (bf16[1,16]{1,0}, bf16[8,16]{1,0}) all-gather-start(bf16[1,16]{1,0} %q)",
+      "  %agd = bf16[8,16]{1,0} all-gather-done((bf16[1,16]{1,0}, bf16[8,16]{1,0}) %ags)",
+      "  %cp = s32[3,5]{1,0} collective-permute(s32[3,5]{1,0} %y), source_target_pairs={{0,1}}",
+      "  %a2a = (f32[2,2]{1,0}, f32[2,2]{1,0}) all-to-all(f32[2,2]{1,0} %u, f32[2,2]{1,0} %v)",
+      "  %add = f32[4]{0} add(f32[4]{0} %a, f32[4]{0} %b)",
+  ])
+  assert memory.collective_bytes(hlo) == {
+      "all-gather": 8 * 128 * 2 + 8 * 16 * 2, "all-reduce": 4 * 4, "reduce-scatter": 0,
+      "all-to-all": 2 * 2 * 2 * 4, "collective-permute": 3 * 5 * 4}

@@ -125,6 +125,27 @@ def test_mesh_shape_rest_of_devices():
     resolve_mesh_shape((2, 2, 1), 8)
 
 
+def test_a_batch_the_mesh_cannot_split_is_refused_unless_its_frames_can_be():
+  """Issue 18: every device of the batch's mesh axes gets its own work. One 80-frame
+  clip on 8 fsdp devices is split by frames (the 16 GiB layout); a batch of images, or
+  of clips whose frames do not divide either, that the devices do not divide is refused."""
+  from lumiere_jax.parallel.mesh import check_batch_fits
+  one_clip = load_config("lumiere_base:t2v", ["data.batch_size=1"])
+  assert check_batch_fits(one_clip, 8) == (1, 8, 1)
+  assert check_batch_fits(load_config("lumiere_base:t2v", ["data.batch_size=16"]), 8)
+  assert check_batch_fits(load_config("shapes_tiny:t2v", ["data.batch_size=3"]), 1)
+  with pytest.raises(ConfigError, match=r"data.batch_size=3 \(images\) cannot be split over "
+                     r"the 8 devices of mesh axes data=8 \(mesh.shape=\(8, 1, 1\)\)"):
+    check_batch_fits(load_config("shapes_tiny:t2i", ["data.batch_size=3"]), 8)
+  assert check_batch_fits(load_config("shapes_tiny:t2v", ["data.batch_size=3",
+                                                          "mesh.shape=(1,-1,1)"]), 8)
+  with pytest.raises(ConfigError, match=r"\(clips of 12 frames\) cannot be split over the "
+                     r"8 devices of mesh axes fsdp=8"):
+    check_batch_fits(load_config("shapes_tiny:t2v", ["data.batch_size=3",
+                                                     "data.num_frames=12",
+                                                     "mesh.shape=(1,-1,1)"]), 8)
+
+
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 

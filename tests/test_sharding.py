@@ -21,6 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 import trained_weights
 from lumiere_jax.config import load_config
 from lumiere_jax.models import build
+from lumiere_jax.models.temporal import VIDEO_AXES
 from lumiere_jax.parallel import mesh as mesh_lib
 from lumiere_jax.parallel import sharding
 
@@ -74,19 +75,21 @@ def test_specs_never_split_an_indivisible_dimension():
   assert specs["backbone"]["conv_in"]["kernel"] == PartitionSpec(None, None, None, "tensor")
 
 
-@pytest.mark.parametrize("frames,resolution,trained", [
-    (16, 32, True),
+@pytest.mark.parametrize("frames,resolution,trained,batch,mesh_shape", [
+    (16, 32, True, 4, (2, 2, 2)),
     # The shapes where XLA miscompiles a (data, fsdp)-sharded attention residual unless the
     # sequences stay batch-sharded (Transformer2D and AttentionInflationBlock both do).
-    (8, 16, False),
-    (8, 16, True),
+    (8, 16, False, 4, (2, 2, 2)),
+    (8, 16, True, 4, (2, 2, 2)),
+    # One clip on 8 fsdp devices (issue 18's 16 GiB layout): its frames take the devices.
+    (16, 32, True, 1, (1, 8, 1)),
 ])
-def test_sharded_forward_equals_single_device(frames, resolution, trained):
+def test_sharded_forward_equals_single_device(frames, resolution, trained, batch, mesh_shape):
   """`trained`: random non-zero temporal weights (at init every inflation block is x + 0
   and every resampler the identity, so a sharding bug inside them could not show)."""
   if jax.device_count() < 8:
     pytest.skip("needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)")
-  config = load_config("shapes_tiny:t2v", ["mesh.shape=(2, 2, 2)",
+  config = load_config("shapes_tiny:t2v", [f"mesh.shape={mesh_shape}",
                                            f"data.num_frames={frames}",
                                            f"data.resolution={resolution}"])
   assert config.model.temporal.down_levels == (True, True)  # T -> T / 2 -> T / 4 frames
@@ -96,7 +99,6 @@ def test_sharded_forward_equals_single_device(frames, resolution, trained):
               else params["temporal"])
   denoiser_params = {"backbone": params["backbone"], "temporal": temporal}
   model = build.build_denoiser(config.model)
-  batch = 4
   x = jax.random.normal(jax.random.key(1), build.denoiser_input_shape(config, batch))
   timesteps = jnp.linspace(10.0, 900.0, batch)
   emb, mask = build.encode_text(config, params, ["a red circle moving left"] * batch)
@@ -108,12 +110,20 @@ def test_sharded_forward_equals_single_device(frames, resolution, trained):
   param_shardings = sharding.named_shardings(
       {"backbone": specs["backbone"], "temporal": specs["temporal"]}, mesh)
   sharded_params = jax.device_put(denoiser_params, param_shardings)
-  data = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+  if batch == 1:  # the clip whole on every device; inside, its frames are split
+    data = NamedSharding(mesh, PartitionSpec())
+    video = jax.jit(lambda v: sharding.constrain(v, VIDEO_AXES))
+    with sharding.activation_sharding(mesh, config.logical_axis_rules):
+      assert video(x).sharding.spec == PartitionSpec(None, "fsdp")
+  else:
+    data = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
   inputs = jax.device_put((x, timesteps, emb, mask), data)
   with sharding.activation_sharding(mesh, config.logical_axis_rules):
-    out = jax.jit(model.apply, out_shardings=NamedSharding(mesh, PartitionSpec(("data", "fsdp"))))(
-        {"params": sharded_params}, *inputs)
+    out = jax.jit(model.apply, out_shardings=data)({"params": sharded_params}, *inputs)
   assert len(out.sharding.device_set) == 8
+  np.testing.assert_allclose(np.asarray(out), np.asarray(expected), atol=2e-5, rtol=0)
+  if mesh_shape != (2, 2, 2):
+    return
   kernel = sharded_params["backbone"]["down_blocks_1"]["resnets_0"]["conv1"]["kernel"]
   assert kernel.sharding.spec == PartitionSpec(None, None, "fsdp", "tensor")
   # Temporal kernels are split too (time taps whole, channels over fsdp and tensor).
@@ -121,7 +131,6 @@ def test_sharded_forward_equals_single_device(frames, resolution, trained):
   for kernel in (temporal["downsample_1"]["conv"]["kernel"],
                  temporal["blocks_down_0_0"]["temporal_conv"]["kernel"]):
     assert kernel.sharding.spec == PartitionSpec(None, "fsdp", "tensor")
-  np.testing.assert_allclose(np.asarray(out), np.asarray(expected), atol=2e-5, rtol=0)
   if trained:  # the temporal layers change the output (it is not the backbone's alone)
     at_init = jax.jit(model.apply)({"params": {"backbone": params["backbone"],
                                                "temporal": params["temporal"]}},

@@ -3,6 +3,12 @@ training, frozen-base training and the sampling step, on this machine, in one go
 
   python benchmarks/peer/compare.py --repeats 3 --json /tmp/peer_compare.json
   python benchmarks/peer/compare.py --repeats 1 --iters 2 --warmup 1     # a quick look
+  python benchmarks/peer/compare.py --repeats 3 --xla-flags=--xla_cpu_use_onednn=true
+
+`--xla-flags=FLAGS` (repeatable) also times ours under XLA_FLAGS=FLAGS in every repeat,
+right after the default run, so each option's rows are interleaved with the peer's and
+ours; the report names the CPU (lscpu), since these timings differ 15x between CPU
+families.
 
 Each repeat runs, one after the other, the peer (../shared/bench/lumiere_pytorch_peer.py,
 with the .peer-venv Python) with --train-mode full, the peer with --train-mode temporal,
@@ -19,12 +25,16 @@ One-time setup of the peer (from the repository root):
 
 import argparse
 import json
+import os
 import pathlib
+import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 
+from lumiere_jax import runtime
+from lumiere_jax.errors import UserError
 from lumiere_jax.io import atomic
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -48,6 +58,9 @@ def parse_args(argv):
   parser.add_argument("--peer-python", default=str(PEER_PYTHON))
   parser.add_argument("--peer-script", default=str(PEER_SCRIPT))
   parser.add_argument("--json", help="also write the results here")
+  parser.add_argument("--xla-flags", action="append", default=[], metavar="FLAGS",
+                      help="also time ours under XLA_FLAGS=FLAGS, in every repeat beside "
+                           "the default run (repeatable): its own column of rows")
   args = parser.parse_args(argv)
   if min(args.repeats, args.iters) < 1 or args.warmup < 0:
     parser.error("--repeats and --iters must be >= 1, --warmup >= 0")
@@ -68,13 +81,26 @@ def run_peer(args, mode: str, with_peak: bool) -> dict:
   return last_json_line(done.stdout)
 
 
-def run_ours(args) -> dict:
+def run_ours(args, xla_flags: str = "") -> dict:
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
   with tempfile.TemporaryDirectory() as tmp:
     out = pathlib.Path(tmp) / "peer_matched.json"
     subprocess.run([sys.executable, str(OURS), "--steps", str(args.iters),
                     "--warmup", str(args.warmup), "--json", str(out)],
-                   capture_output=True, text=True, check=True)
+                   capture_output=True, text=True, check=True, env=env)
     return json.loads(out.read_text())
+
+
+def cpu_model() -> str:
+  """lscpu's model name (timings here differ 15x between CPU families)."""
+  try:
+    text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+  except (OSError, subprocess.CalledProcessError):
+    return platform.processor() or "unknown CPU"
+  names = [line.split(":", 1)[1].strip() for line in text.splitlines()
+           if line.startswith("Model name")]
+  return names[0] if names else "unknown CPU"
 
 
 def one_repeat(args, index: int) -> dict:
@@ -86,6 +112,9 @@ def one_repeat(args, index: int) -> dict:
                     "sample_step_s": [full["timing"]["sample_step_s"],
                                       frozen["timing"]["sample_step_s"]]},
            "ours": {key: ours[key] for _, key, _ in ROWS}}
+  for flags in args.xla_flags:
+    variant = run_ours(args, flags)
+    times[f"ours {flags}"] = {key: variant[key] for _, key, _ in ROWS}
   return {"times": times, "peer_full": full, "peer_temporal": frozen, "ours": ours}
 
 
@@ -101,6 +130,10 @@ def summarize(repeats) -> dict:
     rows[name] = {"peer_s": statistics.median(peer), "ours_s": statistics.median(ours),
                   "peer_runs_s": peer, "ours_runs_s": ours}
     rows[name]["ratio_peer_over_ours"] = rows[name]["peer_s"] / rows[name]["ours_s"]
+    for variant in [k for k in repeats[0]["times"] if k.startswith("ours ")]:
+      runs = [r["times"][variant][key] for r in repeats]
+      rows[name][variant] = {"s": statistics.median(runs), "runs_s": runs,
+                             "ratio_peer_over_it": rows[name]["peer_s"] / statistics.median(runs)}
   return rows
 
 
@@ -117,11 +150,17 @@ def flops_comparison(repeat: dict) -> dict:
           for key, peer in peer_flops.items()}
 
 
-def print_report(rows, flops, params) -> None:
-  print("| row | peer median s | ours median s | peer / ours |\n|---|---:|---:|---:|")
+def print_report(rows, flops, params, cpu: str) -> None:
+  variants = [k for k in next(iter(rows.values())) if k.startswith("ours ")]
+  print(f"CPU: {cpu}\n")
+  print("| row | peer median s | ours median s | peer / ours |"
+        + "".join(f" {v} s | peer / it |" for v in variants)
+        + "\n|---|---:|---:|---:|" + "---:|---:|" * len(variants))
   for name, r in rows.items():
     print(f"| {name} | {r['peer_s']:.3f} | {r['ours_s']:.4f} | "
-          f"{r['ratio_peer_over_ours']:.2f} |")
+          f"{r['ratio_peer_over_ours']:.2f} |"
+          + "".join(f" {r[v]['s']:.4f} | {r[v]['ratio_peer_over_it']:.2f} |"
+                    for v in variants))
   print("\n| FLOPs | peer (FlopCounterMode) | ours, counted alike | ours / peer |"
         " ours, valid taps (traced) |\n|---|---:|---:|---:|---:|")
   for key, f in flops.items():
@@ -140,16 +179,28 @@ def main(argv=None) -> int:
     print(f"peer script {args.peer_script} not found (it lives in shared/bench/)",
           file=sys.stderr)
     return 2
+  for flags in args.xla_flags:  # XLA aborts a process on an option it does not know
+    os.environ["XLA_FLAGS"], before = flags, os.environ.get("XLA_FLAGS")
+    try:
+      runtime.check_xla_flags()
+    except UserError as e:
+      print(f"--xla-flags {flags!r}: {e}", file=sys.stderr)
+      return 2
+    finally:
+      os.environ.pop("XLA_FLAGS")
+      if before is not None:
+        os.environ["XLA_FLAGS"] = before
   repeats = []
   for index in range(args.repeats):
     repeats.append(one_repeat(args, index))
     print(json.dumps({"repeat": index, **repeats[-1]["times"]}), flush=True)
   rows, flops = summarize(repeats), flops_comparison(repeats[0])
   params = {"peer": repeats[0]["peer_full"]["params"], "ours": repeats[0]["ours"]["params"]}
-  print_report(rows, flops, params)
+  cpu = cpu_model()
+  print_report(rows, flops, params, cpu)
   if args.json:
     atomic.write_text(args.json, json.dumps(
-        {"rows": rows, "flops": flops, "params": params,
+        {"cpu": cpu, "rows": rows, "flops": flops, "params": params,
          "matmul_peak": repeats[0]["peer_full"].get("matmul_peak"),
          "settings": vars(args), "repeats": repeats}, indent=1) + "\n")
     print(f"wrote {args.json}")

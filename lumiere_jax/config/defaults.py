@@ -13,10 +13,13 @@ from lumiere_jax.train.config import default_train_config
 DEFAULT_LOGICAL_AXIS_RULES = (
     ("batch", ("data", "fsdp")),
     ("batch", "data"),
-    ("time", None),
-    ("height", None),
+    # A batch too small to split leaves the devices free: a clip's frames take them, and
+    # where the frames do not divide either (the coarse levels of lumiere_base), its rows
+    # and token sequences (the 16 GiB layout, benchmarks/RESULTS.md).
+    ("time", ("data", "fsdp")),
+    ("height", ("data", "fsdp")),
     ("width", None),
-    ("length", None),
+    ("length", ("data", "fsdp")),
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),

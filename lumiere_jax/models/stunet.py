@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from lumiere_jax.models import temporal as tl
 from lumiere_jax.models import unet2d
 from lumiere_jax.models.unet2d import UNetSpec, maybe_remat
+from lumiere_jax.parallel import sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +93,7 @@ class _TemporalHooks(unet2d.Inflation):
 
   def _video(self, h):
     v = h.reshape(self.batch, h.shape[0] // self.batch, *h.shape[1:])
-    return nn.with_logical_constraint(v, tl.VIDEO_AXES)
+    return sharding.constrain(v, tl.VIDEO_AXES)
 
   def _frames(self, v):
     return v.reshape(-1, *v.shape[2:])
@@ -135,7 +136,7 @@ class STUNet(nn.Module):
 
   def __call__(self, x, timesteps, context, context_mask, noise_level=None):
     b, t = x.shape[:2]
-    x = nn.with_logical_constraint(x, tl.VIDEO_AXES)
+    x = sharding.constrain(x, tl.VIDEO_AXES)
     frames = x.reshape(b * t, *x.shape[2:])
     hooks = _TemporalHooks(self.temporal, b, context.astype(jnp.dtype(self.unet.dtype)),
                            context_mask)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from lumiere_jax.models import layers
+from lumiere_jax.parallel import sharding
 
 VIDEO_AXES = ("batch", "time", "height", "width", "embed")
 SEQUENCE_AXES = ("batch", "length", "embed")  # attention sequences [N, S, C]
@@ -158,7 +159,7 @@ class AttentionInflationBlock(nn.Module):
     # The sequences stay batch-sharded, as in unet2d.Transformer2D: left to itself, XLA's
     # SPMD partitioner (jax 0.10.2, CPU) reshards them over 'tensor' and miscompiles the
     # residual add of a (data, fsdp)-sharded batch (tests/test_sharding.py).
-    sequences = lambda y: nn.with_logical_constraint(y, SEQUENCE_AXES)
+    sequences = lambda y: sharding.constrain(y, SEQUENCE_AXES)
     h = sequences(layers.Attention(self.heads, c // self.heads, dtype=self.dtype,
                                    name="attn1")(sequences(h)))
     if self.text_conditioning:

@@ -21,6 +21,7 @@ from tokenizers import models as tok_models
 from tokenizers import normalizers, pre_tokenizers, processors
 
 from lumiere_jax.models import layers
+from lumiere_jax.parallel import sharding
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
@@ -134,7 +135,7 @@ class TextEncoder(nn.Module):
                      (self.max_length, self.width))
     x = jnp.take(embed, tokens, axis=0) + pos[None, : tokens.shape[1]]
     x = x.astype(self.dtype)
-    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = sharding.constrain(x, ("batch", "length", "embed"))
     bias = layers.mask_to_bias(mask[:, None, None, :])
     for i in range(self.num_layers):
       h = layers.LayerNorm(name=f"layers_{i}_norm1")(x)

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from lumiere_jax.models import conditioning, layers
+from lumiere_jax.parallel import sharding
 
 FRAME_AXES = ("batch", "height", "width", "embed")
 TOKEN_AXES = ("batch", "length", "embed")
@@ -106,7 +107,7 @@ class Transformer2D(nn.Module):
     # The token stream stays batch-sharded: left to itself, XLA's SPMD partitioner (jax
     # 0.10.2, CPU) shards it over 'tensor' after proj_in and then miscompiles the
     # residual add of a (data, fsdp)-sharded batch (tests/test_sharding.py has the repro).
-    tokens = lambda y: nn.with_logical_constraint(y, TOKEN_AXES)
+    tokens = lambda y: sharding.constrain(y, TOKEN_AXES)
     h = tokens(h.reshape(n, hh * ww, c))
     for k in range(self.num_layers):
       h = tokens(BasicTransformerBlock(self.heads, c // self.heads, dtype=self.dtype,
@@ -334,7 +335,7 @@ def unet_forward(unet: UNet2D, x, timesteps, context, context_mask, inflation: I
   temb = time_and_noise_embedding(unet, timesteps, noise_level)
   bias = layers.mask_to_bias(context_mask[:, None, None, :])
   context = context.astype(dtype)
-  constrain = lambda h: nn.with_logical_constraint(h, FRAME_AXES)
+  constrain = lambda h: sharding.constrain(h, FRAME_AXES)
 
   h = constrain(unet.conv_in(x))
   skips = [h]

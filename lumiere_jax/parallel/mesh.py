@@ -23,24 +23,29 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple:
 
 
 def check_batch_fits(config, num_devices: int) -> tuple:
-  """The config's mesh shape on `num_devices` (resolve_mesh_shape), refusing a global
-  batch that the mesh axes of the first 'batch' rule do not divide: the sharding rules
-  would fall through to fewer axes and the batch would silently be computed again on
-  every device of the rest. Needs no devices, so runs before anything is built."""
+  """The config's mesh shape on `num_devices` (resolve_mesh_shape), refusing a batch of
+  clips that the mesh axes of the 'batch' rules cannot split: the batch, and where it
+  is too small the clips' frames ('time'), must cover every one of those devices, or
+  the rules would fall through and devices would compute the same work again. Needs no
+  devices, so it runs before anything is built."""
+  from lumiere_jax.parallel import sharding  # pylint: disable=import-outside-toplevel
   shape = resolve_mesh_shape(tuple(config.mesh.shape), num_devices)
   sizes = dict(zip(config.mesh.axes, shape))
-  for name, mesh_axes in config.logical_axis_rules:
-    if name != "batch":
-      continue
-    axes = [a for a in ((mesh_axes,) if isinstance(mesh_axes, str) else mesh_axes or ())
-            if sizes.get(a, 1) > 1]
-    ways = math.prod(sizes[a] for a in axes)
-    if config.data.batch_size % ways:
-      raise ConfigError(
-          f"data.batch_size={config.data.batch_size} is not a multiple of {ways}, the "
-          f"devices the batch is split over (mesh axes "
-          f"{' x '.join(f'{a}={sizes[a]}' for a in axes)} of mesh.shape={shape})")
-    break
+  rules = config.logical_axis_rules
+  batch_axes = {a for name, axes in rules if name == "batch"
+                for a in ((axes,) if isinstance(axes, str) else axes or ()) if sizes.get(a, 1) > 1}
+  video = config.model.kind != "unet2d"
+  dims = (config.data.batch_size, config.data.num_frames if video else 1)
+  spec = sharding.logical_to_spec(("batch", "time"), dims, rules, sizes)
+  covered = {a for entry in spec if entry
+             for a in ((entry,) if isinstance(entry, str) else entry)}
+  if not batch_axes <= covered:
+    ways = math.prod(sizes[a] for a in batch_axes)
+    raise ConfigError(
+        f"data.batch_size={dims[0]} "
+        f"{f'(clips of {dims[1]} frames)' if video else '(images)'} cannot be split over the "
+        f"{ways} devices of mesh axes {' x '.join(f'{a}={sizes[a]}' for a in sorted(batch_axes))} "
+        f"(mesh.shape={shape}); use a batch that is a multiple of {ways}")
   return shape
 
 

@@ -73,6 +73,20 @@ def flax_rules(rules: Rules) -> tuple:
                 else tuple(mesh_axes)) for name, mesh_axes in rules)
 
 
+def constrain(x, logical_axes: Sequence[Optional[str]]):
+  """`nn.with_logical_constraint` with this module's rule semantics: a rule whose mesh
+  axes do not divide the dimension falls through to the next. (Flax's would shard the
+  dimension unevenly, padded, and keep those mesh axes from the array's other
+  dimensions.) So a clip's 'time' takes the devices that a batch of one cannot use
+  (lumiere_base:t2v at one clip per 8 devices). A no-op outside `activation_sharding`."""
+  rules = nn.get_logical_axis_rules()
+  mesh = jax.sharding.get_abstract_mesh()
+  if not rules or mesh.empty:
+    return x
+  spec = logical_to_spec(logical_axes, x.shape, rules, dict(mesh.shape))
+  return jax.lax.with_sharding_constraint(x, spec)
+
+
 @contextlib.contextmanager
 def activation_sharding(mesh: Mesh, rules: Rules):
   """Context in which the model's logical activation constraints use `mesh`."""
