@@ -4,9 +4,11 @@ The step is the real one (lumiere_jax/train/step.py) with the config's remat and
 
   python benchmarks/memory.py                      # lumiere_base:t2v, 8 devices, fsdp=8
   python benchmarks/memory.py --config shapes_tiny:t2v --mesh 2,4,1 --config.model.remat=none
+  python benchmarks/memory.py --global-batch 1     # one clip over 8 devices: fits 16 GiB
 
 Prints a table of the per-device bytes and whether they fit 16 GiB (TPU v5e), 95 GiB
-(TPU v5p) and 80 GiB (H100). Compiling the paper-scale step takes minutes on a CPU.
+(TPU v5p) and 80 GiB (H100), and the bytes each device receives per step from each kind
+of collective. Compiling the paper-scale step takes minutes on a CPU.
 
 The CPU backend's default scheduler orders work for concurrency, not memory: it runs a
 remat block's recomputation early, so the compiled peak does not drop with remat at all

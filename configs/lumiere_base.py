@@ -67,7 +67,10 @@ def get_config(arg: str = "t2v") -> ml_collections.ConfigDict:
   data.num_frames = 80
   data.batch_size = 256
 
-  config.mesh.shape = (1, -1, 1)  # fully-sharded data parallel by default
+  # Fully-sharded data parallel by default. On 16 GiB chips (TPU v5e), one clip per 8
+  # devices fits: mesh.shape=(-1, 8, 1) with data.batch_size = the data axis, each clip
+  # split by frames, rows and tokens (benchmarks/RESULTS.md, "A layout that fits").
+  config.mesh.shape = (1, -1, 1)
   if stage == "t2i":
     model.kind = "unet2d"
     data.num_frames = 1
