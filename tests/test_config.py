@@ -10,6 +10,7 @@ import re
 import flax
 import jax
 import pytest
+from jax.sharding import PartitionSpec
 
 from lumiere_jax.config import (finalize, load_config, parse_overrides, resolve_mesh_shape,
                                 shipped_names)
@@ -130,8 +131,18 @@ def test_a_batch_the_mesh_cannot_split_is_refused_unless_its_frames_can_be():
   clip on 8 fsdp devices is split by frames (the 16 GiB layout); a batch of images, or
   of clips whose frames do not divide either, that the devices do not divide is refused."""
   from lumiere_jax.parallel.mesh import check_batch_fits
+  from lumiere_jax.parallel.sharding import logical_to_spec
   one_clip = load_config("lumiere_base:t2v", ["data.batch_size=1"])
   assert check_batch_fits(one_clip, 8) == (1, 8, 1)
+  # With a data axis, one clip per data index: the frames, else the rows, take fsdp.
+  rules, sizes = one_clip.logical_axis_rules, {"data": 4, "fsdp": 8, "tensor": 1}
+  video = ("batch", "time", "height", "width", "embed")
+  assert logical_to_spec(video, (4, 80, 128, 128, 128), rules, sizes) == \
+      PartitionSpec("data", "fsdp")
+  assert logical_to_spec(video, (4, 20, 32, 32, 512), rules, sizes) == \
+      PartitionSpec("data", None, "fsdp")
+  assert check_batch_fits(load_config("lumiere_base:t2v", ["data.batch_size=4",
+                                                           "mesh.shape=(-1, 8, 1)"]), 32)
   assert check_batch_fits(load_config("lumiere_base:t2v", ["data.batch_size=16"]), 8)
   assert check_batch_fits(load_config("shapes_tiny:t2v", ["data.batch_size=3"]), 1)
   with pytest.raises(ConfigError, match=r"data.batch_size=3 \(images\) cannot be split over "

@@ -17,9 +17,12 @@ DEFAULT_LOGICAL_AXIS_RULES = (
     # where the frames do not divide either (the coarse levels of lumiere_base), its rows
     # and token sequences (the 16 GiB layout, benchmarks/RESULTS.md).
     ("time", ("data", "fsdp")),
+    ("time", "fsdp"),  # one clip per data-axis index: mesh (N, 8, 1) at N clips
     ("height", ("data", "fsdp")),
+    ("height", "fsdp"),
     ("width", None),
     ("length", ("data", "fsdp")),
+    ("length", "fsdp"),
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
