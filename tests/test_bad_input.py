@@ -640,3 +640,20 @@ def test_a_train_run_that_cannot_fit_the_devices_is_refused_before_anything(
   assert result.returncode == 2, result.stderr[-2000:]
   assert result.stderr.strip().splitlines() == [message.format(jaxlib=jaxlib.__version__)]
   assert list(tmp_path.iterdir()) == []
+
+
+def test_a_workdir_whose_checkpoints_is_a_file_is_refused_before_the_run(inputs, tmp_path):
+  """Finding 3, as a user meets it (a process of its own): one line, exit 2, and the
+  workdir exactly as it was; before the fix, a NotADirectoryError traceback (exit 1) from
+  the first save, after the compile and a step."""
+  workdir = tmp_path / "run"
+  shutil.copytree(inputs / "ckfile", workdir)
+  before = snapshot(workdir)
+  result = subprocess.run(support.lumiere_command(
+      "train", "--config", "shapes_tiny:t2i", "--workdir", str(workdir), *MICRO,
+      f"--config.train.data_dir={inputs / 'data'}"), env=support.subprocess_env(),
+      cwd=tmp_path, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines() == [
+      f"lumiere train: error: workdir {workdir}: checkpoints exists and is not a folder"]
+  assert snapshot(workdir) == before
