@@ -74,21 +74,17 @@ XLA_FLAGS_ENV = "XLA_FLAGS"
 _KNOWN_FLAGS_FILE = "known_xla_flags.json"  # beside the compilation cache
 
 
-def xla_flag_names(flags: str) -> list:
-  """The option names in an XLA_FLAGS value ('--a=1 --b' -> ['a', 'b'])."""
-  return [word.lstrip("-").split("=", 1)[0] for word in flags.split() if word.strip("-")]
-
-
 def check_xla_flags(cache_dir: str = "~/.cache/lumiere_jax") -> None:
   """Refuses, as one line, an XLA_FLAGS option this jaxlib does not know, before anything
   compiles: XLA itself aborts the process on one (a fatal log line and SIGABRT, with no
   Python error to catch) the first time a backend starts. A short child process starts
-  the CPU backend under the same flags; the names it accepted are remembered per jaxlib
-  version, so the check costs one start-up (~2 s) per new option, not per command."""
+  the CPU backend under the same flags; the options it accepted (name and value) are
+  remembered per jaxlib version, so the check costs one start-up (~2 s) per new option,
+  not per command."""
   from lumiere_jax.errors import UserError  # pylint: disable=import-outside-toplevel
   flags = os.environ.get(XLA_FLAGS_ENV, "")
-  names = set(xla_flag_names(flags))
-  if not names:
+  options = set(flags.split())
+  if not options:
     return
   import jaxlib  # pylint: disable=import-outside-toplevel
   record = pathlib.Path(cache_dir).expanduser() / _KNOWN_FLAGS_FILE
@@ -96,7 +92,7 @@ def check_xla_flags(cache_dir: str = "~/.cache/lumiere_jax") -> None:
     known = json.loads(record.read_text()).get(jaxlib.__version__, [])
   except (OSError, ValueError, AttributeError):
     known = []
-  if names <= set(known):
+  if options <= set(known):
     return
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   child = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=env,
@@ -117,7 +113,7 @@ def check_xla_flags(cache_dir: str = "~/.cache/lumiere_jax") -> None:
       table = json.loads(record.read_text())
     except (OSError, ValueError):
       table = {}
-    table[jaxlib.__version__] = sorted(names | set(known))
+    table[jaxlib.__version__] = sorted(options | set(known))
     temporary = record.with_suffix(f".{os.getpid()}.tmp")
     temporary.write_text(json.dumps(table))
     os.replace(temporary, record)
