@@ -23,6 +23,7 @@ DEFAULT_LOGICAL_AXIS_RULES = (
     ("width", None),
     ("length", ("data", "fsdp")),
     ("length", "fsdp"),
+    ("position", None),  # the text encoder's position table (a parameter, not a sequence)
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),

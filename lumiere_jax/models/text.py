@@ -131,7 +131,7 @@ class TextEncoder(nn.Module):
                        (self.vocab_size, self.width))
     pos = self.param("position_embedding",
                      nn.with_logical_partitioning(nn.initializers.normal(0.01),
-                                                  ("length", "embed")),
+                                                  ("position", "embed")),
                      (self.max_length, self.width))
     x = jnp.take(embed, tokens, axis=0) + pos[None, : tokens.shape[1]]
     x = x.astype(self.dtype)
