@@ -5,7 +5,7 @@
 #
 # Stages (default: all, in order): data t2i t2i_more t2v t2v_full t2v_more t2v_last export
 # eval (t2v starts from t2i, as the shipped shapes_t2v did; t2v_graft, a trial, from
-# t2i_more and t2v_last). The applications'
+# t2i_more and t2v_last, and t2v_graft_full from t2v_graft). The applications'
 # models are stages of their own, run after those (not by default): cond (the
 # conditional <J, C, M> model, from t2v_last), style (a backbone fine-tuned on outlined
 # shapes, from t2v_last; it builds its dataset first), keyframes (the keyframe model of
@@ -98,6 +98,11 @@ for stage in $STAGES; do
           --config.train.ema_decay=0.998 --config.train.checkpoint_every=100 \
           --config.train.log_every=10 --config.diffusion.train_logsnr_shift=-4.1589 \
           --config.model.temporal.spacetime_attention=True
+      ;;
+    t2v_graft_full)
+      # Trial after t2v_graft (not shipped): the whole STUNet but the text encoder, as in
+      # t2v_full, from t2v_graft's EMA (docs/learning_record.md: shape 0.67, motion 0.53).
+      fine_tune t2v_graft_full t2v_graft 2400 3e-4
       ;;
     t2v)
       first_stage t2v t2v
