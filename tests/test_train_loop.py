@@ -385,11 +385,11 @@ def test_a_disk_that_fills_between_saves_is_one_line_with_nothing_printed_at_exi
       while not checkpoint.committed_steps(workdir / "checkpoints"):
         assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
         time.sleep(0.1)
-      with open(disk / "filler", "wb") as filler:
+      # Unbuffered: a buffered file would raise the full disk again when it is closed.
+      with open(disk / "filler", "wb", buffering=0) as filler:
         with contextlib.suppress(OSError):
           while True:
             filler.write(bytes(1 << 16))
-            filler.flush()
       _, stderr = process.communicate(timeout=300)
     finally:
       if process.poll() is None:
