@@ -3,8 +3,8 @@
 #
 #   bash launch/shapes_recipe.sh RUNS_DIR [STAGE...]
 #
-# Stages (default: all, in order): data t2i t2i_more t2v t2v_full t2v_more t2v_last export
-# eval (t2v starts from t2i, as the shipped shapes_t2v did; t2v_graft, a trial, from
+# Stages (default: all, in order): data t2i t2i_more t2v t2v_full t2v_more t2v_last t2v_low
+# export eval (t2v starts from t2i, as the shipped shapes_t2v did; t2v_graft, a trial, from
 # t2i_more and t2v_last, and t2v_graft_full from t2v_graft). The applications'
 # models are stages of their own, run after those (not by default): cond (the
 # conditional <J, C, M> model, from t2v_last), style (a backbone fine-tuned on outlined
@@ -25,7 +25,7 @@
 set -euo pipefail
 RUNS=${1:?usage: shapes_recipe.sh RUNS_DIR [STAGE...]}
 shift
-STAGES=${*:-data t2i t2i_more t2v t2v_full t2v_more t2v_last export eval}
+STAGES=${*:-data t2i t2i_more t2v t2v_full t2v_more t2v_last t2v_low export eval}
 MINUTES=${STAGE_MINUTES:-90}
 DATA=$RUNS/data/shapes16
 STYLE_DATA=$RUNS/data/shapes16_outlined
@@ -104,6 +104,21 @@ for stage in $STAGES; do
       # t2v_full, from t2v_graft's EMA (docs/learning_record.md: shape 0.67, motion 0.53).
       fine_tune t2v_graft_full t2v_graft 2400 3e-4
       ;;
+    t2v_low)
+      # The low-noise expert (eDiff-I's expert denoisers; not in the paper): t2v_last's
+      # temporal layers over t2i_more's frozen backbone, trained at t <= 0.6 only.
+      # shapes_t2v hands it the sampling steps at t <= 0.4 (diffusion.expert_switch), so
+      # stage 4 decides where objects go and t2i_more's backbone draws them
+      # (docs/learning_record.md, "A low-noise expert").
+      staged lumiere train --config shapes_tiny:t2v --workdir "$RUNS/t2v_low" \
+          --config.train.data_dir="$DATA" --config.train.init_checkpoint="$RUNS/t2i_more" \
+          "--config.train.init_group_checkpoints=('temporal=$RUNS/t2v_last',)" \
+          --config.train.num_steps=3000 --config.data.batch_size=4 \
+          --config.train.learning_rate=5e-4 --config.train.warmup_steps=50 \
+          --config.train.ema_decay=0.998 --config.train.checkpoint_every=100 \
+          --config.train.log_every=10 --config.diffusion.train_t_max=0.6 \
+          --config.model.temporal.spacetime_attention=True
+      ;;
     t2v)
       first_stage t2v t2v
       ;;
@@ -177,15 +192,19 @@ for stage in $STAGES; do
     export)
       lumiere export --checkpoint "$RUNS/t2i_more" --name shapes_t2i --out "$RUNS/models" \
           --steps 32 --description "shapes text-to-image U-Net (t2i, t2i_more stages)"
+      lumiere export --checkpoint "$RUNS/t2v_low" --name shapes_t2v_low --out "$RUNS/models" \
+          --steps 24 --guidance 3 --threshold static \
+          --description "shapes t2v low-noise expert (t2v_low stage; shapes_t2v's steps at t <= 0.4)"
       lumiere export --checkpoint "$RUNS/t2v_last" --name shapes_t2v --out "$RUNS/models" \
-          --steps 32 --guidance 3 --threshold static \
+          --steps 24 --guidance 3 --threshold static --expert shapes_t2v_low \
+          --expert-switch 0.4 \
           --description "shapes text-to-video STUNet (t2v, t2v_full, t2v_more, t2v_last stages)"
       ;;
     eval)
       lumiere eval shapes --checkpoint "$RUNS/t2v_last" --num 96 --steps 32 --guidance 3 \
           --fvd --json "$RUNS/eval_t2v.json" --sheet "$RUNS/eval_t2v.png"
       ;;
-    *) echo "unknown stage $stage (data t2i t2i_more t2v_graft t2v t2v_full t2v_more t2v_last export eval cond style keyframes ssr export_apps)" >&2
+    *) echo "unknown stage $stage (data t2i t2i_more t2v_graft t2v t2v_full t2v_more t2v_last t2v_low export eval cond style keyframes ssr export_apps)" >&2
        exit 2 ;;
   esac
 done

@@ -122,6 +122,22 @@ def test_a_shift_fraction_shifts_that_share_of_the_examples_and_leaves_the_rest_
     assert abs(share - fraction) <= 3 * math.sqrt(0.25 / 4096), (fraction, share)
 
 
+def test_train_t_max_draws_the_same_times_scaled_into_its_range():
+  """A low-noise expert's times: the default's draws times train_t_max (same key), so all
+  lie in [0, t_max]; with a shift, the scaled draws shifted."""
+  schedule = schedules.schedule_from_config(default_diffusion_config(), 4)
+  key = jax.random.key(3)
+  full = np.asarray(losses.training_times(schedule, key, 4096, diffusion_config()))
+  low = np.asarray(losses.training_times(schedule, key, 4096, diffusion_config(
+      train_t_max=0.4)))
+  np.testing.assert_array_equal(low, full * np.float32(0.4))
+  assert low.max() <= 0.4 and low.max() > 0.39
+  shifted = diffusion_config(train_t_max=0.4, train_logsnr_shift=-1.0)
+  np.testing.assert_allclose(
+      losses.training_times(schedule, key, 4096, shifted),
+      losses.shifted_levels(schedule, jnp.asarray(low), key, shifted), rtol=0, atol=0)
+
+
 def test_default_is_plain_v_mse():
   config = default_diffusion_config()
   logsnr = jnp.linspace(-15, 15, 7)
@@ -163,7 +179,8 @@ def test_validation_names_the_field():
   for field, value in [("loss_weighting", "l1"), ("cfg_dropout", 1.0), ("guidance", -1.0),
                        ("sampler", "euler"), ("steps", 0), ("logsnr_min", 20.0),
                        ("train_logsnr_shift", float("nan")),
-                       ("train_logsnr_shift_fraction", 1.5),
+                       ("train_logsnr_shift_fraction", 1.5), ("train_t_max", 0.0),
+                       ("train_t_max", 1.5),
                        ("ssr_residual_scale", -1.0), ("ssr_residual_scale", float("inf"))]:
     with pytest.raises(ConfigError):
       validate_diffusion_config(diffusion_config(**{field: value}))

@@ -11,6 +11,7 @@ from lumiere_jax.config import load_config
 from lumiere_jax.data import shapes
 from lumiere_jax.diffusion.samplers import SamplerSettings
 from lumiere_jax.errors import UserError
+from lumiere_jax.models import build
 from lumiere_jax.pipelines import generate as pipeline
 
 COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
@@ -149,3 +150,49 @@ def test_empty_negative_prompt_is_plain_cfg_and_a_negative_prompt_replaces_it(mo
 def test_negative_prompts_are_one_or_one_per_prompt(model):
   with pytest.raises(UserError, match="2 negative prompts for 3 prompts"):
     model(["a red circle"] * 3, 0, 1.0, negative_prompt=["a", "b"])
+
+
+@pytest.fixture(scope="module")
+def expert(model):
+  """(config, params) of a low-noise expert: the same architecture, other weights."""
+  params = jax.jit(lambda rng: build.init_params(model.config, rng))(jax.random.key(11))
+  return model.config, params
+
+
+def test_a_low_noise_expert_denoises_the_steps_at_and_below_the_switch(model, expert):
+  """With expert_switch s the guided prediction is the model's at t > s and the expert's
+  (its own CFG) at t <= s; the same prompts and noise throughout."""
+  switched = pipeline.TextToVideo(model.config, model.params, model.settings,
+                                  expert=expert, expert_switch=0.5)
+  alone = pipeline.TextToVideo(*expert, model.settings)
+  prompts = ["a red circle moving left", "a blue square growing"]
+  x = jax.random.normal(jax.random.key(0), (2,) + model.video_shape)
+  tokens, empty = switched.model.tokenize(prompts), switched.model.tokenize([""])
+
+  def predict(pipe, t):
+    denoiser, cond = pipe.guided_denoiser(pipe.params, tokens, empty, 3.0,
+                                          pipe.expert_params)
+    return np.asarray(denoiser(x, np.full((2,), t, np.float32), cond))
+
+  for t, owner in ((0.9, model), (0.51, model), (0.5, alone), (0.2, alone)):
+    np.testing.assert_allclose(predict(switched, t), predict(owner, t), atol=5e-5, rtol=0)
+  assert np.abs(predict(model, 0.2) - predict(alone, 0.2)).max() > 1e-3
+
+
+def test_an_expert_switch_of_zero_samples_with_the_model_alone(model, expert):
+  """Switch 0 is the model alone, bit for bit; an expert given without a switch, or
+  one that makes other clips, is refused."""
+  prompts = ["a red circle moving left"]
+  off = pipeline.TextToVideo(model.config, model.params, model.settings, expert_switch=0.0)
+  np.testing.assert_array_equal(off(prompts, 0, 2.0), model(prompts, 0, 2.0))
+  with pytest.raises(UserError, match="needs an expert switch"):
+    pipeline.TextToVideo(model.config, model.params, model.settings, expert=expert)
+  with pytest.raises(UserError, match="names none"):
+    pipeline.TextToVideo(model.config, model.params, model.settings, expert_switch=0.3)
+  longer = load_config("shapes_tiny:t2v", ["data.num_frames=16"])
+  with pytest.raises(UserError, match="low-noise expert makes 16x32x32x3"):
+    pipeline.TextToVideo(model.config, model.params, model.settings,
+                         expert=(longer, expert[1]), expert_switch=0.3)
+  with pytest.raises(UserError, match="expert switch 1.0 is invalid"):
+    pipeline.TextToVideo(model.config, model.params, model.settings, expert=expert,
+                         expert_switch=1.0)

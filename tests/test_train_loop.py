@@ -21,8 +21,10 @@ import tensorstore as ts
 
 import test_train_support as support
 from lumiere_jax import cli
+from lumiere_jax import weights
 from lumiere_jax.commands import train as train_command
 from lumiere_jax.errors import ConfigError, UserError
+from lumiere_jax.models import build
 from lumiere_jax.parallel.mesh import make_mesh
 from lumiere_jax.train import checkpoint
 from lumiere_jax.train import loop
@@ -126,6 +128,29 @@ def test_init_group_checkpoints_take_those_groups_from_their_own_runs(t2i_checkp
   for bad in ("('temporal',)", "('motion=/x',)", f"('temporal={t2v_dir}', 'temporal=/x')"):
     with pytest.raises(ConfigError, match=r"train\.init_group_checkpoints="):
       _config("t2v", data_dir, f"train.init_group_checkpoints={bad}")
+
+
+def test_a_shipped_model_initialises_a_run(data_dir, tmp_path, monkeypatch):
+  """train.init_checkpoint=model:NAME (and GROUP=model:NAME): the groups come from the
+  shipped model's weights, as `weights.load_shipped` reads them; a name that is not
+  shipped is refused in one line before anything is built."""
+  config = _config("t2v", data_dir)
+  params = build.init_params(config, jax.random.key(3))
+  other = build.init_params(config, jax.random.key(4))
+  monkeypatch.setattr(weights, "ASSETS", tmp_path / "models")
+  weights.export_model(config, params, "micro", "a random micro t2v", weights.ASSETS)
+  weights.export_model(config, other, "micro_other", "another", weights.ASSETS)
+  run = _config("t2v", data_dir, "train.init_checkpoint=model:micro",
+                "train.init_group_checkpoints=('temporal=model:micro_other',)",
+                "train.num_steps=1", "train.warmup_steps=10")  # step 1: lr 0
+  result = jax.device_get(loop.train(run, tmp_path / "run", loss_fn=support.cheap_loss).state)
+  chex.assert_trees_all_equal(result.params["temporal"], jax.device_get(other["temporal"]))
+  chex.assert_trees_all_equal(result.frozen["backbone"], jax.device_get(params["backbone"]))
+  chex.assert_trees_all_equal(result.frozen["text"], jax.device_get(params["text"]))
+  missing = _config("t2v", data_dir, "train.init_checkpoint=model:nowhere")
+  with pytest.raises(UserError, match="no shipped model named 'nowhere'"):
+    loop.train(missing, tmp_path / "b", loss_fn=support.cheap_loss)
+  assert not (tmp_path / "b").exists()
 
 
 def test_a_group_frozen_at_init_stays_at_its_seeded_init(data_dir, tmp_path):

@@ -5,7 +5,7 @@ from lumiere_jax import runtime
 from lumiere_jax import weights
 from lumiere_jax.config import finalize
 from lumiere_jax.diffusion import samplers
-from lumiere_jax.diffusion.config import check_guidance
+from lumiere_jax.diffusion.config import check_expert_switch, check_guidance
 from lumiere_jax.diffusion.guidance import THRESHOLDS
 from lumiere_jax.diffusion.samplers import SAMPLERS
 from lumiere_jax.errors import UserError
@@ -31,11 +31,15 @@ def add_arguments(parser):
   sampling.add_argument("--guidance", type=float)
   sampling.add_argument("--threshold", choices=THRESHOLDS)
   sampling.add_argument("--negative-prompt")
+  sampling.add_argument("--expert", metavar="NAME", help="a shipped video model that "
+                        "denoises the steps at t <= --expert-switch (diffusion.low_noise_expert)")
+  sampling.add_argument("--expert-switch", type=float, metavar="S")
 
 
 def sampling_overrides(args) -> list:
   pairs = {"sampler": args.sampler, "steps": args.steps, "guidance": args.guidance,
-           "threshold": args.threshold, "negative_prompt": args.negative_prompt}
+           "threshold": args.threshold, "negative_prompt": args.negative_prompt,
+           "low_noise_expert": args.expert, "expert_switch": args.expert_switch}
   return [f"diffusion.{k}={v!r}" if isinstance(v, str) else f"diffusion.{k}={v}"
           for k, v in pairs.items() if v is not None]
 
@@ -47,6 +51,10 @@ def check_sampling_args(args) -> None:
                     f"{args.steps}")
   if args.guidance is not None:
     check_guidance(args.guidance)
+  if args.expert_switch is not None:
+    check_expert_switch(args.expert_switch)
+  if args.expert is not None:
+    weights.model_config(name=args.expert, directory=args.out)
 
 
 def run(args) -> int:

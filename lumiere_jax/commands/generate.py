@@ -97,6 +97,7 @@ def add_arguments(parser):
                            "--strength")
   parser.add_argument("--strength", type=float, metavar="S",
                       help=f"SDEdit noise level in (0, 1] (default {DEFAULT_STRENGTH})")
+  pipeline.add_expert_arguments(parser)
   parser.add_argument("--quiet", action="store_true", help="no progress bar")
   config_lib.accept_overrides(parser)
 
@@ -158,6 +159,8 @@ def check_sampling_args(args, count: int) -> None:
     diffusion_config.check_guidance(args.guidance)
   if args.strength is not None:
     samplers.check_strength(args.strength)
+  if args.expert_switch is not None:
+    diffusion_config.check_expert_switch(args.expert_switch)
 
 
 def clip_length(config, args):
@@ -255,7 +258,9 @@ def run(args) -> int:
                                guidance_scale=guidance, seed=args.seed,
                                init_video=init_video, strength=strength,
                                negative_prompt=negative, progress=not args.quiet,
-                               num_frames=num_frames, windows=windows)
+                               num_frames=num_frames, windows=windows,
+                               expert=pipeline.expert_from_args(args),
+                               expert_switch=args.expert_switch)
   if upsampler is not None:
     videos = upsampler(videos, prompts, args.seed, upsampler.config.diffusion.guidance)
   with runtime.shielded():  # once writing starts, Ctrl-C lets it finish

@@ -43,6 +43,8 @@ def run(args) -> int:
   videos = generate_pipeline.generate(config, params, [args.prompt], settings=settings,
                                       guidance_scale=guidance, seed=args.seed,
                                       negative_prompt=config.diffusion.negative_prompt,
-                                      progress=not args.quiet)
+                                      progress=not args.quiet,
+                                      # the style is in this backbone, not the expert's
+                                      expert_switch=0.0)
   common.write(args.out, videos[0])
   return 0

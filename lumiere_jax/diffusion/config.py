@@ -33,6 +33,16 @@ def default_diffusion_config() -> ml_collections.ConfigDict:
   # that one run trains both the high-noise levels where the prompt decides motion and
   # the low-noise ones where edges and shapes are drawn. Not in the paper.
   c.train_logsnr_shift_fraction = 1.0
+  # Training times are drawn in [0, train_t_max] (before any shift): below 1, a low-noise
+  # expert that only ever denoises the last part of sampling (eDiff-I's expert
+  # denoisers; `diffusion.expert_switch` at sampling). Not in the paper.
+  c.train_t_max = 1.0
+  # Expert denoisers at sampling (eDiff-I's; not in the paper): the sampling steps at
+  # times t <= expert_switch are denoised by `low_noise_expert` (the name of a shipped
+  # video model of the same clip shape, trained with train_t_max >= expert_switch), the
+  # others by this model. An expert_switch of 0 samples with this model alone.
+  c.low_noise_expert = ""
+  c.expert_switch = 0.0
   c.sampler = "dpmpp"                  # 'ddpm' | 'ddim' | 'dpmpp'
   c.steps = 64
   c.eta = 0.0                          # DDIM noise (0 = deterministic); 'ddpm' is eta 1
@@ -97,6 +107,13 @@ def validate_diffusion_config(c: ml_collections.ConfigDict) -> None:
   if not 0.0 <= c.train_logsnr_shift_fraction <= 1.0:
     raise ConfigError(f"diffusion.train_logsnr_shift_fraction={c.train_logsnr_shift_fraction}"
                       " is invalid; allowed: [0, 1] (the share of examples shifted)")
+  if not 0.0 < c.train_t_max <= 1.0:
+    raise ConfigError(f"diffusion.train_t_max={c.train_t_max} is invalid; allowed: (0, 1] "
+                      "(the largest training time)")
+  check_expert_switch(c.expert_switch)
+  if c.expert_switch and not c.low_noise_expert:
+    raise ConfigError(f"diffusion.expert_switch={c.expert_switch} needs "
+                      "diffusion.low_noise_expert (a shipped model's name)")
   predictions.check_prediction(c.prediction)
   losses.check_weighting(c.loss_weighting)
   if not 0.0 <= c.cfg_dropout < 1.0:
@@ -122,6 +139,12 @@ def validate_diffusion_config(c: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"diffusion.ssr_residual_scale={c.ssr_residual_scale} needs "
                       f"diffusion.threshold='none', got {c.threshold!r} (thresholding the "
                       "residual to [-1, 1] would cut it)")
+
+
+def check_expert_switch(switch: float) -> None:
+  if not (math.isfinite(switch) and 0.0 <= switch < 1.0):
+    raise ConfigError(f"expert switch {switch} is invalid; allowed: a time in [0, 1) "
+                      "(0: no low-noise expert)")
 
 
 def check_guidance(scale: float) -> None:

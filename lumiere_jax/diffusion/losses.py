@@ -70,6 +70,16 @@ def shifted_levels(schedule, t, rng, config):
   return jnp.where(chosen, shifted, t)
 
 
+def training_times(schedule, rng, batch: int, config):
+  """The training times t [batch]: uniform in [0, config.train_t_max], then moved by the
+  logSNR shift (shifted_levels)."""
+  t = jax.random.uniform(rng, (batch,), jnp.float32)
+  t_max = config.get("train_t_max", 1.0)
+  if t_max < 1.0:
+    t = t * t_max
+  return shifted_levels(schedule, t, rng, config)
+
+
 def diffusion_loss(denoise_fn, params, x0, cond, rng, config, uncond=None):
   """The weighted denoising loss of one batch, and metrics.
 
@@ -92,8 +102,7 @@ def diffusion_loss(denoise_fn, params, x0, cond, rng, config, uncond=None):
   """
   schedule = schedule_from_config(config, resolution=x0.shape[-3])
   t_rng, noise_rng, drop_rng = jax.random.split(rng, 3)
-  t = jax.random.uniform(t_rng, (x0.shape[0],), jnp.float32)
-  t = shifted_levels(schedule, t, t_rng, config)
+  t = training_times(schedule, t_rng, x0.shape[0], config)
   eps = jax.random.normal(noise_rng, x0.shape, x0.dtype)
   logsnr = schedule.logsnr(t)
   alpha, sigma = (_expand(a, x0) for a in alpha_sigma_from_logsnr(logsnr))

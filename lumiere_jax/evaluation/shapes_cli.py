@@ -65,6 +65,7 @@ def add_arguments(parser) -> None:
                      help="each prompt's negative prompt is the same prompt with the "
                      "opposite motion (left/right, up/down, growing/shrinking, "
                      "bouncing around/standing still)")
+  generate.add_expert_arguments(parser)
   parser.add_argument("--json", type=pathlib.Path, help="write the report and settings")
   parser.add_argument("--sheet", type=pathlib.Path, help="contact sheet (.png) of the "
                       "model's videos above the ground truth's, the first 16 prompts")
@@ -80,6 +81,8 @@ def check_args(args) -> None:
     raise UserError(f"--batch must be >= 1, got {args.batch}")
   if args.steps is not None and args.steps < 1:
     raise UserError(f"--steps must be >= 1, got {args.steps}")
+  if args.expert_switch is not None:
+    diffusion_config.check_expert_switch(args.expert_switch)
   if args.step is not None and args.checkpoint is None:
     raise UserError("--step selects a step of --checkpoint")
   if args.pipeline != keyframes.NAME and (args.tsr_checkpoint or args.tsr_model):
@@ -148,8 +151,15 @@ def load_sampler(args, steps):
   settings = diffusion_config.sampler_settings(section, steps=steps)
   guidance = section.guidance if args.guidance is None else args.guidance
   negative = section.negative_prompt if args.negative_prompt is None else args.negative_prompt
-  model = generate.TextToVideo(config, params, settings)
+  switch = args.expert_switch
+  if switch is None and (args.style is not None or args.style_checkpoint is not None):
+    switch = 0.0  # stylized: the style is in the model's backbone, not the expert's
+  model = generate.TextToVideo(config, params, settings, expert=generate.expert_from_args(args),
+                               expert_switch=switch)
   record = {"pipeline": args.pipeline, "sampler": settings.method, "steps": settings.steps,
+            "expert": args.expert_checkpoint or args.expert or (
+                section.get("low_noise_expert") if model.expert is not None else None),
+            "expert_switch": model.expert_switch,
             "guidance": guidance, "negative_prompt": negative, "contrast": args.contrast,
             "threshold": settings.threshold, "style": args.style,
             "style_checkpoint": args.style_checkpoint, "alpha": args.alpha}

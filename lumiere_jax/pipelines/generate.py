@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from lumiere_jax import runtime
+from lumiere_jax import weights
 from lumiere_jax.diffusion import config as diffusion_config
 from lumiere_jax.diffusion import denoisers, guidance, samplers
 from lumiere_jax.diffusion.progress import TqdmProgress
@@ -128,12 +129,18 @@ class TextToVideo:
 
   `num_frames` longer than the model's clip: the clip is sampled in overlapping windows
   fused at every step (temporal MultiDiffusion, pipelines/windowed.py), with `windows`
-  (default: the config's diffusion.window settings)."""
+  (default: the config's diffusion.window settings).
+
+  A low-noise expert (diffusion.expert_switch > 0, or `expert_switch`): the steps at
+  times t <= the switch are denoised by `expert`, (config, params) of another video model
+  (default: the shipped model the config's diffusion.low_noise_expert names); an
+  `expert_switch` of 0 samples with this model alone."""
 
   def __init__(self, config, params: dict, settings: SamplerSettings,
                progress: bool = False, model: Optional[build.Model] = None,
                num_frames: Optional[int] = None,
-               windows: Optional[windowed.WindowSettings] = None):
+               windows: Optional[windowed.WindowSettings] = None,
+               expert: Optional[tuple] = None, expert_switch: Optional[float] = None):
     check_generation_config(config)
     self.config = config
     self.model = model or build.Model(config)
@@ -144,6 +151,7 @@ class TextToVideo:
     if num_frames is not None and num_frames != self.video_shape[0]:
       self.plan, params = self._plan_windows(params, num_frames, windows)
     self.params = params
+    self.expert, self.expert_params, self.expert_switch = self._expert(expert, expert_switch)
     self.progress = TqdmProgress(settings.steps, "generating") if progress else None
     # Ctrl-C ends sampling after the step in progress (runtime.handle_interrupts).
     self.stop = runtime.interrupt_requested
@@ -175,22 +183,57 @@ class TextToVideo:
     try:
       videos = np.asarray(self.program(self.params, tokens, negative, seeds,
                                        np.float32(guidance_scale), init,
-                                       np.float32(strength)))
+                                       np.float32(strength), self.expert_params))
     finally:
       if self.progress is not None:
         self.progress.close()  # a loop ended early leaves its bar open
     runtime.check_interrupt("interrupted while sampling; nothing was written")
     return videos
 
-  def guided_denoiser(self, params, tokens, negative_tokens, guidance_scale):
+  def guided_denoiser(self, params, tokens, negative_tokens, guidance_scale,
+                      expert_params=None):
     """(fn(x, t, cond) -> guided prediction, cond): classifier-free guidance with the
-    negative prompt's encoding in the unconditional's place, n + w (c - n)."""
-    cond = self.model.encode(params["text"], tokens)
-    negative = self.model.encode(params["text"], negative_tokens)
-    denoiser = denoisers.bind(self.model.denoise, params)
+    negative prompt's encoding in the unconditional's place, n + w (c - n); with a
+    low-noise expert, its guided prediction at times t <= the switch."""
+    guided, cond = _guided(self.model, params, tokens, negative_tokens, guidance_scale,
+                           self._windows)
+    if self.expert is None:
+      return guided, cond
+    low, low_cond = _guided(self.expert, expert_params, tokens, negative_tokens,
+                            guidance_scale, self._windows)
+    switch = self.expert_switch
+
+    def experts(x, t, cond):
+      # Every example of a sampling step is at the same time (samplers.py).
+      return jax.lax.cond(t[0] > switch, lambda: guided(x, t, cond),
+                          lambda: low(x, t, low_cond))
+
+    return experts, cond
+
+  def _windows(self, denoiser):
+    return denoiser if self.plan is None else self.sampling.denoiser(denoiser, self.plan)
+
+  def _expert(self, expert, expert_switch):
+    """(expert Model, its params, switch), or (None, None, 0.0) without an expert."""
+    section = self.config.diffusion
+    switch = section.get("expert_switch", 0.0) if expert_switch is None else expert_switch
+    diffusion_config.check_expert_switch(switch)
+    if not switch:
+      if expert is not None:
+        raise UserError("a low-noise expert needs an expert switch > 0 (the time below "
+                        "which it denoises); this model's config has none")
+      return None, None, 0.0
+    if expert is None:
+      name = section.get("low_noise_expert", "")
+      if not name:
+        raise UserError(f"an expert switch of {switch} needs a low-noise expert; this "
+                        "model's config names none (diffusion.low_noise_expert)")
+      expert = weights.load_shipped(name)
+    expert_config, params = expert
+    check_expert(self.config, expert_config)
     if self.plan is not None:
-      denoiser = self.sampling.denoiser(denoiser, self.plan)
-    return guidance.classifier_free_guidance(denoiser, negative, guidance_scale), cond
+      params = self.sampling.replicate(params)
+    return build.Model(expert_config), params, float(switch)
 
   def _plan_windows(self, params, num_frames: int, windows):
     """(plan, params on the window devices) for clips of `num_frames` frames."""
@@ -203,10 +246,11 @@ class TextToVideo:
     return self.sampling.plan(num_frames), self.sampling.replicate(params)
 
   def _sample_batch(self, params, tokens, negative_tokens, seeds, guidance_scale, init,
-                    strength):
+                    strength, expert_params):
     """The compiled program: text encoding, noise, guided sampling, uint8 conversion."""
     model = self.model
-    denoiser, cond = self.guided_denoiser(params, tokens, negative_tokens, guidance_scale)
+    denoiser, cond = self.guided_denoiser(params, tokens, negative_tokens, guidance_scale,
+                                          expert_params)
     keys = jax.vmap(jax.random.key)(seeds)
     if init is None:
       noise = samplers.initial_noise(keys, (seeds.shape[0],) + self.video_shape)
@@ -218,17 +262,63 @@ class TextToVideo:
     return video_io.to_uint8(x.reshape((seeds.shape[0],) + self.video_shape))
 
 
+def _guided(model: build.Model, params, tokens, negative_tokens, guidance_scale, windows):
+  """(guided denoiser, cond) of one model: CFG with the negative prompt's encoding in the
+  unconditional's place; `windows` wraps the plain denoiser (MultiDiffusion or identity)."""
+  cond = model.encode(params["text"], tokens)
+  negative = model.encode(params["text"], negative_tokens)
+  denoiser = windows(denoisers.bind(model.denoise, params))
+  return guidance.classifier_free_guidance(denoiser, negative, guidance_scale), cond
+
+
+def add_expert_arguments(parser) -> None:
+  """The low-noise expert's flags, shared by `generate` and `eval shapes`."""
+  group = parser.add_argument_group(
+      "low-noise expert (diffusion.low_noise_expert: the steps at t <= the switch)")
+  source = group.add_mutually_exclusive_group()
+  source.add_argument("--expert", metavar="NAME", help="a shipped video model (default: the "
+                      "model's diffusion.low_noise_expert)")
+  source.add_argument("--expert-checkpoint", metavar="DIR", help="a training workdir's EMA "
+                      "weights as the expert")
+  group.add_argument("--expert-switch", type=float, metavar="S", help="the time in [0, 1) "
+                     "at and below which the expert denoises; 0: the model alone "
+                     "(default: the model's diffusion.expert_switch)")
+
+
+def expert_from_args(args) -> Optional[tuple]:
+  """(config, params) of the expert the flags name, or None (the model's own, if any)."""
+  if args.expert is None and args.expert_checkpoint is None:
+    return None
+  return weights.load_model(checkpoint=args.expert_checkpoint, name=args.expert)
+
+
+def check_expert(config, expert_config) -> None:
+  """A low-noise expert must be a video model making the same clips from the same
+  tokens (it reads the main model's token ids)."""
+  main, expert = build.Model(config), build.Model(expert_config)
+  if not expert.is_video or expert.clip_shape != main.clip_shape or \
+      expert.in_channels != main.in_channels:
+    raise UserError(f"the low-noise expert makes {_describe(expert.clip_shape)} clips from "
+                    f"{expert.in_channels} channels; this model makes "
+                    f"{_describe(main.clip_shape)} from {main.in_channels}")
+  if expert_config.text.to_dict() != config.text.to_dict():
+    raise UserError("the low-noise expert's text settings (config.text) differ from this "
+                    "model's: it would read other token ids")
+
+
 def generate(config, params: dict, prompts: Sequence[str], *, settings: SamplerSettings,
              guidance_scale: float, seed: int, init_video: Optional[np.ndarray] = None,
              strength: float = 1.0, negative_prompt: str = "",
              progress: bool = False, num_frames: Optional[int] = None,
-             windows: Optional[windowed.WindowSettings] = None) -> np.ndarray:
+             windows: Optional[windowed.WindowSettings] = None,
+             expert: Optional[tuple] = None,
+             expert_switch: Optional[float] = None) -> np.ndarray:
   """One-shot generation: validates the request, builds the model, samples. A
   `num_frames` other than the model's clip length is sampled in windows (TextToVideo)."""
   shape = None if num_frames is None else (num_frames,) + video_shape(config)[1:]
   prompts = check_request(config, prompts, seed, guidance_scale, init_video, strength, shape)
   model = TextToVideo(config, params, settings, progress, num_frames=num_frames,
-                      windows=windows)
+                      windows=windows, expert=expert, expert_switch=expert_switch)
   return model(prompts, seed, guidance_scale, init_video, strength, negative_prompt)
 
 

@@ -16,12 +16,14 @@ def default_train_config() -> ml_collections.ConfigDict:
   # is frozen: no weight gradients, no optimizer state (models/build.py:split_trainable).
   train.trainable = ("temporal",)
   # Where frozen (and any other pre-trained) groups come from: a workdir of an earlier
-  # stage, its checkpoints/ folder or one step folder. Groups found there are loaded;
+  # stage, its checkpoints/ folder or one step folder, or model:NAME for a shipped model
+  # (its weights: `lumiere generate --list-models`). Groups found there are loaded;
   # groups it lacks (the temporal layers of a t2i checkpoint) start from their init.
   train.init_checkpoint = ""
   # ("GROUP=DIR", ...): those groups from DIR instead of init_checkpoint, e.g.
-  # ("temporal=RUNS/t2v",) to put trained temporal layers over a newer backbone (as the
-  # paper's stylized generation swaps the backbone under them). Not in the paper.
+  # ("temporal=RUNS/t2v",) or ("temporal=model:shapes_t2v",) to put trained temporal
+  # layers over a newer backbone (as the paper's stylized generation swaps the backbone
+  # under them). Not in the paper.
   train.init_group_checkpoints = ()
   train.init_from_ema = True  # load the earlier stage's EMA weights, not its raw ones
   # Frozen groups that may stay at their seeded random init when no checkpoint provides

@@ -31,10 +31,12 @@ import tqdm
 from jax.sharding import NamedSharding, PartitionSpec
 
 from lumiere_jax import runtime
+from lumiere_jax import weights
 from lumiere_jax.data import pipeline
 from lumiere_jax.errors import Interrupted, UserError
 from lumiere_jax.io import atomic
 from lumiere_jax.models import build
+from lumiere_jax.models import widen
 from lumiere_jax.parallel import mesh as mesh_lib
 from lumiere_jax.train import checkpoint
 from lumiere_jax.train import metrics as metrics_lib
@@ -48,6 +50,8 @@ from lumiere_jax.train.optimizer import make_optimizer
 log = logging.getLogger(__name__)
 # What a run keeps in its workdir: folders, and the metrics file.
 WORKDIR_FOLDERS = (checkpoint.CHECKPOINTS, "logs", "tensorboard", "profile")
+# train.init_checkpoint (or a GROUP=... entry) naming a shipped model: model:NAME.
+SHIPPED = "model:"
 
 
 class TrainingStopped(Exception):
@@ -104,7 +108,9 @@ def _check_init_checkpoint(config) -> None:
   overridden = {entry.partition("=")[0] for entry in config.train.init_group_checkpoints}
   for path in [config.train.init_checkpoint] + [
       entry.partition("=")[2] for entry in config.train.init_group_checkpoints]:
-    if path:
+    if path.startswith(SHIPPED):
+      weights.model_config(name=path[len(SHIPPED):], directory=weights.ASSETS)
+    elif path:
       checkpoint.find_checkpoint(path)
   if not config.train.init_checkpoint and set(needed) - overridden:
     raise UserError(f"stage {config.stage!r} freezes {needed}, so it needs "
@@ -249,12 +255,11 @@ def _pretrained_groups(layout: state_lib.Layout):
   target = layout.params_target()
   loaded = {}
   if path:
-    loaded = checkpoint.load_params(path, config, target, config.train.init_from_ema)
+    loaded = _load_groups(path, config, target)
     _info("loaded %s from %s", sorted(loaded), path)
   for entry in config.train.init_group_checkpoints:
     group, _, group_path = entry.partition("=")
-    part = checkpoint.load_params(group_path, config, {group: target[group]},
-                                  config.train.init_from_ema)
+    part = _load_groups(group_path, config, {group: target[group]})
     if group not in part:
       raise UserError(f"train.init_group_checkpoints: {group_path} has no {group} "
                       "parameters")
@@ -266,6 +271,38 @@ def _pretrained_groups(layout: state_lib.Layout):
     raise UserError(f"stage {config.stage!r} freezes {missing}, which {source} does not "
                     f"provide (the workdir of the earlier stage, e.g. t2i)")
   return loaded or None
+
+
+def _load_groups(path: str, config, target: dict) -> dict:
+  """The groups of `target` that `path` holds, placed as `target` says: a workdir's
+  (checkpoint.load_params), or a shipped model's with `model:NAME` (its weights are the
+  EMA of the run it was exported from)."""
+  if not path.startswith(SHIPPED):
+    return checkpoint.load_params(path, config, target, config.train.init_from_ema)
+  _, params = weights.load_shipped(path[len(SHIPPED):], weights.ASSETS)
+  loaded = {group: params[group] for group in target if group in params}
+  if not loaded:
+    raise UserError(f"model {path} holds none of the parameter groups {sorted(target)} "
+                    "this model has")
+  wanted = {group: target[group] for group in loaded}
+  saved_kernel, wanted_kernel = _input_kernels(loaded, wanted)
+  if saved_kernel is not None and widen.can_widen(saved_kernel.shape, wanted_kernel.shape):
+    loaded = widen.with_input_kernel(loaded, widen.widen_kernel(
+        saved_kernel, wanted_kernel.shape[widen.INPUT_AXIS]))
+  there = jax.tree_util.tree_map(lambda a: tuple(a.shape), loaded)
+  here = jax.tree_util.tree_map(lambda a: tuple(a.shape), wanted)
+  if there != here:
+    raise UserError(f"model {path} has another architecture than this config (compare "
+                    f"its config, {weights.ASSETS}/{path[len(SHIPPED):]}.json, with this one)")
+  return jax.tree_util.tree_map(lambda a, t: jax.device_put(a, t.sharding), loaded, wanted)
+
+
+def _input_kernels(loaded: dict, wanted: dict):
+  """(saved, wanted) first-convolution kernels, or (None, None) if a tree lacks one."""
+  try:
+    return widen.input_kernel(loaded), widen.input_kernel(wanted)
+  except (KeyError, TypeError):
+    return None, None
 
 
 def _global_batches(run: _Run):
