@@ -181,7 +181,8 @@ def test_validation_names_the_field():
                        ("train_logsnr_shift", float("nan")),
                        ("train_logsnr_shift_fraction", 1.5), ("train_t_max", 0.0),
                        ("train_t_max", 1.5),
-                       ("ssr_residual_scale", -1.0), ("ssr_residual_scale", float("inf"))]:
+                       ("ssr_residual_scale", -1.0), ("ssr_residual_scale", float("inf")),
+                       ("ssr_residual_base", "lanczos")]:
     with pytest.raises(ConfigError):
       validate_diffusion_config(diffusion_config(**{field: value}))
   validate_diffusion_config(diffusion_config(ssr_residual_scale=4.0, threshold="none"))

@@ -153,6 +153,37 @@ def test_a_shipped_model_initialises_a_run(data_dir, tmp_path, monkeypatch):
   assert not (tmp_path / "b").exists()
 
 
+def test_the_loop_runs_at_most_one_step_ahead_of_the_devices(data_dir, tmp_path,
+                                                             monkeypatch):
+  """Asynchronous dispatch is bounded: when step n is dispatched, every step before n - 1
+  has finished, so a preemption or Ctrl-C saves within about a step of the signal rather
+  than after a queue of dispatched steps. The steps here are slow (a host callback
+  sleeps) and the loop's own work fast, so an unbounded loop would run far ahead."""
+  def slow_loss(params, batch, rng):
+    jax.debug.callback(lambda: time.sleep(0.3))
+    return support.cheap_loss(params, batch, rng)
+
+  outputs, ahead = [], []
+  real_compile = loop._compile
+
+  def compile_and_watch(*args):
+    compiled = real_compile(*args)
+
+    def step(*step_args):
+      result = compiled(*step_args)
+      ahead.append(sum(not leaf.is_ready() for leaf in outputs[:-1]))
+      outputs.append(jax.tree_util.tree_leaves(result[1])[0])
+      return result
+
+    return step
+
+  monkeypatch.setattr(loop, "_compile", compile_and_watch)
+  config = _config("t2i", data_dir, "train.num_steps=10", "train.log_every=1000",
+                   "train.checkpoint_every=1000")
+  loop.train(config, tmp_path / "run", loss_fn=slow_loss)
+  assert len(ahead) == 10 and max(ahead) == 0, ahead
+
+
 def test_a_group_frozen_at_init_stays_at_its_seeded_init(data_dir, tmp_path):
   """train.frozen_at_init=('text',): the t2i stage trains the backbone around a fixed
   random text encoder, with no checkpoint to load it from; without it that is refused."""

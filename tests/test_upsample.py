@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 import test_train_support as support
 from lumiere_jax import cli, weights
@@ -113,8 +114,9 @@ def test_the_ssr_loss_noises_its_conditioning(ssr_model):
 
 def test_the_residual_form_diffuses_the_clip_minus_its_clean_upsampling(ssr_model,
                                                                         monkeypatch):
-  """diffusion.ssr_residual_scale = s: the loss's clean signal is s (clip - bilinear
-  upsampling of the clean low-resolution clip), not of the noise-augmented one."""
+  """diffusion.ssr_residual_scale = s: the loss's clean signal is s (clip - upsampling of
+  the clean low-resolution clip, not of the noise-augmented one), the upsampling bilinear
+  or bicubic as diffusion.ssr_residual_base says."""
   _, params = ssr_model
   rng = np.random.default_rng(1)
   batch = {"video": rng.integers(0, 256, (2, 4, 16, 16, 3), np.uint8),
@@ -128,26 +130,35 @@ def test_the_residual_form_diffuses_the_clip_minus_its_clean_upsampling(ssr_mode
     return real_loss(denoise, params, x0, *args, **kwargs)
 
   monkeypatch.setattr(loss_lib, "diffusion_loss", spy)
-  for scale in (0.0, 4.0):
-    config = ssr_config(f"diffusion.ssr_residual_scale={scale}", "diffusion.threshold='none'")
+  for scale, base in ((0.0, "bilinear"), (4.0, "bilinear"), (4.0, "bicubic")):
+    config = ssr_config(f"diffusion.ssr_residual_scale={scale}", "diffusion.threshold='none'",
+                        f"diffusion.ssr_residual_base='{base}'")
     loss_lib.make_loss_fn(config)(params, batch, jax.random.key(0))
   clip = batch["video"].astype(np.float32) / 127.5 - 1
   low = jnp.asarray(batch["low_res_video"].astype(np.float32) / 127.5 - 1)
-  upsampled = np.asarray(jax.image.resize(low, clip.shape, "bilinear"))
+  bilinear = np.asarray(jax.image.resize(low, clip.shape, "bilinear"))
+  # PIL's bicubic (Keys, a = -0.5; uint8, so clipped) of one frame, inside the border
+  frame = batch["low_res_video"][0, 0]
+  pil = np.asarray(Image.fromarray(frame).resize((16, 16), Image.BICUBIC), np.float32)
+  bicubic = np.clip(((clip - seen["x0"][2] / 4.0)[0, 0] + 1) * 127.5, 0, 255)
+  np.testing.assert_allclose(bicubic[4:12, 4:12], pil[4:12, 4:12], atol=1.0)
   np.testing.assert_allclose(seen["x0"][0], clip, atol=1e-6)
-  np.testing.assert_allclose(seen["x0"][1], 4.0 * (clip - upsampled), atol=1e-5)
+  np.testing.assert_allclose(seen["x0"][1], 4.0 * (clip - bilinear), atol=1e-5)
+  assert np.abs(seen["x0"][2] - seen["x0"][1]).max() > 0.1  # another base
 
 
 # -- the Upsampler -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("residual_scale", [0.0, 4.0])
-def test_one_window_upsampling_equals_plain_sampling(ssr_model, residual_scale):
+@pytest.mark.parametrize("residual_scale,base", [(0.0, "bilinear"), (4.0, "bilinear"),
+                                                 (4.0, "bicubic")])
+def test_one_window_upsampling_equals_plain_sampling(ssr_model, residual_scale, base):
   """A window of at least the clip: one window of 8 (padded to 8 windows, sharded over 8
   devices) gives exactly what sampling the model on the whole clip gives; in the residual
   form, that sample / s plus the clean upsampling."""
   _, params = ssr_model
   config = ssr_config(*([f"diffusion.ssr_residual_scale={residual_scale}",
-                         "diffusion.threshold='none'"] if residual_scale else []))
+                         "diffusion.threshold='none'", f"diffusion.ssr_residual_base='{base}'"]
+                        if residual_scale else []))
   settings = diffusion_config.sampler_settings(config.diffusion)
   upsampler = upsample.Upsampler(config, params, settings, windowed.WindowSettings(8, 2))
   assert upsampler.sampling.devices == jax.device_count() == 8
@@ -164,7 +175,8 @@ def test_one_window_upsampling_equals_plain_sampling(ssr_model, residual_scale):
     x = samplers.sample(denoiser, samplers.initial_noise(keys, extra.shape), cond, keys,
                         upsampler.schedule, settings)
     if residual_scale:
-      x = jax.image.resize(low_res, x.shape, "bilinear") + x / residual_scale
+      method = {"bilinear": "bilinear", "bicubic": "cubic"}[base]
+      x = jax.image.resize(low_res, x.shape, method) + x / residual_scale
     return jnp.round((jnp.clip(x, -1, 1) + 1) * 127.5).astype(jnp.uint8)
 
   np.testing.assert_array_equal(out, plain(params, low[None].astype(np.float32) / 127.5 - 1))

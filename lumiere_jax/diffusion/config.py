@@ -12,6 +12,8 @@ import ml_collections
 from lumiere_jax.diffusion import losses, predictions, samplers, schedules, windows
 from lumiere_jax.errors import ConfigError
 
+RESIDUAL_BASES = ("bilinear", "bicubic")  # diffusion.ssr_residual_base
+
 
 def default_diffusion_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -70,6 +72,10 @@ def default_diffusion_config() -> ml_collections.ConfigDict:
   # paper). s rescales the residual (std ~0.1 on the shapes data) towards the data's ~0.5.
   # Thresholding must be 'none' with it (a threshold of [-1, 1] would cut the residual).
   c.ssr_residual_scale = 0.0
+  # The upsampling the residual form diffuses the clip's difference from (the model's
+  # conditioning channels stay bilinear): 'bilinear' | 'bicubic' (SR3's choice; then a
+  # model that predicts no residual samples bicubic upsampling).
+  c.ssr_residual_base = "bilinear"
   # The conditional <J, C, M> model's known pixels (pipelines/applications.py):
   # 'replace' puts them into the model's estimate of the clean clip at every step and
   # into the output (exact), 'model' leaves them to the model (they are only its input).
@@ -135,6 +141,9 @@ def validate_diffusion_config(c: ml_collections.ConfigDict) -> None:
   if not (math.isfinite(c.ssr_residual_scale) and c.ssr_residual_scale >= 0):
     raise ConfigError(f"diffusion.ssr_residual_scale={c.ssr_residual_scale} is invalid; "
                       "allowed: a finite number >= 0 (0: diffuse the clip itself)")
+  if c.ssr_residual_base not in RESIDUAL_BASES:
+    raise ConfigError(f"diffusion.ssr_residual_base={c.ssr_residual_base!r} is invalid; "
+                      f"allowed: one of {RESIDUAL_BASES}")
   if c.ssr_residual_scale and c.threshold != "none":
     raise ConfigError(f"diffusion.ssr_residual_scale={c.ssr_residual_scale} needs "
                       f"diffusion.threshold='none', got {c.threshold!r} (thresholding the "

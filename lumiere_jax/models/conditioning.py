@@ -62,7 +62,14 @@ def training_noise_levels(rng, batch: int, max_level: float):
 
 def ssr_channels(low_res, shape):
   """Low-resolution clip [..., h, w, 3] in [-1, 1] -> bilinear upsampling to `shape`."""
-  return jax.image.resize(low_res, shape[:-1] + (low_res.shape[-1],), "bilinear")
+  return upsample(low_res, shape, "bilinear")
+
+
+def upsample(low_res, shape, method: str):
+  """[..., h, w, C] -> `shape`[:-1] + (C,) by 'bilinear' or 'bicubic' (Keys, a = -0.5:
+  PIL's and OpenCV's bicubic)."""
+  return jax.image.resize(low_res, tuple(shape[:-1]) + (low_res.shape[-1],),
+                          {"bilinear": "bilinear", "bicubic": "cubic"}[method])
 
 
 def masked_channels(clip, known):

@@ -154,11 +154,13 @@ class Upsampler:
 
   def clip(self, sampled, low_res):
     """The clip [-1, 1] from what the sampler diffused: the clip itself, or (residual
-    form, diffusion.ssr_residual_scale = s > 0) the clean upsampling + residual / s."""
+    form, diffusion.ssr_residual_scale = s > 0) the clean upsampling
+    (diffusion.ssr_residual_base) + residual / s."""
     scale = self.config.diffusion.ssr_residual_scale
     if not scale:
       return sampled
-    return conditioning.ssr_channels(low_res, sampled.shape) + sampled / scale
+    base = conditioning.upsample(low_res, sampled.shape, self.config.diffusion.ssr_residual_base)
+    return base + sampled / scale
 
 
 def upsample(config, params: dict, videos, *, settings: SamplerSettings,

@@ -328,10 +328,16 @@ def _loop(run: _Run, jitted, state, rng, last_step: int) -> TrainResult:
                   disable=not (train_config.progress_bar and jax.process_index() == 0))
   interval = _Interval(step, time.perf_counter())
   profiler = _Profiler(run.workdir, train_config, step)
+  in_flight = None
   try:
     for batch in itertools.chain([first], batches):
       profiler.before(step)
       state, step_metrics = compiled(state, batch, rng)
+      # At most one step runs ahead of this loop (it overlaps the next batch's loading):
+      # unbounded asynchronous dispatch would queue many steps, and a preemption or
+      # Ctrl-C would wait for all of them before the step it saves.
+      jax.block_until_ready(in_flight)
+      in_flight = step_metrics
       step += 1
       interval.metrics.append(step_metrics)
       bar.update(1)

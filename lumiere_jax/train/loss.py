@@ -38,7 +38,9 @@ def make_loss_fn(config) -> LossFn:
         model.conditioning, x0.shape, clip=x0, known=batch.get("mask"),
         low_res=None if low_res is None else to_model_range(low_res))
     if config.diffusion.ssr_residual_scale:
-      x0 = residual(x0, extra, config.diffusion.ssr_residual_scale)
+      base = conditioning.upsample(to_model_range(low_res), x0.shape,
+                                   config.diffusion.ssr_residual_base)
+      x0 = residual(x0, base, config.diffusion.ssr_residual_scale)
     levels = {}
     if model.takes_noise_level:
       rng, aug_rng = jax.random.split(rng)
@@ -58,7 +60,7 @@ def make_loss_fn(config) -> LossFn:
 
 def residual(clip, upsampled, scale: float):
   """The SSR residual form's diffused signal: scale * (clip - upsampled), where
-  `upsampled` is the clean low-resolution clip upsampled (conditioning.ssr_channels)."""
+  `upsampled` is the clean low-resolution clip upsampled (diffusion.ssr_residual_base)."""
   return scale * (clip - upsampled)
 
 
