@@ -9,7 +9,8 @@ paper's) and for independent non-overlapping windows (overlap 0), same seeds.
 Base model (default: the shipped shapes_t2v, or --checkpoint / --config): one clip of
 --frames frames per prompt, sampled in windows of the model's clip length. SSR
 (--ssr-checkpoint): held-out clips of --data area-downsampled to the model's low
-resolution, then upsampled in windows. For each setting it prints the mean absolute
+resolution, then upsampled in windows; the same figures of the original clips at the
+same frames say what the ratio is without any seam. For each setting it prints the mean absolute
 frame difference (uint8 units, RGB) over the transitions that cross a window edge
 (diffusion/windows.py:seam_transitions) and over the others, and their ratio (seams /
 inside: about 1 without a seam, above 1 with a jump). For the base model it also tracks
@@ -108,7 +109,8 @@ def ssr_clips(args, overlap):
   settings = diffusion_config.sampler_settings(config.diffusion, steps=args.steps)
   windows = windowed.window_settings(config, overlap=overlap, weighting=args.weighting)
   upsampler = upsample.Upsampler(config, params, settings, windows)
-  return upsampler(low, seed=args.seed), upsampler.sampling.plan(low.shape[1]), None
+  truth = np.stack([clips[i]["video"] for i in range(args.clips)])
+  return upsampler(low, seed=args.seed), upsampler.sampling.plan(low.shape[1]), truth
 
 
 def main():
@@ -116,13 +118,17 @@ def main():
   make = ssr_clips if args.ssr_checkpoint else base_clips
   rows = []
   for overlap in map(int, args.overlaps.split(",")):
-    videos, plan, prompts = make(args, overlap)
+    videos, plan, reference = make(args, overlap)  # reference: the prompts, or the originals
     at, inside, ratio = seam_ratio(videos, plan)
     print(f"overlap {overlap}: windows at {plan.starts} (W={plan.window}, T="
           f"{plan.num_frames}), |frame difference| at window edges {at:.2f}, inside "
           f"{inside:.2f}, ratio {ratio:.3f}")
-    if prompts is not None:
-      tracked = tracked_seams(videos, prompts, plan)
+    if args.ssr_checkpoint:
+      at, inside, ratio = seam_ratio(reference, plan)
+      print(f"  the original clips at the same frames: edges {at:.2f}, inside {inside:.2f}, "
+            f"ratio {ratio:.3f}")
+    else:
+      tracked = tracked_seams(videos, reference, plan)
       for key in ("centroid_step", "area_change"):
         edge, within = tracked[key]
         print(f"  {key}: at window edges {edge:.3f}, inside {within:.3f}, ratio "

@@ -10,9 +10,10 @@
 # conditional <J, C, M> model, from t2v_last), style (a backbone fine-tuned on outlined
 # shapes, from t2v_last; it builds its dataset first), keyframes (the keyframe model of
 # the keyframes + TSR baseline, whose TSR model is cond's), ssr (the x4 spatial
-# super-resolution model, 32 -> 128, on a 128x128 dataset it builds first) and
-# export_apps (cond, style and ssr as named models), e.g.
-# `bash launch/shapes_recipe.sh RUNS cond style ssr export_apps`.
+# super-resolution model, 32 -> 128, on a 128x128 dataset it builds first), ssr_x2 (x2,
+# 32 -> 64, from the shipped shapes_ssr, on a 64x64 dataset it builds first) and export_apps
+# (cond, style and the SSR models as named models), e.g.
+# `bash launch/shapes_recipe.sh RUNS cond style ssr ssr_x2 export_apps`.
 # Every training stage runs at
 # most STAGE_MINUTES (default 90) and is then stopped with SIGTERM, which checkpoints;
 # running the same command again resumes from the workdir's newest checkpoint, so the
@@ -30,11 +31,21 @@ MINUTES=${STAGE_MINUTES:-90}
 DATA=$RUNS/data/shapes16
 STYLE_DATA=$RUNS/data/shapes16_outlined
 SSR_DATA=$RUNS/data/shapes128
+SSR2_DATA=$RUNS/data/shapes64
 HELD_OUT=("red triangle moving left" "green circle moving right" "blue square moving up"
           "yellow triangle moving down" "magenta circle bouncing around" "cyan square growing"
           "white circle shrinking" "red square standing still")
 
 staged() { timeout --signal=TERM --kill-after=120 "${MINUTES}m" "$@" || [ $? -eq 124 ]; }
+
+# ssr_data DIR RESOLUTION: the SSR stages' dataset (once): 2048 clips of 16 frames, the
+# recipe's held-out combinations, 64 held-out clips.
+ssr_data() {
+  local held_out=()
+  for c in "${HELD_OUT[@]}"; do held_out+=(--held-out "$c"); done
+  [ -d "$1" ] || lumiere data build shapes --out "$1" --num-videos 2048 --resolution "$2" \
+      --frames 16 --two-object-fraction 0.3 --held-out-videos 64 "${held_out[@]}"
+}
 
 # first_stage VARIANT WORKDIR: the temporal layers on video from t2i (backbone frozen).
 first_stage() {
@@ -170,16 +181,24 @@ for stage in $STAGES; do
     ssr)
       # shapes_tiny:ssr from scratch: 8-frame windows of 128x128 clips, the low
       # resolution (32x32) area-downsampled in the input pipeline.
-      held_out=()
-      for c in "${HELD_OUT[@]}"; do held_out+=(--held-out "$c"); done
-      [ -d "$SSR_DATA" ] || lumiere data build shapes --out "$SSR_DATA" --num-videos 2048 \
-          --resolution 128 --frames 16 --two-object-fraction 0.3 --held-out-videos 64 \
-          "${held_out[@]}"
+      ssr_data "$SSR_DATA" 128
       staged lumiere train --config shapes_tiny:ssr --workdir "$RUNS/ssr" \
           --config.train.data_dir="$SSR_DATA" --config.train.num_steps=1500 \
           --config.data.batch_size=4 --config.train.learning_rate=1e-3 \
           --config.train.warmup_steps=50 --config.train.ema_decay=0.995 \
           --config.train.checkpoint_every=100 --config.train.log_every=10
+      ;;
+    ssr_x2)
+      # shapes_tiny:ssr_x2 from the shipped x4 model (shapes_ssr): 32 -> 64 in the
+      # residual form over bicubic upsampling, on a 64x64 dataset with the same held-out
+      # combinations.
+      ssr_data "$SSR2_DATA" 64
+      staged lumiere train --config shapes_tiny:ssr_x2 --workdir "$RUNS/ssr_x2" \
+          --config.train.data_dir="$SSR2_DATA" --config.train.init_checkpoint=model:shapes_ssr \
+          --config.train.num_steps=4000 --config.data.batch_size=4 \
+          --config.train.learning_rate=5e-4 --config.train.warmup_steps=50 \
+          --config.train.ema_decay=0.995 --config.train.checkpoint_every=100 \
+          --config.train.log_every=10
       ;;
     export_apps)
       lumiere export --checkpoint "$RUNS/cond" --name shapes_cond --out "$RUNS/models" \
@@ -188,6 +207,8 @@ for stage in $STAGES; do
           --out "$RUNS/models" --description "shapes backbone fine-tuned on outlined shapes (style stage: stylize)"
       lumiere export --checkpoint "$RUNS/ssr" --name shapes_ssr --out "$RUNS/models" \
           --description "shapes x4 spatial super-resolution, 32 -> 128 (ssr stage: upsample)"
+      lumiere export --checkpoint "$RUNS/ssr_x2" --name shapes_ssr_x2 --out "$RUNS/models" \
+          --steps 2 --description "shapes x2 spatial super-resolution, 32 -> 64, residual over bicubic (ssr_x2 stage: upsample's default)"
       ;;
     export)
       lumiere export --checkpoint "$RUNS/t2i_more" --name shapes_t2i --out "$RUNS/models" \
@@ -204,7 +225,7 @@ for stage in $STAGES; do
       lumiere eval shapes --checkpoint "$RUNS/t2v_last" --num 96 --steps 32 --guidance 3 \
           --fvd --json "$RUNS/eval_t2v.json" --sheet "$RUNS/eval_t2v.png"
       ;;
-    *) echo "unknown stage $stage (data t2i t2i_more t2v_graft t2v t2v_full t2v_more t2v_last t2v_low export eval cond style keyframes ssr export_apps)" >&2
+    *) echo "unknown stage $stage (data t2i t2i_more t2v_graft t2v t2v_full t2v_more t2v_last t2v_low export eval cond style keyframes ssr ssr_x2 export_apps)" >&2
        exit 2 ;;
   esac
 done

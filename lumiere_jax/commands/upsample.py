@@ -85,7 +85,7 @@ def check_arguments(args) -> None:
 
 
 def load_ssr(model=None, checkpoint=None, config=None, step=None, overrides=()):
-  """(config, params()) of the SSR model named: a shipped one (default shapes_ssr), a
+  """(config, params()) of the SSR model named: a shipped one (default shapes_ssr_x2), a
   training workdir, or a fresh init of a config. Refuses a model that is not SSR. The
   parameters come from a call, so that a fresh model's initialisation (slow) waits until
   the request has been checked against the config."""

@@ -34,7 +34,7 @@ from lumiere_jax.pipelines.windowed import WindowSettings
 # fold_in index of each example's augmentation noise: the samplers use 0..steps.
 NOISE_AUG_STREAM = 2**31 - 1
 EXTRA = "extra"  # the per-frame conditioning channels in the sampler's cond
-DEFAULT_SSR_MODEL = "shapes_ssr"  # the shipped SSR model: upsample, generate --upsample, demo
+DEFAULT_SSR_MODEL = "shapes_ssr_x2"  # the shipped SSR model: upsample, generate --upsample, demo
 
 
 def check_ssr_config(config) -> None:
