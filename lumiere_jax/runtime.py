@@ -27,6 +27,13 @@ unwinds while XLA's threads are still compiling can crash in interpreter shutdow
   checkpoint): the watchdog waits for it. A second Ctrl-C ends the process at once;
   atomic writes and orbax leave only temporary files then, never a half-written output
   or checkpoint.
+
+SIGTERM. A one-process training run takes SIGTERM the same way (`stop_on_sigterm`): the
+step in flight is saved and the run returns as preempted, or, while nothing can reach a
+safe point (compiling), the process ends within the grace with exit code 143, losing
+nothing. jax's own preemption service, which several processes need to agree on one step
+to save, misses a SIGTERM that lands before a resumed run's first step (its sync point is
+then step 1, which a resumed run never reaches), so one process does not use it.
 """
 
 import contextlib
@@ -48,6 +55,7 @@ CACHE_ENV = "LUMIERE_COMPILATION_CACHE"  # a directory, or "off"
 INTERRUPT_GRACE_S = 1.0  # how long a Ctrl-C may wait for a safe point
 GRACE_ENV = "LUMIERE_INTERRUPT_GRACE_S"  # seconds, to wait longer (slow steps, tests)
 EXIT_INTERRUPTED = 130   # 128 + SIGINT, what shells report for a process ended by Ctrl-C
+EXIT_TERMINATED = 143    # 128 + SIGTERM
 
 
 def enable_compilation_cache(default_dir: str = "~/.cache/lumiere_jax/xla") -> None:
@@ -132,6 +140,8 @@ class _Interrupts:
     self.prog = prog
     self.grace = self.base_grace = grace
     self.requested = threading.Event()
+    self.terminated = threading.Event()  # the request came as SIGTERM
+    self.watch_sigterm = False
     self.lock = threading.Lock()
     self.signals = 0
     self.acknowledged = False
@@ -169,13 +179,16 @@ class _Interrupts:
         return
       if not data:
         return
-      for _ in range(data.count(signal.SIGINT)):
-        self._on_sigint()
+      for signum in data:
+        if signum == signal.SIGINT or (signum == signal.SIGTERM and self.watch_sigterm):
+          self._on_signal(signum)
 
-  def _on_sigint(self) -> None:
+  def _on_signal(self, signum: int) -> None:
     with self.lock:
       self.signals += 1
       first = self.signals == 1
+    if signum == signal.SIGTERM:
+      self.terminated.set()
     self.requested.set()
     if not first:
       self.hard_exit("interrupted again; stopped at once")
@@ -195,7 +208,7 @@ class _Interrupts:
           continue
         grace_over = time.monotonic() >= deadline
       if grace_over:
-        self.hard_exit("interrupted")
+        self.hard_exit("terminated" if self.terminated.is_set() else "interrupted")
 
   def hard_exit(self, message: str) -> None:
     for cleanup in reversed(list(self.cleanups)):
@@ -205,7 +218,7 @@ class _Interrupts:
         pass  # the process ends now; a cleanup that fails must not keep it alive
     _flush_standard_streams()
     os.write(2, f"{self.prog}: {message}\n".encode())
-    exit_now(EXIT_INTERRUPTED)
+    exit_now(EXIT_TERMINATED if self.terminated.is_set() else EXIT_INTERRUPTED)
 
 
 def _flush_standard_streams() -> None:
@@ -257,9 +270,18 @@ def set_interrupt_prog(prog: str) -> None:
 
 
 def interrupt_requested() -> bool:
-  """Whether Ctrl-C was pressed (cheap: called from inside compiled loops)."""
+  """Whether Ctrl-C was pressed, or SIGTERM under `stop_on_sigterm` (cheap: called from
+  inside compiled loops)."""
   interrupts = _active
-  return interrupts is not None and interrupts.requested.is_set()
+  return (interrupts is not None and interrupts.requested.is_set()) or \
+      _sigterm_received.is_set()
+
+
+def terminate_requested() -> bool:
+  """Whether the stop asked for came as SIGTERM (under `stop_on_sigterm`)."""
+  interrupts = _active
+  return (interrupts is not None and interrupts.terminated.is_set()) or \
+      _sigterm_received.is_set()
 
 
 def acknowledge_interrupt() -> None:
@@ -300,6 +322,43 @@ def shielded():
   finally:
     with interrupts.lock:
       interrupts.shield_depth -= 1
+
+
+_sigterm_received = threading.Event()  # stop_on_sigterm's flag without handle_interrupts
+
+
+def _on_sigterm(signum, frame) -> None:
+  """The Python-level SIGTERM handler. Under handle_interrupts the watcher, woken through
+  the wakeup fd even while the main thread is inside XLA, does the work; otherwise this
+  flag is read at the next safe point."""
+  del signum, frame
+  if _active is None:
+    _sigterm_received.set()
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+  """Within, SIGTERM asks for a stop at the next safe point, like Ctrl-C, and
+  `terminate_requested` says it was SIGTERM (see the module docstring). For one-process
+  training; several processes need jax's preemption service instead. Only the main thread
+  can install signal handlers; elsewhere this does nothing."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  interrupts = _active
+  _sigterm_received.clear()
+  previous = signal.signal(signal.SIGTERM, _on_sigterm)
+  if interrupts is not None:
+    interrupts.watch_sigterm = True
+  try:
+    yield
+  finally:
+    if interrupts is not None:
+      interrupts.watch_sigterm = False
+    # None: the previous handler was not Python's (e.g. jax's preemption notifier, which
+    # this run does not use); the default action is the safe one to leave behind.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+    _sigterm_received.clear()
 
 
 @contextlib.contextmanager

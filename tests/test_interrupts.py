@@ -1,6 +1,7 @@
-"""Ctrl-C at several moments of `lumiere generate`, `train` and `data build`: the process
-ends with exit code 130 within seconds, says so in one line without a traceback, and
-leaves nothing partial or overwritten (an existing --out is untouched, a checkpoint is
+"""Ctrl-C at several moments of `lumiere generate`, `train` and `data build` (and SIGTERM
+to `train`): the process ends with exit code 130 (143, or 0 when preempted) within
+seconds, says so in one line without a traceback, and leaves nothing partial or
+overwritten (an existing --out is untouched, a checkpoint is
 complete and restores, a dataset folder never appears half-built).
 
 Each case runs the real console entry point in a session of its own and sends SIGINT to
@@ -107,6 +108,21 @@ class Running:
     except subprocess.TimeoutExpired:
       self.kill()
       raise AssertionError(f"still running {SAVE_LATENCY_LIMIT_S * 2} s after Ctrl-C: "
+                           f"{self.stderr[-2000:]}") from None
+    latency = time.monotonic() - sent
+    self.reader.join(timeout=10)
+    return latency
+
+  def terminate(self) -> float:
+    """SIGTERM to the process alone (what a scheduler's preemption or `timeout` sends);
+    returns the seconds until the process ended."""
+    sent = time.monotonic()
+    self.process.send_signal(signal.SIGTERM)
+    try:
+      self.process.wait(timeout=SAVE_LATENCY_LIMIT_S * 2)
+    except subprocess.TimeoutExpired:
+      self.kill()
+      raise AssertionError(f"still running {SAVE_LATENCY_LIMIT_S * 2} s after SIGTERM: "
                            f"{self.stderr[-2000:]}") from None
     latency = time.monotonic() - sent
     self.reader.join(timeout=10)
@@ -234,6 +250,57 @@ def test_ctrl_c_while_a_resumed_run_compiles_changes_no_checkpoint(data_dir, tmp
     run.kill()
   assert_interrupted(run, "lumiere train", latency, "compiling a resumed run")
   assert {str(p): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+
+
+def test_sigterm_while_a_resumed_run_compiles_ends_it_and_changes_no_checkpoint(
+    data_dir, tmp_path):
+  """A preemption before a resumed run's first step. jax's preemption service set its
+  sync point to step 1 then, which a run resumed at step 4 never reaches: the run
+  ignored SIGTERM and trained on until SIGKILL. One process now takes SIGTERM itself."""
+  workdir = tmp_path / "run"
+  support.save_random_checkpoint(support.micro_config("t2i", f"train.data_dir={data_dir}"),
+                                 workdir, 4, data_dir)
+  folder = workdir / checkpoint.CHECKPOINTS
+  before = {str(p): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+  run = _train(workdir, data_dir, cwd=tmp_path, cache=False)
+  try:
+    run.wait_for("resuming from the checkpoint of step 4")
+    latency = run.terminate()
+  finally:
+    run.kill()
+  print(f"\nSIGTERM while compiling: exit {run.process.returncode} after {latency:.2f} s: "
+        f"{run.last_line()}")
+  assert "Traceback" not in run.stderr, run.stderr[-3000:]
+  assert latency < LATENCY_LIMIT_S, (latency, run.stderr[-2000:])
+  if run.process.returncode == 143:  # ended inside the compilation, after the grace
+    assert run.last_line() == "lumiere train: terminated", run.stderr[-2000:]
+  else:  # the compilation ended first: the safe point before step 5 returned
+    assert run.process.returncode == 0, run.stderr[-3000:]
+    assert "preempted before step 5: nothing new to save" in run.stderr, run.stderr[-2000:]
+  assert {str(p): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+
+
+def test_sigterm_during_training_saves_the_current_step_and_exits_0(data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  run = _train(workdir, data_dir, "train.checkpoint_every=1000", cwd=tmp_path)
+  try:
+    run.wait_for(r"\bstep 3: ")
+    latency = run.terminate()
+  finally:
+    run.kill()
+  line = run.last_line()
+  print(f"\nSIGTERM while training: exit {run.process.returncode} after {latency:.2f} s: "
+        f"{line}")
+  assert run.process.returncode == 0, run.stderr[-3000:]
+  assert latency < SAVE_LATENCY_LIMIT_S, (latency, run.stderr[-2000:])
+  saved = re.fullmatch(r"lumiere train: preempted; step (\d+) saved in \S+", line)
+  assert saved, run.stderr[-2000:]
+  step = int(saved.group(1))
+  assert step >= 3
+  _assert_every_numbered_folder_complete(workdir)
+  restored_step, state = _restore_latest(workdir, support.micro_config(
+      "t2i", f"train.data_dir={data_dir}"))
+  assert restored_step == step and int(state.step) == step
 
 
 @pytest.mark.parametrize("moment,checkpoint_every,after_step", [

@@ -4,7 +4,8 @@ checkpoint or from scratch), then steps, metrics, checkpoints and preemption.
 A run on a workdir that holds checkpoints continues from the newest one, bit-for-bit as
 if it had not stopped: the state, the data position and the per-step keys
 (fold_in(rng, step)) are all restored or recomputed exactly. A SIGTERM (preemption)
-makes every process save the same step through orbax's preemption support and return.
+makes every process save the same step and return: through orbax's preemption support
+when there are several, by runtime.stop_on_sigterm when there is one.
 
 Failures: `check_run` finds every problem known before the run (config, dataset, init
 checkpoint, the workdir's layout and checkpoints) before anything is created or
@@ -13,9 +14,11 @@ closed; a run that fails or is interrupted before its first checkpoint removes t
 workdir it created. Ctrl-C (runtime.handle_interrupts) is honoured after the step in
 flight: that step is saved (a healthy state only) and the run raises
 errors.Interrupted; during compilation the process ends within a second without saving,
-which loses nothing (no step has run since the newest checkpoint).
+which loses nothing (no step has run since the newest checkpoint). A one-process run
+takes SIGTERM the same way (runtime.stop_on_sigterm) but returns as preempted.
 """
 
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -164,7 +167,10 @@ def train(config, workdir, *, loss_fn=None, stop_at_step: int = 0,
     metrics_lib.configure_logging(jax.process_index(), workdir)
   discard = lambda: _discard_if_unused(workdir, created)
   closers = []  # what to close, in order, however the run ends
-  with runtime.cleanup_on_exit(discard):
+  # One process takes SIGTERM itself (runtime.stop_on_sigterm); several use jax's
+  # preemption service, which lets them agree on the step to save.
+  sigterm = runtime.stop_on_sigterm() if jax.process_count() == 1 else contextlib.nullcontext()
+  with sigterm, runtime.cleanup_on_exit(discard):
     try:
       mesh = mesh_lib.make_mesh(config.mesh)
       layout = state_lib.Layout(config, mesh, make_optimizer(config.train))
@@ -319,6 +325,11 @@ def _loop(run: _Run, jitted, state, rng, last_step: int) -> TrainResult:
   batches = _global_batches(run)
   first = next(batches)
   compiled = _compile(run, jitted, state, first, rng)
+  if runtime.terminate_requested():
+    runtime.acknowledge_interrupt()
+    _info("preempted before step %d: nothing new to save (the newest checkpoint is %s)",
+          step + 1, _newest(run))
+    return TrainResult(state, step, preempted=True)
   runtime.check_interrupt(f"interrupted before step {step + 1}; nothing new to save "
                           f"(the newest checkpoint is {_newest(run)})")
   flops = metrics_lib.model_flops_per_step(config)
@@ -354,8 +365,9 @@ def _loop(run: _Run, jitted, state, rng, last_step: int) -> TrainResult:
                             f"{_newest(run)}")
         _info("preempted: saved step %d and stopped", step)
         return TrainResult(state, step, preempted=True)
-      if runtime.interrupt_requested():
-        _stop_on_interrupt(run, step, state)
+      if runtime.interrupt_requested() and _stop_on_interrupt(run, step, state):
+        _info("preempted: saved step %d and stopped", step)
+        return TrainResult(state, step, preempted=True)
       if step == last_step:
         break
   finally:
@@ -364,18 +376,21 @@ def _loop(run: _Run, jitted, state, rng, last_step: int) -> TrainResult:
   return TrainResult(state, step, preempted=False)
 
 
-def _stop_on_interrupt(run: _Run, step: int, state) -> None:
-  """Ctrl-C: saves the step reached and raises Interrupted. Several processes must save
-  the same step, so there the signal is passed on as a preemption (SIGTERM), whose
-  service lets them agree on one; the loop then saves and stops at it."""
+def _stop_on_interrupt(run: _Run, step: int, state) -> bool:
+  """Ctrl-C: saves the step reached and raises Interrupted; SIGTERM to one process (see
+  train): saves it and returns True (preempted). Several processes must save the same
+  step, so there Ctrl-C is passed on as a preemption (SIGTERM), whose service lets them
+  agree on one; the loop then saves and stops at it (returns False until then)."""
   runtime.acknowledge_interrupt()
   if jax.process_count() > 1:
     if not run.interrupt_forwarded:
       run.interrupt_forwarded = True
       os.kill(os.getpid(), signal.SIGTERM)
-    return
+    return False
   _save_if_due(run, step, state, force=True)
   checkpoint.wait(run.manager)
+  if runtime.terminate_requested():
+    return True
   raise Interrupted(f"interrupted after step {step}; the newest checkpoint is "
                     f"{_newest(run)}")
 
