@@ -13,7 +13,8 @@ resolution, then upsampled in windows; the same figures of the original clips at
 same frames say what the ratio is without any seam. For each setting it prints the mean absolute
 frame difference (uint8 units, RGB) over the transitions that cross a window edge
 (diffusion/windows.py:seam_transitions) and over the others, and their ratio (seams /
-inside: about 1 without a seam, above 1 with a jump). For the base model it also tracks
+inside: about 1 without a seam, above 1 with a jump), with a 95% bootstrap interval
+over the clips (for the SSR, also of its ratio minus the originals'). For the base model it also tracks
 each prompt's object as `lumiere eval shapes` does (evaluation/tracker.py) and prints its
 centroid step (px) and relative area change at window edges and inside, and the eval's
 motion accuracy over the long clips. --out writes the X-T slices (the middle row over
@@ -44,6 +45,8 @@ def parse_args():
   parser.add_argument("--config", help="a fresh (untrained) base model of this config")
   parser.add_argument("--ssr-checkpoint", help="measure this SSR model instead")
   parser.add_argument("--data", help="with --ssr-checkpoint: a dataset at its resolution")
+  parser.add_argument("--prompts", help="base model: prompts separated by ';' (default: "
+                      "four moving objects), cycled over the clips")
   parser.add_argument("--clips", type=int, default=4)
   parser.add_argument("--frames", type=int, default=48, help="base model: frames per clip")
   parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
@@ -55,13 +58,35 @@ def parse_args():
   return parser.parse_args()
 
 
+def frame_steps(videos) -> np.ndarray:
+  """[N, T - 1]: each clip's mean |frame difference| (uint8 units, RGB) per transition."""
+  return np.abs(np.diff(videos.astype(np.float32), axis=1)).mean(axis=(2, 3, 4))
+
+
 def seam_ratio(videos, plan) -> tuple:
   """(mean |frame difference| at window edges, inside windows, ratio) over uint8 clips
   [N, T, H, W, 3]."""
-  steps = np.abs(np.diff(videos.astype(np.float32), axis=1)).mean(axis=(0, 2, 3, 4))
+  steps = frame_steps(videos).mean(axis=0)
   seams = windows_lib.seam_transitions(plan)
   at, inside = steps[seams].mean(), steps[~seams].mean()
   return float(at), float(inside), float(at / inside)
+
+
+def bootstrap_ratio(steps, plan, reference=None, draws: int = 2000, seed: int = 0):
+  """95% interval of the seam ratio over clips resampled with replacement ([N, T - 1]
+  frame_steps); with `reference` (the originals' steps, same clips), of the ratio minus
+  the originals' ratio on the same draw: above 0 means a seam beyond what the content
+  itself does at those frames."""
+  seams = windows_lib.seam_transitions(plan)
+  rng = np.random.default_rng(seed)
+  draws_ = rng.integers(0, len(steps), size=(draws, len(steps)))
+
+  def ratios(s):
+    mean = s[draws_].mean(axis=1)  # [draws, T - 1]
+    return mean[:, seams].mean(axis=1) / mean[:, ~seams].mean(axis=1)
+
+  values = ratios(steps) - (ratios(reference) if reference is not None else 0.0)
+  return tuple(float(v) for v in np.percentile(values, [2.5, 97.5]))
 
 
 def tracked_seams(videos, prompts, plan) -> dict:
@@ -94,7 +119,8 @@ def base_clips(args, overlap):
   windows = windowed.window_settings(config, overlap=overlap, weighting=args.weighting)
   model = generate.TextToVideo(config, params, settings, num_frames=args.frames,
                                windows=windows)
-  prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.clips)]
+  chosen = [p.strip() for p in args.prompts.split(";")] if args.prompts else PROMPTS
+  prompts = [chosen[i % len(chosen)] for i in range(args.clips)]
   videos = model(prompts, args.seed, config.diffusion.guidance,
                  negative_prompt=config.diffusion.negative_prompt)
   return videos, model.plan, prompts
@@ -120,13 +146,16 @@ def main():
   for overlap in map(int, args.overlaps.split(",")):
     videos, plan, reference = make(args, overlap)  # reference: the prompts, or the originals
     at, inside, ratio = seam_ratio(videos, plan)
+    low, high = bootstrap_ratio(frame_steps(videos), plan)
     print(f"overlap {overlap}: windows at {plan.starts} (W={plan.window}, T="
           f"{plan.num_frames}), |frame difference| at window edges {at:.2f}, inside "
-          f"{inside:.2f}, ratio {ratio:.3f}")
+          f"{inside:.2f}, ratio {ratio:.3f} (95% over clips {low:.3f}-{high:.3f})")
     if args.ssr_checkpoint:
-      at, inside, ratio = seam_ratio(reference, plan)
+      at, inside, original = seam_ratio(reference, plan)
+      low, high = bootstrap_ratio(frame_steps(videos), plan, frame_steps(reference))
       print(f"  the original clips at the same frames: edges {at:.2f}, inside {inside:.2f}, "
-            f"ratio {ratio:.3f}")
+            f"ratio {original:.3f}; the SSR's ratio minus theirs {ratio - original:+.3f} "
+            f"(95% over clips {low:+.3f} to {high:+.3f})")
     else:
       tracked = tracked_seams(videos, reference, plan)
       for key in ("centroid_step", "area_change"):
