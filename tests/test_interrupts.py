@@ -101,28 +101,23 @@ class Running:
 
   def interrupt(self) -> float:
     """Ctrl-C; returns the seconds until the process ended."""
-    sent = time.monotonic()
-    os.killpg(self.process.pid, signal.SIGINT)
-    try:
-      self.process.wait(timeout=SAVE_LATENCY_LIMIT_S * 2)
-    except subprocess.TimeoutExpired:
-      self.kill()
-      raise AssertionError(f"still running {SAVE_LATENCY_LIMIT_S * 2} s after Ctrl-C: "
-                           f"{self.stderr[-2000:]}") from None
-    latency = time.monotonic() - sent
-    self.reader.join(timeout=10)
-    return latency
+    return self._signal_and_wait(lambda: os.killpg(self.process.pid, signal.SIGINT),
+                                 "Ctrl-C")
 
   def terminate(self) -> float:
     """SIGTERM to the process alone (what a scheduler's preemption or `timeout` sends);
     returns the seconds until the process ended."""
+    return self._signal_and_wait(lambda: self.process.send_signal(signal.SIGTERM),
+                                 "SIGTERM")
+
+  def _signal_and_wait(self, send, name: str) -> float:
     sent = time.monotonic()
-    self.process.send_signal(signal.SIGTERM)
+    send()
     try:
       self.process.wait(timeout=SAVE_LATENCY_LIMIT_S * 2)
     except subprocess.TimeoutExpired:
       self.kill()
-      raise AssertionError(f"still running {SAVE_LATENCY_LIMIT_S * 2} s after SIGTERM: "
+      raise AssertionError(f"still running {SAVE_LATENCY_LIMIT_S * 2} s after {name}: "
                            f"{self.stderr[-2000:]}") from None
     latency = time.monotonic() - sent
     self.reader.join(timeout=10)
@@ -235,21 +230,30 @@ def test_ctrl_c_before_the_first_step_of_a_new_run_leaves_no_workdir(moment, dat
   assert not workdir.exists()
 
 
-def test_ctrl_c_while_a_resumed_run_compiles_changes_no_checkpoint(data_dir, tmp_path):
+def _signal_a_resumed_run_while_it_compiles(data_dir, tmp_path, sigterm: bool):
+  """A run resumed at step 4, sent Ctrl-C a second after it says so (SIGTERM at once):
+  (the run, seconds to its end), once every checkpoint file is found unchanged."""
   workdir = tmp_path / "run"
   support.save_random_checkpoint(support.micro_config("t2i", f"train.data_dir={data_dir}"),
                                  workdir, 4, data_dir)
   folder = workdir / checkpoint.CHECKPOINTS
-  before = {str(p): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+  files = lambda: {str(p): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+  before = files()
   run = _train(workdir, data_dir, cwd=tmp_path, cache=False)
   try:
     run.wait_for("resuming from the checkpoint of step 4")
-    time.sleep(1.0)
-    latency = run.interrupt()
+    if not sigterm:
+      time.sleep(1.0)
+    latency = run.terminate() if sigterm else run.interrupt()
   finally:
     run.kill()
+  assert files() == before
+  return run, latency
+
+
+def test_ctrl_c_while_a_resumed_run_compiles_changes_no_checkpoint(data_dir, tmp_path):
+  run, latency = _signal_a_resumed_run_while_it_compiles(data_dir, tmp_path, sigterm=False)
   assert_interrupted(run, "lumiere train", latency, "compiling a resumed run")
-  assert {str(p): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
 
 
 def test_sigterm_while_a_resumed_run_compiles_ends_it_and_changes_no_checkpoint(
@@ -257,17 +261,7 @@ def test_sigterm_while_a_resumed_run_compiles_ends_it_and_changes_no_checkpoint(
   """A preemption before a resumed run's first step. jax's preemption service set its
   sync point to step 1 then, which a run resumed at step 4 never reaches: the run
   ignored SIGTERM and trained on until SIGKILL. One process now takes SIGTERM itself."""
-  workdir = tmp_path / "run"
-  support.save_random_checkpoint(support.micro_config("t2i", f"train.data_dir={data_dir}"),
-                                 workdir, 4, data_dir)
-  folder = workdir / checkpoint.CHECKPOINTS
-  before = {str(p): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-  run = _train(workdir, data_dir, cwd=tmp_path, cache=False)
-  try:
-    run.wait_for("resuming from the checkpoint of step 4")
-    latency = run.terminate()
-  finally:
-    run.kill()
+  run, latency = _signal_a_resumed_run_while_it_compiles(data_dir, tmp_path, sigterm=True)
   print(f"\nSIGTERM while compiling: exit {run.process.returncode} after {latency:.2f} s: "
         f"{run.last_line()}")
   assert "Traceback" not in run.stderr, run.stderr[-3000:]
@@ -277,7 +271,6 @@ def test_sigterm_while_a_resumed_run_compiles_ends_it_and_changes_no_checkpoint(
   else:  # the compilation ended first: the safe point before step 5 returned
     assert run.process.returncode == 0, run.stderr[-3000:]
     assert "preempted before step 5: nothing new to save" in run.stderr, run.stderr[-2000:]
-  assert {str(p): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
 
 
 def test_sigterm_during_training_saves_the_current_step_and_exits_0(data_dir, tmp_path):
