@@ -54,6 +54,9 @@ def parse_args():
   parser.add_argument("--overlaps", default="2,0", help="overlaps to compare, comma-"
                       "separated (default 2,0: the paper's, and independent windows)")
   parser.add_argument("--weighting", choices=("uniform", "ramp"), default="uniform")
+  parser.add_argument("--window-noise", choices=("independent", "repeat"),
+                      default="independent", help="base model: the long clip's starting "
+                      "noise (diffusion/windows.py:repeated_noise_frames)")
   parser.add_argument("--out", help="X-T slices .png")
   return parser.parse_args()
 
@@ -116,7 +119,8 @@ def base_clips(args, overlap):
   else:
     config, params = weights.load_model(checkpoint=args.checkpoint, name=args.model)
   settings = diffusion_config.sampler_settings(config.diffusion, steps=args.steps)
-  windows = windowed.window_settings(config, overlap=overlap, weighting=args.weighting)
+  windows = windowed.window_settings(config, overlap=overlap, weighting=args.weighting,
+                                     noise=args.window_noise)
   model = generate.TextToVideo(config, params, settings, num_frames=args.frames,
                                windows=windows)
   chosen = [p.strip() for p in args.prompts.split(";")] if args.prompts else PROMPTS

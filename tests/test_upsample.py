@@ -17,7 +17,9 @@ from PIL import Image
 import test_train_support as support
 from lumiere_jax import cli, weights
 from lumiere_jax.diffusion import config as diffusion_config
+from lumiere_jax.config import load_config
 from lumiere_jax.diffusion import samplers
+from lumiere_jax.diffusion import windows as windows_lib
 from lumiere_jax.diffusion.schedules import cosine_schedule
 from lumiere_jax.models import build, conditioning
 from lumiere_jax.pipelines import generate, upsample, windowed
@@ -283,12 +285,34 @@ BASE = ("--config", "shapes_tiny:t2v",
         *[f"--config.{o}" for o in merged("data.resolution=8", "diffusion.steps=2")])
 
 
-def test_generate_a_clip_longer_than_the_model_in_windows(tmp_path, capsys):
+@pytest.mark.parametrize("noise", ["independent", "repeat"])
+def test_generate_a_clip_longer_than_the_model_in_windows(tmp_path, capsys, noise):
   out = tmp_path / "long.npy"
   code, _, err = run_cli(capsys, "generate", *BASE, *PROMPT, "--num-frames", "10",
-                         "--out", str(out), "--quiet")
+                         "--window-noise", noise, "--out", str(out), "--quiet")
   assert code == 0, err
   assert np.load(out).shape == (10, 8, 8, 3)
+
+
+def test_long_clip_window_noise_repeat_starts_from_the_first_windows_noise():
+  """'repeat': frame f starts from the noise of frame repeated_noise_frames(...)[f] of the
+  first window (FreeNoise); 'independent' (the paper's): every frame its own noise."""
+  config = load_config("shapes_tiny:t2v", list(merged("data.resolution=8",
+                                                      "diffusion.steps=2")))
+  params = generate.fresh_params(config)
+  settings = samplers.SamplerSettings("dpmpp", steps=2)
+  keys = jax.vmap(jax.random.key)(np.arange(2, dtype=np.int32))
+  noise = {}
+  for mode in ("independent", "repeat"):
+    windows = windowed.window_settings(config, noise=mode)
+    noise[mode] = np.asarray(generate.TextToVideo(
+        config, params, settings, num_frames=10, windows=windows).initial_noise(keys))
+  assert noise["repeat"].shape == noise["independent"].shape == (2, 10, 8, 8, 3)
+  sources = windows_lib.repeated_noise_frames(10, 4, 2)
+  np.testing.assert_array_equal(noise["repeat"], noise["repeat"][:, sources])
+  first = noise["independent"][:, :4]
+  later = noise["independent"][:, 4:]
+  assert not any(np.allclose(later[:, f], first[:, g]) for f in range(6) for g in range(4))
 
 
 @pytest.fixture(scope="module")

@@ -94,6 +94,35 @@ def test_frames_covered_by_one_window_keep_its_prediction_exactly():
         np.testing.assert_array_equal(fused[0, start + k], predictions[i, 0, k])
 
 
+@pytest.mark.parametrize("frames,window,overlap", [(48, 16, 8), (48, 16, 2), (80, 16, 4),
+                                                  (23, 8, 3), (9, 4, 1), (12, 16, 2)])
+def test_repeated_noise_gives_each_window_the_first_windows_noise(frames, window, overlap):
+  """FreeNoise's rescheduling: the first window keeps its noise; each later block of
+  W - O frames is a shuffle of the sources one window earlier; so every window that
+  starts at a multiple of W - O holds each of the first window's noises exactly once."""
+  sources = windows.repeated_noise_frames(frames, window, overlap)
+  first = min(window, frames)
+  assert sources.shape == (frames,)
+  np.testing.assert_array_equal(sources[:first], np.arange(first))
+  stride = window - overlap
+  for start in range(window, frames, stride):
+    block = sources[start:start + stride]
+    earlier = sources[start - window:start - window + stride]
+    if len(block) == stride:
+      assert sorted(block) == sorted(earlier)
+    else:  # the clip's last, cut block: a part of the shuffle
+      assert set(block) <= set(earlier) and len(set(block)) == len(block)
+  for start in range(0, frames - window + 1, stride):
+    assert sorted(sources[start:start + window]) == list(range(window))
+  if frames > window:  # shuffled, not a plain tiling
+    assert not np.array_equal(sources[window:2 * window], np.arange(window)[:len(sources[window:2 * window])])
+
+
+def test_bad_window_noise_is_refused():
+  with pytest.raises(UserError, match="window noise 'shared' is invalid"):
+    windows.check_noise_mode("shared")
+
+
 def test_seams_are_the_window_edges():
   plan = windows.plan_windows(20, 8, 2)  # windows [0, 8), [6, 14), [12, 20)
   assert np.flatnonzero(windows.seam_transitions(plan)).tolist() == [5, 7, 11, 13]

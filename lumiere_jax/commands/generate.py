@@ -10,6 +10,7 @@ from lumiere_jax.diffusion import config as diffusion_config
 from lumiere_jax.diffusion.guidance import THRESHOLDS
 from lumiere_jax.diffusion import samplers
 from lumiere_jax.diffusion.samplers import SAMPLERS
+from lumiere_jax.diffusion import windows as windows_lib
 from lumiere_jax.errors import UserError
 from lumiere_jax.io import video as video_io
 from lumiere_jax.commands import upsample as upsample_command
@@ -76,6 +77,14 @@ def add_arguments(parser):
                           help="frames per window (default: the model's clip length)")
   long_clips.add_argument("--overlap", type=int, metavar="O",
                           help="frames shared by neighbouring windows (default 2)")
+  long_clips.add_argument("--weighting", choices=windows_lib.WEIGHTINGS,
+                          help="how overlapping windows are weighted (default: the model's "
+                               "diffusion.window_weighting)")
+  long_clips.add_argument("--window-noise", choices=windows_lib.NOISE_MODES,
+                          help="the starting noise: independent per frame (the paper's), or "
+                               "the first window's repeated over the clip with local "
+                               "shuffles, so that windows agree (FreeNoise; default: the "
+                               "model's diffusion.window_noise)")
   baseline = parser.add_argument_group(
       "keyframes + temporal super-resolution (the cascade Lumiere argues against)")
   baseline.add_argument("--pipeline", choices=keyframes.PIPELINES, default="stunet",
@@ -168,13 +177,15 @@ def clip_length(config, args):
   clip length (data.num_frames); beyond it, a video model samples the clip in windows."""
   frames, clip = args.num_frames, config.data.num_frames
   if frames is None or config.model.kind != "stunet" or frames <= clip:
-    if args.window is not None or args.overlap is not None:
-      raise UserError(f"--window and --overlap apply to --num-frames beyond the model's "
-                      f"clip length ({clip} frames)")
+    if any(v is not None for v in (args.window, args.overlap, args.weighting,
+                                   args.window_noise)):
+      raise UserError(f"--window, --overlap, --weighting and --window-noise apply to "
+                      f"--num-frames beyond the model's clip length ({clip} frames)")
     if frames is not None:
       config = finalize(config.unlock(), [f"data.num_frames={frames}"])
     return config, None, None
-  return config, frames, windowed.window_settings(config, args.window, args.overlap)
+  return config, frames, windowed.window_settings(config, args.window, args.overlap,
+                                                  args.weighting, args.window_noise)
 
 
 def load_cascade(args, config, frames: int):

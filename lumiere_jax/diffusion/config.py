@@ -60,6 +60,9 @@ def default_diffusion_config() -> ml_collections.ConfigDict:
   c.window = 0
   c.window_overlap = 2
   c.window_weighting = "uniform"       # 'uniform' (least squares) | 'ramp'
+  # The starting noise of a long clip: 'independent' per frame (the paper's), or 'repeat':
+  # the first window's, repeated with local shuffles (windows.repeated_noise_frames).
+  c.window_noise = "independent"
   # Noise conditioning augmentation of the SSR model (models/conditioning.py), as times
   # of the schedule: training draws a level per example in [0, noise_aug_max]; sampling
   # noises the low-resolution clip to noise_aug_level (also the model's input).
@@ -130,6 +133,9 @@ def validate_diffusion_config(c: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"diffusion.window={c.window} / diffusion.window_overlap="
                       f"{c.window_overlap} are invalid; allowed: overlap >= 0 and a window "
                       "larger than it (window 0: the model's clip length)")
+  if c.get("window_noise", "independent") not in windows.NOISE_MODES:
+    raise ConfigError(f"diffusion.window_noise={c.window_noise!r} is invalid; allowed: one "
+                      f"of {windows.NOISE_MODES}")
   if c.window_weighting not in windows.WEIGHTINGS:
     raise ConfigError(f"diffusion.window_weighting={c.window_weighting!r} is invalid; "
                       f"allowed: one of {windows.WEIGHTINGS}")

@@ -31,6 +31,9 @@ from lumiere_jax.diffusion.guidance import Denoiser
 from lumiere_jax.errors import UserError
 
 WEIGHTINGS = ("uniform", "ramp")
+# The starting noise of a long clip: every frame its own ('independent', the paper's), or
+# the first window's noise repeated over the clip ('repeat', see repeated_noise_frames).
+NOISE_MODES = ("independent", "repeat")
 DEFAULT_OVERLAP = 2
 
 
@@ -62,6 +65,30 @@ def window_starts(num_frames: int, window: int, overlap: int) -> tuple:
   stride = window - overlap
   count = -(-(num_frames - window) // stride) + 1
   return tuple(min(k * stride, num_frames - window) for k in range(count))
+
+
+def check_noise_mode(mode: str) -> None:
+  if mode not in NOISE_MODES:
+    raise UserError(f"window noise {mode!r} is invalid; allowed: one of {NOISE_MODES}")
+
+
+def repeated_noise_frames(num_frames: int, window: int, overlap: int,
+                          seed: int = 0) -> np.ndarray:
+  """[num_frames] int: the frame of the first window whose starting noise each frame
+  takes (FreeNoise's noise rescheduling, Qiu et al. 2023; not in the paper). The first
+  W frames keep their own; after them, each block of W - O frames takes the sources of
+  the block one window earlier, shuffled within the block (a fixed shuffle of `seed`), so
+  every window starts from (nearly) the same noise as its neighbours, reordered, and
+  windows fused at every step agree on what the clip shows instead of each placing its
+  own objects. With num_frames <= W, the identity."""
+  check_windows(window, overlap)
+  stride = window - overlap
+  rng = np.random.default_rng(seed)
+  sources = list(range(min(window, num_frames)))
+  for start in range(window, num_frames, stride):
+    block = sources[start - window:start - window + stride]
+    sources.extend(rng.permutation(block)[:num_frames - start].tolist())
+  return np.asarray(sources[:num_frames], np.int32)
 
 
 def frame_weights(window: int, overlap: int, weighting: str = "uniform") -> np.ndarray:

@@ -22,6 +22,7 @@ from lumiere_jax import runtime
 from lumiere_jax import weights
 from lumiere_jax.diffusion import config as diffusion_config
 from lumiere_jax.diffusion import denoisers, guidance, samplers
+from lumiere_jax.diffusion import windows as windows_lib
 from lumiere_jax.diffusion.progress import TqdmProgress
 from lumiere_jax.diffusion.samplers import SamplerSettings
 from lumiere_jax.diffusion.schedules import schedule_from_config
@@ -245,6 +246,17 @@ class TextToVideo:
     self.video_shape = (num_frames,) + self.video_shape[1:]
     return self.sampling.plan(num_frames), self.sampling.replicate(params)
 
+  def initial_noise(self, keys) -> jax.Array:
+    """The starting noise [B, T, H, W, C] of the keys' videos. A long clip with window
+    noise 'repeat' repeats its first window's noise (windows.repeated_noise_frames)."""
+    shape = (keys.shape[0],) + self.video_shape
+    if self.plan is None or self.sampling.settings.noise == "independent":
+      return samplers.initial_noise(keys, shape)
+    s = self.sampling.settings
+    frames = windows_lib.repeated_noise_frames(shape[1], self.plan.window, s.overlap)
+    first = samplers.initial_noise(keys, (shape[0], self.plan.window) + shape[2:])
+    return first[:, frames]
+
   def _sample_batch(self, params, tokens, negative_tokens, seeds, guidance_scale, init,
                     strength, expert_params):
     """The compiled program: text encoding, noise, guided sampling, uint8 conversion."""
@@ -253,7 +265,7 @@ class TextToVideo:
                                           expert_params)
     keys = jax.vmap(jax.random.key)(seeds)
     if init is None:
-      noise = samplers.initial_noise(keys, (seeds.shape[0],) + self.video_shape)
+      noise = self.initial_noise(keys)
       x = samplers.sample(denoiser, model.to_model_layout(noise), cond, keys, self.schedule,
                           self.settings, progress=self.progress, stop=self.stop)
     else:

@@ -24,28 +24,33 @@ from lumiere_jax.parallel import windows as parallel_windows
 
 @dataclasses.dataclass(frozen=True)
 class WindowSettings:
-  """Window and overlap in frames, and how overlapping windows are weighted."""
+  """Window and overlap in frames, how overlapping windows are weighted, and the starting
+  noise of a long clip (windows.NOISE_MODES)."""
 
   window: int
   overlap: int
   weighting: str = "uniform"
+  noise: str = "independent"
 
 
 def window_settings(config, window: Optional[int] = None, overlap: Optional[int] = None,
-                    weighting: Optional[str] = None) -> WindowSettings:
+                    weighting: Optional[str] = None,
+                    noise: Optional[str] = None) -> WindowSettings:
   """The config's window settings with the values given on top, checked: overlap >= 0,
   a window larger than the overlap and a multiple of the model's temporal factor."""
   section = config.diffusion
   window = (section.window or config.data.num_frames) if window is None else window
   overlap = section.window_overlap if overlap is None else overlap
   weighting = section.window_weighting if weighting is None else weighting
+  noise = section.get("window_noise", "independent") if noise is None else noise
   windows_lib.check_windows(window, overlap)
   windows_lib.check_weighting(weighting)
+  windows_lib.check_noise_mode(noise)
   factor = temporal_factor(config.model)
   if window % factor:
     raise UserError(f"the window ({window} frames) must be a multiple of {factor}, the "
                     "model's temporal down-sampling factor")
-  return WindowSettings(window, overlap, weighting)
+  return WindowSettings(window, overlap, weighting, noise)
 
 
 def check_clip_length(config, frames: int, settings: WindowSettings) -> None:
