@@ -34,12 +34,11 @@ def make_loss_fn(config) -> LossFn:
   def loss_fn(params, batch, rng):
     x0 = to_model_range(batch[model.pixel_field])
     low_res = batch.get("low_res_video")
+    low_res = None if low_res is None else to_model_range(low_res)
     extra = conditioning.channels(
-        model.conditioning, x0.shape, clip=x0, known=batch.get("mask"),
-        low_res=None if low_res is None else to_model_range(low_res))
+        model.conditioning, x0.shape, clip=x0, known=batch.get("mask"), low_res=low_res)
     if config.diffusion.ssr_residual_scale:
-      base = conditioning.upsample(to_model_range(low_res), x0.shape,
-                                   config.diffusion.ssr_residual_base)
+      base = conditioning.upsample(low_res, x0.shape, config.diffusion.ssr_residual_base)
       x0 = residual(x0, base, config.diffusion.ssr_residual_scale)
     levels = {}
     if model.takes_noise_level:
