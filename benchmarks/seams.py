@@ -57,8 +57,17 @@ def parse_args():
   parser.add_argument("--window-noise", choices=("independent", "repeat"),
                       default="independent", help="base model: the long clip's starting "
                       "noise (diffusion/windows.py:repeated_noise_frames)")
+  parser.add_argument("--rotate", action="store_true", help="rotating windows: each "
+                      "denoising step shifts the inner windows (diffusion.window_rotate)")
   parser.add_argument("--out", help="X-T slices .png")
   return parser.parse_args()
+
+
+def paper_edges(plan) -> np.ndarray:
+  """[T - 1] bool: the transitions that cross an edge of the paper's fixed plan. Rotating
+  windows (--rotate) move their inner edges every step; they are measured at the same
+  transitions as the fixed plan, so the two compare like for like."""
+  return windows_lib.seam_transitions(plan.step_plans()[0])
 
 
 def frame_steps(videos) -> np.ndarray:
@@ -70,7 +79,7 @@ def seam_ratio(videos, plan) -> tuple:
   """(mean |frame difference| at window edges, inside windows, ratio) over uint8 clips
   [N, T, H, W, 3]."""
   steps = frame_steps(videos).mean(axis=0)
-  seams = windows_lib.seam_transitions(plan)
+  seams = paper_edges(plan)
   at, inside = steps[seams].mean(), steps[~seams].mean()
   return float(at), float(inside), float(at / inside)
 
@@ -80,7 +89,7 @@ def bootstrap_ratio(steps, plan, reference=None, draws: int = 2000, seed: int = 
   frame_steps); with `reference` (the originals' steps, same clips), of the ratio minus
   the originals' ratio on the same draw: above 0 means a seam beyond what the content
   itself does at those frames."""
-  seams = windows_lib.seam_transitions(plan)
+  seams = paper_edges(plan)
   rng = np.random.default_rng(seed)
   draws_ = rng.integers(0, len(steps), size=(draws, len(steps)))
 
@@ -96,7 +105,7 @@ def tracked_seams(videos, prompts, plan) -> dict:
   """The prompted objects' centroid step (px) and |area change| / area per frame step,
   at window edges and inside windows (means over clips and objects), and the tracker's
   motion accuracy over the whole clips."""
-  seams = windows_lib.seam_transitions(plan)
+  seams = paper_edges(plan)
   names = list(shapes.COLOURS)
   steps, changes, correct = [], [], []
   for video, prompt in zip(videos, prompts):
@@ -120,7 +129,7 @@ def base_clips(args, overlap):
     config, params = weights.load_model(checkpoint=args.checkpoint, name=args.model)
   settings = diffusion_config.sampler_settings(config.diffusion, steps=args.steps)
   windows = windowed.window_settings(config, overlap=overlap, weighting=args.weighting,
-                                     noise=args.window_noise)
+                                     noise=args.window_noise, rotate=args.rotate)
   model = generate.TextToVideo(config, params, settings, num_frames=args.frames,
                                windows=windows)
   chosen = [p.strip() for p in args.prompts.split(";")] if args.prompts else PROMPTS
@@ -137,7 +146,8 @@ def ssr_clips(args, overlap):
   low = np.stack([pipeline.area_downsample(clips[i]["video"], config.data.low_resolution)
                   for i in range(args.clips)])
   settings = diffusion_config.sampler_settings(config.diffusion, steps=args.steps)
-  windows = windowed.window_settings(config, overlap=overlap, weighting=args.weighting)
+  windows = windowed.window_settings(config, overlap=overlap, weighting=args.weighting,
+                                     rotate=args.rotate)
   upsampler = upsample.Upsampler(config, params, settings, windows)
   truth = np.stack([clips[i]["video"] for i in range(args.clips)])
   return upsampler(low, seed=args.seed), upsampler.sampling.plan(low.shape[1]), truth
@@ -151,7 +161,9 @@ def main():
     videos, plan, reference = make(args, overlap)  # reference: the prompts, or the originals
     at, inside, ratio = seam_ratio(videos, plan)
     low, high = bootstrap_ratio(frame_steps(videos), plan)
-    print(f"overlap {overlap}: windows at {plan.starts} (W={plan.window}, T="
+    rotating = (f", rotating over {len(plan.step_plans())} plans"
+                if len(plan.step_plans()) > 1 else "")
+    print(f"overlap {overlap}: windows at {plan.starts}{rotating} (W={plan.window}, T="
           f"{plan.num_frames}), |frame difference| at window edges {at:.2f}, inside "
           f"{inside:.2f}, ratio {ratio:.3f} (95% over clips {low:.3f}-{high:.3f})")
     if args.ssr_checkpoint:

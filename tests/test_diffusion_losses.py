@@ -4,6 +4,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -182,9 +183,14 @@ def test_validation_names_the_field():
                        ("train_logsnr_shift_fraction", 1.5), ("train_t_max", 0.0),
                        ("train_t_max", 1.5),
                        ("ssr_residual_scale", -1.0), ("ssr_residual_scale", float("inf")),
-                       ("ssr_residual_base", "lanczos")]:
+                       ("ssr_residual_base", "lanczos"), ("window_noise", "shared"),
+                       ("window_weighting", "pyramid")]:
     with pytest.raises(ConfigError):
       validate_diffusion_config(diffusion_config(**{field: value}))
+  loaded = default_diffusion_config().to_dict()  # a config read from JSON is not typed
+  loaded["window_rotate"] = "sometimes"
+  with pytest.raises(ConfigError, match="window_rotate='sometimes' is invalid"):
+    validate_diffusion_config(ml_collections.ConfigDict(loaded))
   validate_diffusion_config(diffusion_config(ssr_residual_scale=4.0, threshold="none"))
   with pytest.raises(ConfigError, match="needs diffusion.threshold='none'"):
     validate_diffusion_config(diffusion_config(ssr_residual_scale=4.0, threshold="static"))

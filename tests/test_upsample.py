@@ -220,7 +220,8 @@ def test_upsample_command_writes_the_upsampled_clip(tmp_path, capsys):
   np.save(tmp_path / "low.npy", low_res_clip(6))
   code, out, err = run_cli(capsys, "upsample", *ssr_flags(), "--video",
                            str(tmp_path / "low.npy"), "--out", str(tmp_path / "high.npy"),
-                           "--quiet", "--overlap", "1", "--weighting", "ramp")
+                           "--quiet", "--overlap", "1", "--weighting", "ramp",
+                           "--rotate-windows")
   assert code == 0, err
   assert out.strip() == str(tmp_path / "high.npy")
   high = np.load(tmp_path / "high.npy")
@@ -240,6 +241,7 @@ UPSAMPLE_BAD_INPUTS = [
     (["--out", "{tmp}/out.avi"], "unsupported video format"),
     (["--config", "shapes_tiny:t2v"], "needs an SSR model"),
     (["--step", "3"], "--step selects a step of --checkpoint"),
+    (["--config.diffusion.window_rotate=sometimes"], "diffusion.window_rotate' expects bool"),
 ]
 
 
@@ -285,11 +287,11 @@ BASE = ("--config", "shapes_tiny:t2v",
         *[f"--config.{o}" for o in merged("data.resolution=8", "diffusion.steps=2")])
 
 
-@pytest.mark.parametrize("noise", ["independent", "repeat"])
-def test_generate_a_clip_longer_than_the_model_in_windows(tmp_path, capsys, noise):
+@pytest.mark.parametrize("noise,rotate", [("independent", ()), ("repeat", ("--rotate-windows",))])
+def test_generate_a_clip_longer_than_the_model_in_windows(tmp_path, capsys, noise, rotate):
   out = tmp_path / "long.npy"
   code, _, err = run_cli(capsys, "generate", *BASE, *PROMPT, "--num-frames", "10",
-                         "--window-noise", noise, "--out", str(out), "--quiet")
+                         "--window-noise", noise, *rotate, "--out", str(out), "--quiet")
   assert code == 0, err
   assert np.load(out).shape == (10, 8, 8, 3)
 

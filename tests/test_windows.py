@@ -82,6 +82,73 @@ def test_identical_predictions_come_back_unchanged(weighting):
       assert not fused[:, frames:].any()
 
 
+@pytest.mark.parametrize("window,overlap", WINDOW_OVERLAPS)
+def test_every_rotating_step_plan_covers_the_clip_and_fuses_identity(window, overlap):
+  """Rotating windows (plan_windows(rotate=True)): every step plan starts at 0, ends at T,
+  leaves no gap, keeps neighbours at least O frames together and returns identical
+  predictions unchanged, for every T in 1..40; shift 0 is the paper's plan."""
+  rng = np.random.default_rng(2)
+  clip = rng.uniform(-1, 1, (1, 40, 3)).astype(np.float32)
+  for frames in range(1, 41):
+    plan = windows.plan_windows(frames, window, overlap, "ramp", multiple_of=40, rotate=True)
+    steps = plan.step_plans()
+    assert steps[0].starts == windows.window_starts(frames, window, overlap)
+    assert len(steps) == (1 if frames <= window else
+                          len({windows.shifted_window_starts(frames, window, overlap, s)
+                               for s in range(window - overlap)}))
+    for step in steps:
+      starts = np.array(step.starts)
+      assert step.count == plan.count and starts[0] == 0
+      assert starts[-1] + step.window == frames
+      assert np.all(np.diff(starts) > 0) and np.all(np.diff(starts) <= window - overlap)
+      predictions = np.moveaxis(clip[:, step.indices], 1, 0)
+      fused = np.asarray(_fuse(predictions, step.indices, step.fusion_weights(), 40))
+      np.testing.assert_allclose(fused[:, :frames], clip[:, :frames], rtol=2e-6, atol=1e-7,
+                                 err_msg=f"T={frames} W={window} O={overlap} {step.starts}")
+
+
+def test_rotating_windows_move_every_edge_but_those_of_the_end_windows():
+  """T = 20, W = 8, O = 2: six step plans (shifts 0..5). The first window always ends
+  at frame 8 and the last always starts at 12, so those two transitions are edges at
+  every step; every other transition is an edge at some steps, never at all."""
+  plan = windows.plan_windows(20, 8, 2, rotate=True)
+  assert [p.starts for p in plan.step_plans()] == [
+      (0, 6, 12), (0, 1, 7, 12), (0, 2, 8, 12), (0, 3, 9, 12), (0, 4, 10, 12), (0, 5, 11, 12)]
+  assert plan.count == 4 and plan.starts == (0, 6, 12)
+  share = windows.edge_share(plan)
+  assert np.flatnonzero(share == 1).tolist() == [7, 11]
+  assert np.all(share > 0) and np.all(share[[i for i in range(19) if i not in (7, 11)]] < 1)
+  np.testing.assert_array_equal(windows.edge_share(windows.plan_windows(20, 8, 2)),
+                                windows.seam_transitions(windows.plan_windows(20, 8, 2)))
+
+
+def test_steps_of_a_uniform_grid_take_turns_over_the_plans():
+  """floor(t P) mod P: t = 1 takes the paper's plan; 12 steps over 6 plans use each
+  twice; a guided pair at one time uses one plan."""
+  times = np.linspace(1.0, 0.0, 13, dtype=np.float32)[:-1]
+  used = [int(windows.step_index(jnp.full((2,), t), 6)) for t in times]
+  assert used[0] == 0 and sorted(used) == sorted(list(range(6)) * 2)
+  assert windows.step_index(jnp.ones(3), 1) == 0
+
+
+def test_a_rotating_denoiser_fuses_each_step_over_that_steps_plan():
+  x, _, cond = _inputs(frames=20)
+  plan = windows.plan_windows(20, 8, 2, "ramp", rotate=True)
+  rotating = jax.jit(windows.windowed_denoiser(_denoiser, plan, ("extra",)))
+  outputs = []
+  for t in (1.0, 0.5, 0.34, 0.05):
+    tb = jnp.full((2,), t, jnp.float32)
+    step = plan.step_plans()[int(windows.step_index(tb, 6))]
+    fixed = windows.windowed_denoiser(_denoiser, step, ("extra",))
+    np.testing.assert_allclose(rotating(x, tb, cond), fixed(x, tb, cond), rtol=1e-6,
+                               atol=1e-6)
+    outputs.append(np.asarray(rotating(x, tb, cond)))
+  # not one plan in disguise: the same input fused over two step plans differs
+  tb = jnp.full((2,), 0.5, jnp.float32)
+  other = windows.windowed_denoiser(_denoiser, plan.step_plans()[0], ("extra",))
+  assert not np.allclose(rotating(x, tb, cond), other(x, tb, cond), atol=1e-3)
+
+
 def test_frames_covered_by_one_window_keep_its_prediction_exactly():
   plan = windows.plan_windows(30, 8, 2, "ramp")
   predictions = jax.random.normal(jax.random.key(0), (plan.count, 1, 8, 2))
@@ -170,13 +237,13 @@ def test_per_frame_conditioning_is_windowed_with_the_clip():
 
 
 @pytest.mark.parametrize("method", ["dpmpp", "ddpm"])
-@pytest.mark.parametrize("window", [12, 16])
-def test_window_at_least_the_clip_equals_plain_sampling_exactly(method, window):
+@pytest.mark.parametrize("window,rotate", [(12, False), (16, False), (12, True)])
+def test_window_at_least_the_clip_equals_plain_sampling_exactly(method, window, rotate):
   x, _, cond = _inputs()
   keys = jax.random.split(jax.random.key(5), 2)
   settings = samplers.SamplerSettings(method, steps=4)
   schedule = schedules.cosine_schedule()
-  plan = windows.plan_windows(12, window, 2)
+  plan = windows.plan_windows(12, window, 2, rotate=rotate)
   windowed = windows.windowed_denoiser(_denoiser, plan, frame_fields=("extra",))
   run = jax.jit(lambda d: samplers.sample(d, x, cond, keys, schedule, settings),
                 static_argnums=0)
@@ -211,16 +278,19 @@ def test_window_sharded_fusion_equals_one_device(frames, window, overlap):
                              atol=1e-6)
 
 
-def test_window_sharded_sampling_equals_one_device():
+@pytest.mark.parametrize("rotate", [False, True])
+def test_window_sharded_sampling_equals_one_device(rotate):
+  """With rotating windows too: 6 step plans of up to 4 windows, padded to 8."""
   mesh = make_mesh(_mesh_config())
   x, _, cond = _inputs(frames=20)
   keys = jax.random.split(jax.random.key(7), 2)
-  settings = samplers.SamplerSettings("ddpm", steps=3)
+  settings = samplers.SamplerSettings("ddpm", steps=6 if rotate else 3)
   schedule = schedules.cosine_schedule()
   sharded = parallel_windows.make_windowed_denoiser(
-      _denoiser, windows.plan_windows(20, 8, 2, multiple_of=NUM_DEVICES), mesh, ("data",),
-      ("extra",))
-  local = windows.windowed_denoiser(_denoiser, windows.plan_windows(20, 8, 2), ("extra",))
+      _denoiser, windows.plan_windows(20, 8, 2, multiple_of=NUM_DEVICES, rotate=rotate),
+      mesh, ("data",), ("extra",))
+  local = windows.windowed_denoiser(
+      _denoiser, windows.plan_windows(20, 8, 2, rotate=rotate), ("extra",))
   run = jax.jit(lambda d: samplers.sample(d, x, cond, keys, schedule, settings),
                 static_argnums=0)
   np.testing.assert_allclose(run(sharded), run(local), rtol=1e-5, atol=1e-5)

@@ -85,6 +85,10 @@ def add_arguments(parser):
                                "the first window's repeated over the clip with local "
                                "shuffles, so that windows agree (FreeNoise; default: the "
                                "model's diffusion.window_noise)")
+  long_clips.add_argument("--rotate-windows", action="store_true", default=None,
+                          help="each denoising step shifts the inner windows, so no frame "
+                               "is a window edge at every step (not in the paper; default: "
+                               "the model's diffusion.window_rotate)")
   baseline = parser.add_argument_group(
       "keyframes + temporal super-resolution (the cascade Lumiere argues against)")
   baseline.add_argument("--pipeline", choices=keyframes.PIPELINES, default="stunet",
@@ -178,14 +182,16 @@ def clip_length(config, args):
   frames, clip = args.num_frames, config.data.num_frames
   if frames is None or config.model.kind != "stunet" or frames <= clip:
     if any(v is not None for v in (args.window, args.overlap, args.weighting,
-                                   args.window_noise)):
-      raise UserError(f"--window, --overlap, --weighting and --window-noise apply to "
-                      f"--num-frames beyond the model's clip length ({clip} frames)")
+                                   args.window_noise, args.rotate_windows)):
+      raise UserError(f"--window, --overlap, --weighting, --window-noise and "
+                      f"--rotate-windows apply to --num-frames beyond the model's clip "
+                      f"length ({clip} frames)")
     if frames is not None:
       config = finalize(config.unlock(), [f"data.num_frames={frames}"])
     return config, None, None
   return config, frames, windowed.window_settings(config, args.window, args.overlap,
-                                                  args.weighting, args.window_noise)
+                                                  args.weighting, args.window_noise,
+                                                  args.rotate_windows)
 
 
 def load_cascade(args, config, frames: int):

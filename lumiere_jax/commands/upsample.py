@@ -51,6 +51,10 @@ def add_arguments(parser):
   parser.add_argument("--weighting", choices=windows_lib.WEIGHTINGS,
                       help="how overlapping windows are averaged: 'uniform' (least squares, "
                            "the paper's) or 'ramp' (window edges count less)")
+  parser.add_argument("--rotate-windows", action="store_true", default=None,
+                      help="each denoising step shifts the inner windows, so no frame is a "
+                           "window edge at every step (not in the paper; default: the "
+                           "model's diffusion.window_rotate)")
   parser.add_argument("--steps", type=int, metavar="N",
                       help="sampling steps (default: the model's diffusion.steps)")
   parser.add_argument("--sampler", choices=SAMPLERS,
@@ -111,7 +115,8 @@ def run(args) -> int:
   overrides = config_lib.parse_overrides(args.config_overrides)
   video = video_io.read_video(args.video)
   config, params = load_ssr(args.model, args.checkpoint, args.config, args.step, overrides)
-  windows = windowed.window_settings(config, args.window, args.overlap, args.weighting)
+  windows = windowed.window_settings(config, args.window, args.overlap, args.weighting,
+                                     rotate=args.rotate_windows)
   pipeline.check_low_res_videos(config, video, windows)
   settings = diffusion_config.sampler_settings(config.diffusion, method=args.sampler,
                                                steps=args.steps)

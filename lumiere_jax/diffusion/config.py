@@ -63,6 +63,10 @@ def default_diffusion_config() -> ml_collections.ConfigDict:
   # The starting noise of a long clip: 'independent' per frame (the paper's), or 'repeat':
   # the first window's, repeated with local shuffles (windows.repeated_noise_frames).
   c.window_noise = "independent"
+  # Rotating windows: each denoising step uses the plan with the inner windows shifted by
+  # a different amount (windows.plan_windows(rotate=True)), so no frame pair is a window
+  # edge at every step. Not in the paper (its windows are fixed).
+  c.window_rotate = False
   # Noise conditioning augmentation of the SSR model (models/conditioning.py), as times
   # of the schedule: training draws a level per example in [0, noise_aug_max]; sampling
   # noises the low-resolution clip to noise_aug_level (also the model's input).
@@ -136,6 +140,9 @@ def validate_diffusion_config(c: ml_collections.ConfigDict) -> None:
   if c.get("window_noise", "independent") not in windows.NOISE_MODES:
     raise ConfigError(f"diffusion.window_noise={c.window_noise!r} is invalid; allowed: one "
                       f"of {windows.NOISE_MODES}")
+  if not isinstance(c.get("window_rotate", False), bool):
+    raise ConfigError(f"diffusion.window_rotate={c.window_rotate!r} is invalid; allowed: "
+                      "True or False")
   if c.window_weighting not in windows.WEIGHTINGS:
     raise ConfigError(f"diffusion.window_weighting={c.window_weighting!r} is invalid; "
                       f"allowed: one of {windows.WEIGHTINGS}")

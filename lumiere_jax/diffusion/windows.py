@@ -11,6 +11,10 @@ The sampler then updates the whole clip with the fused prediction; since every s
 step is linear in the prediction with coefficients shared by all frames, fusing the
 network's output is the same as fusing the windows' next states.
 
+Optionally (not in the paper) the steps take turns over plans whose inner windows are
+shifted (plan_windows(rotate=True)), so that no frame pair is a window edge at every step
+but those of the clip's first and last windows.
+
 Windows are a batch axis: the denoiser sees [N * B, W, ...] (window-major). A plan can be
 padded to a multiple of the device count with windows of weight 0, so that
 parallel/windows.py can shard them evenly; they cost compute, never change the result.
@@ -67,6 +71,20 @@ def window_starts(num_frames: int, window: int, overlap: int) -> tuple:
   return tuple(min(k * stride, num_frames - window) for k in range(count))
 
 
+def shifted_window_starts(num_frames: int, window: int, overlap: int, shift: int) -> tuple:
+  """window_starts with the inner windows `shift` frames later (0 <= shift < W - O): 0,
+  then shift + k (W - O) for those that start before T - W, then T - W. Neighbours still
+  overlap by at least O and the last window still ends at T; shift 0 is window_starts."""
+  check_windows(window, overlap)
+  stride = window - overlap
+  if not 0 <= shift < stride:
+    raise ValueError(f"shift must be in [0, {stride}), got {shift}")
+  if num_frames <= window:
+    return (0,)
+  last = num_frames - window
+  return tuple(sorted({0, last} | set(range(shift, last, stride))))
+
+
 def check_noise_mode(mode: str) -> None:
   if mode not in NOISE_MODES:
     raise UserError(f"window noise {mode!r} is invalid; allowed: one of {NOISE_MODES}")
@@ -114,6 +132,17 @@ class WindowPlan:
   starts: tuple
   count: int
   weighting: str = "uniform"
+  # With several: the starts of each denoising step's windows (plan_windows(rotate=True));
+  # `starts` is the first of them, the paper's plan.
+  step_starts: tuple = ()
+
+  def step_plans(self) -> tuple:
+    """The plans that denoising steps use in turn, each with this plan's count: this
+    plan alone, or one per shift of the inner windows (plan_windows(rotate=True))."""
+    if len(self.step_starts) < 2:
+      return (self,)
+    return tuple(dataclasses.replace(self, starts=starts, step_starts=())
+                 for starts in self.step_starts)
 
   @property
   def indices(self) -> np.ndarray:
@@ -140,28 +169,46 @@ class WindowPlan:
     return (self.weights / self.coverage()[self.indices]).astype(np.float32)
 
 
+def edge_share(plan: WindowPlan) -> np.ndarray:
+  """[T - 1]: the share of the plan's step plans in which the step from frame f to f + 1
+  crosses a window edge (a window starts or ends at f + 1), where independent windows
+  would show a jump: 0 or 1 for a fixed plan, between for rotating windows."""
+  counts = np.zeros(max(plan.num_frames - 1, 0), int)
+  steps = plan.step_plans()
+  for step in steps:
+    edges = {e for s in step.starts for e in (s, s + step.window) if 0 < e < plan.num_frames}
+    counts[[e - 1 for e in sorted(edges)]] += 1
+  return counts / len(steps)
+
+
 def seam_transitions(plan: WindowPlan) -> np.ndarray:
-  """[T - 1] bool: whether the step from frame f to f + 1 crosses a window edge (a window
-  starts at f + 1 or ends at f + 1): where independent windows would show a jump. The
-  frame-to-frame change there, against the change inside windows, measures the seams."""
-  seams = np.zeros(max(plan.num_frames - 1, 0), bool)
-  for start in plan.starts:
-    for edge in (start, start + plan.window):
-      if 0 < edge < plan.num_frames:
-        seams[edge - 1] = True
-  return seams
+  """[T - 1] bool: whether the step from frame f to f + 1 crosses a window edge in any of
+  the plan's step plans. The frame-to-frame change there, against the change inside
+  windows, measures the seams."""
+  return edge_share(plan) > 0
 
 
 def plan_windows(num_frames: int, window: int, overlap: int = DEFAULT_OVERLAP,
-                 weighting: str = "uniform", multiple_of: int = 1) -> WindowPlan:
+                 weighting: str = "uniform", multiple_of: int = 1,
+                 rotate: bool = False) -> WindowPlan:
   """The windows covering `num_frames` frames, padded to a multiple of `multiple_of`
-  (the devices that share them)."""
+  (the devices that share them). With `rotate`, denoising steps take turns over the
+  plans of every shift of the inner windows (shifted_window_starts; StreamingT2V redraws
+  its cut inside the overlap every step likewise), so no frame is a window edge at every
+  step; not in the paper. Each step is still the least-squares fusion of its windows."""
   starts = window_starts(num_frames, window, overlap)
   check_weighting(weighting)
   if multiple_of < 1:
     raise ValueError(f"multiple_of must be >= 1, got {multiple_of}")
-  count = -(-len(starts) // multiple_of) * multiple_of
-  return WindowPlan(num_frames, min(window, num_frames), overlap, starts, count, weighting)
+  step_starts = ()
+  if rotate and num_frames > window:
+    step_starts = tuple(dict.fromkeys(
+        shifted_window_starts(num_frames, window, overlap, shift)
+        for shift in range(window - overlap)))
+  most = max([len(starts)] + [len(s) for s in step_starts])
+  count = -(-most // multiple_of) * multiple_of
+  return WindowPlan(num_frames, min(window, num_frames), overlap, starts, count, weighting,
+                    step_starts if len(step_starts) > 1 else ())
 
 
 def gather_windows(x, indices) -> jax.Array:
@@ -205,13 +252,37 @@ def fuse(predictions, indices, weights, num_frames: int) -> jax.Array:
   return total.at[:, indices].add(weighted)
 
 
+def step_index(t, count: int):
+  """Which of `count` step plans the denoising step at time t [B] uses: floor(t count)
+  mod count, so the steps of a uniform time grid spread evenly over the plans (t = 1
+  takes the first, the paper's plan) and every call at one time (a guided pair) fuses
+  alike, for any sampler."""
+  if count == 1:
+    return 0
+  t0 = jnp.asarray(t, jnp.float32).reshape(-1)[0]
+  return jnp.floor(t0 * count).astype(jnp.int32) % count
+
+
+def plan_tables(plan: WindowPlan):
+  """A function of t [B] -> (indices, fusion weights) of that step's windows: the plan's
+  own constants, or with rotating windows a row of their stacked tables."""
+  steps = plan.step_plans()
+  if len(steps) == 1:
+    return lambda t: (plan.indices, plan.fusion_weights())
+  indices = np.stack([p.indices for p in steps])
+  weights = np.stack([p.fusion_weights() for p in steps])
+  return lambda t: (jnp.asarray(indices)[step_index(t, len(steps))],
+                    jnp.asarray(weights)[step_index(t, len(steps))])
+
+
 def windowed_denoiser(denoiser: Denoiser, plan: WindowPlan,
                       frame_fields: Sequence[str] = ()) -> Denoiser:
   """A denoiser of whole clips [B, T, ...] that runs `denoiser` on the plan's windows (one
   batch on one device) and returns the fused prediction."""
-  indices, weights = plan.indices, plan.fusion_weights()
+  tables = plan_tables(plan)
 
   def fused(x, t, cond):
+    indices, weights = tables(t)
     predictions = evaluate_windows(denoiser, x, t, cond, indices, frame_fields)
     return fuse(predictions, indices, weights, plan.num_frames)
 

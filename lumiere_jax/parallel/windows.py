@@ -61,7 +61,8 @@ def sharded_windowed_denoiser(denoiser: Denoiser, plan: windows_lib.WindowPlan, 
 
   fused = jax.shard_map(per_device, mesh=mesh, in_specs=(split, split, whole, whole, whole),
                         out_specs=whole)
-  return lambda x, t, cond: fused(plan.indices, plan.fusion_weights(), x, t, cond)
+  tables = windows_lib.plan_tables(plan)
+  return lambda x, t, cond: fused(*tables(t), x, t, cond)
 
 
 def make_windowed_denoiser(denoiser: Denoiser, plan: windows_lib.WindowPlan,

@@ -24,18 +24,21 @@ from lumiere_jax.parallel import windows as parallel_windows
 
 @dataclasses.dataclass(frozen=True)
 class WindowSettings:
-  """Window and overlap in frames, how overlapping windows are weighted, and the starting
-  noise of a long clip (windows.NOISE_MODES)."""
+  """Window and overlap in frames, how overlapping windows are weighted, the starting
+  noise of a long clip (windows.NOISE_MODES), and whether denoising steps take turns
+  over shifted plans (windows.plan_windows(rotate=True))."""
 
   window: int
   overlap: int
   weighting: str = "uniform"
   noise: str = "independent"
+  rotate: bool = False
 
 
 def window_settings(config, window: Optional[int] = None, overlap: Optional[int] = None,
                     weighting: Optional[str] = None,
-                    noise: Optional[str] = None) -> WindowSettings:
+                    noise: Optional[str] = None,
+                    rotate: Optional[bool] = None) -> WindowSettings:
   """The config's window settings with the values given on top, checked: overlap >= 0,
   a window larger than the overlap and a multiple of the model's temporal factor."""
   section = config.diffusion
@@ -43,6 +46,7 @@ def window_settings(config, window: Optional[int] = None, overlap: Optional[int]
   overlap = section.window_overlap if overlap is None else overlap
   weighting = section.window_weighting if weighting is None else weighting
   noise = section.get("window_noise", "independent") if noise is None else noise
+  rotate = bool(section.get("window_rotate", False)) if rotate is None else rotate
   windows_lib.check_windows(window, overlap)
   windows_lib.check_weighting(weighting)
   windows_lib.check_noise_mode(noise)
@@ -50,7 +54,7 @@ def window_settings(config, window: Optional[int] = None, overlap: Optional[int]
   if window % factor:
     raise UserError(f"the window ({window} frames) must be a multiple of {factor}, the "
                     "model's temporal down-sampling factor")
-  return WindowSettings(window, overlap, weighting, noise)
+  return WindowSettings(window, overlap, weighting, noise, rotate)
 
 
 def check_clip_length(config, frames: int, settings: WindowSettings) -> None:
@@ -76,7 +80,7 @@ class WindowedSampling:
   def plan(self, num_frames: int) -> windows_lib.WindowPlan:
     s = self.settings
     return windows_lib.plan_windows(num_frames, s.window, s.overlap, s.weighting,
-                                    multiple_of=self.devices)
+                                    multiple_of=self.devices, rotate=s.rotate)
 
   def replicate(self, params):
     """The weights on every device that evaluates windows."""
