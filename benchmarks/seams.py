@@ -58,7 +58,7 @@ def parse_args():
                       default="independent", help="base model: the long clip's starting "
                       "noise (diffusion/windows.py:repeated_noise_frames)")
   parser.add_argument("--rotate", action="store_true", help="rotating windows: each "
-                      "denoising step shifts the inner windows (diffusion.window_rotate)")
+                      "denoising step shifts the windows (diffusion.window_rotate)")
   parser.add_argument("--out", help="X-T slices .png")
   return parser.parse_args()
 

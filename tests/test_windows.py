@@ -84,42 +84,52 @@ def test_identical_predictions_come_back_unchanged(weighting):
 
 @pytest.mark.parametrize("window,overlap", WINDOW_OVERLAPS)
 def test_every_rotating_step_plan_covers_the_clip_and_fuses_identity(window, overlap):
-  """Rotating windows (plan_windows(rotate=True)): every step plan starts at 0, ends at T,
-  leaves no gap, keeps neighbours at least O frames together and returns identical
-  predictions unchanged, for every T in 1..40; shift 0 is the paper's plan."""
+  """Rotating windows (plan_windows(rotate=True)), every T in 1..40: shift 0 is the
+  paper's plan; every other step plan tiles windows W - O apart from at or before frame
+  0 to at or after T, reads only frames of the clip (reflected at its ends), gives the
+  reflected frames no weight, covers every frame, and returns identical predictions
+  unchanged."""
   rng = np.random.default_rng(2)
   clip = rng.uniform(-1, 1, (1, 40, 3)).astype(np.float32)
   for frames in range(1, 41):
     plan = windows.plan_windows(frames, window, overlap, "ramp", multiple_of=40, rotate=True)
     steps = plan.step_plans()
     assert steps[0].starts == windows.window_starts(frames, window, overlap)
-    assert len(steps) == (1 if frames <= window else
-                          len({windows.shifted_window_starts(frames, window, overlap, s)
-                               for s in range(window - overlap)}))
-    for step in steps:
+    assert len(steps) == (1 if frames <= window else window - overlap)
+    for step in steps[1:]:
       starts = np.array(step.starts)
-      assert step.count == plan.count and starts[0] == 0
-      assert starts[-1] + step.window == frames
-      assert np.all(np.diff(starts) > 0) and np.all(np.diff(starts) <= window - overlap)
+      assert starts[0] <= 0 < starts[0] + window and starts[-1] + window >= frames
+      assert np.all(np.diff(starts) == window - overlap)
+      outside = (step.indices != np.array(step.starts + (step.starts[0],) * (
+          step.count - len(step.starts)))[:, None] + np.arange(window))
+      assert np.all(step.weights[outside] == 0)
+    for step in steps:
+      assert step.count == plan.count
+      assert step.indices.min() >= 0 and step.indices.max() < frames
+      np.testing.assert_array_less(0, step.coverage())
       predictions = np.moveaxis(clip[:, step.indices], 1, 0)
       fused = np.asarray(_fuse(predictions, step.indices, step.fusion_weights(), 40))
       np.testing.assert_allclose(fused[:, :frames], clip[:, :frames], rtol=2e-6, atol=1e-7,
                                  err_msg=f"T={frames} W={window} O={overlap} {step.starts}")
 
 
-def test_rotating_windows_move_every_edge_but_those_of_the_end_windows():
-  """T = 20, W = 8, O = 2: six step plans (shifts 0..5). The first window always ends
-  at frame 8 and the last always starts at 12, so those two transitions are edges at
-  every step; every other transition is an edge at some steps, never at all."""
+def test_rotating_windows_leave_no_transition_an_edge_at_every_step():
+  """T = 20, W = 8, O = 2: the paper's plan, then shifts 1..5 with the first window
+  reaching before the clip (reflected): every transition is an edge at some steps, none
+  at more than a third of them (the paper's plan alone: four at every step)."""
   plan = windows.plan_windows(20, 8, 2, rotate=True)
   assert [p.starts for p in plan.step_plans()] == [
-      (0, 6, 12), (0, 1, 7, 12), (0, 2, 8, 12), (0, 3, 9, 12), (0, 4, 10, 12), (0, 5, 11, 12)]
+      (0, 6, 12), (-5, 1, 7, 13), (-4, 2, 8, 14), (-3, 3, 9, 15), (-2, 4, 10, 16),
+      (-1, 5, 11, 17)]
   assert plan.count == 4 and plan.starts == (0, 6, 12)
+  np.testing.assert_array_equal(plan.step_plans()[1].indices[0], [5, 4, 3, 2, 1, 0, 1, 2])
+  np.testing.assert_array_equal(plan.step_plans()[1].indices[-1],
+                                [13, 14, 15, 16, 17, 18, 19, 18])
   share = windows.edge_share(plan)
-  assert np.flatnonzero(share == 1).tolist() == [7, 11]
-  assert np.all(share > 0) and np.all(share[[i for i in range(19) if i not in (7, 11)]] < 1)
-  np.testing.assert_array_equal(windows.edge_share(windows.plan_windows(20, 8, 2)),
-                                windows.seam_transitions(windows.plan_windows(20, 8, 2)))
+  assert np.all(share > 0) and share.max() == pytest.approx(1 / 3)
+  fixed = windows.plan_windows(20, 8, 2)
+  np.testing.assert_array_equal(windows.edge_share(fixed), windows.seam_transitions(fixed))
+  assert np.flatnonzero(windows.edge_share(fixed) == 1).tolist() == [5, 7, 11, 13]
 
 
 def test_steps_of_a_uniform_grid_take_turns_over_the_plans():

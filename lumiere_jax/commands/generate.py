@@ -86,7 +86,7 @@ def add_arguments(parser):
                                "shuffles, so that windows agree (FreeNoise; default: the "
                                "model's diffusion.window_noise)")
   long_clips.add_argument("--rotate-windows", action="store_true", default=None,
-                          help="each denoising step shifts the inner windows, so no frame "
+                          help="each denoising step shifts the windows, so no frame "
                                "is a window edge at every step (not in the paper; default: "
                                "the model's diffusion.window_rotate)")
   baseline = parser.add_argument_group(

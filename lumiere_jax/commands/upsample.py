@@ -52,7 +52,7 @@ def add_arguments(parser):
                       help="how overlapping windows are averaged: 'uniform' (least squares, "
                            "the paper's) or 'ramp' (window edges count less)")
   parser.add_argument("--rotate-windows", action="store_true", default=None,
-                      help="each denoising step shifts the inner windows, so no frame is a "
+                      help="each denoising step shifts the windows, so no frame is a "
                            "window edge at every step (not in the paper; default: the "
                            "model's diffusion.window_rotate)")
   parser.add_argument("--steps", type=int, metavar="N",

@@ -63,7 +63,7 @@ def default_diffusion_config() -> ml_collections.ConfigDict:
   # The starting noise of a long clip: 'independent' per frame (the paper's), or 'repeat':
   # the first window's, repeated with local shuffles (windows.repeated_noise_frames).
   c.window_noise = "independent"
-  # Rotating windows: each denoising step uses the plan with the inner windows shifted by
+  # Rotating windows: each denoising step uses the plan with the windows shifted by
   # a different amount (windows.plan_windows(rotate=True)), so no frame pair is a window
   # edge at every step. Not in the paper (its windows are fixed).
   c.window_rotate = False

@@ -11,9 +11,9 @@ The sampler then updates the whole clip with the fused prediction; since every s
 step is linear in the prediction with coefficients shared by all frames, fusing the
 network's output is the same as fusing the windows' next states.
 
-Optionally (not in the paper) the steps take turns over plans whose inner windows are
-shifted (plan_windows(rotate=True)), so that no frame pair is a window edge at every step
-but those of the clip's first and last windows.
+Optionally (not in the paper) the steps take turns over plans whose windows are shifted
+(plan_windows(rotate=True); windows that reach past the clip see it reflected and give
+those frames no weight), so that no frame pair is a window edge at every step.
 
 Windows are a batch axis: the denoiser sees [N * B, W, ...] (window-major). A plan can be
 padded to a multiple of the device count with windows of weight 0, so that
@@ -72,17 +72,21 @@ def window_starts(num_frames: int, window: int, overlap: int) -> tuple:
 
 
 def shifted_window_starts(num_frames: int, window: int, overlap: int, shift: int) -> tuple:
-  """window_starts with the inner windows `shift` frames later (0 <= shift < W - O): 0,
-  then shift + k (W - O) for those that start before T - W, then T - W. Neighbours still
-  overlap by at least O and the last window still ends at T; shift 0 is window_starts."""
+  """Shift 0: window_starts, the paper's plan. Shift 0 < s < W - O: windows every W - O
+  frames from s - (W - O) until one ends at or after T, so that no edge of the paper's
+  plan stays an edge, not even those of the clip's first and last windows; a window that
+  reaches outside the clip sees it reflected at its ends (WindowPlan.indices) and gives
+  those frames no weight (WindowPlan.weights)."""
   check_windows(window, overlap)
   stride = window - overlap
   if not 0 <= shift < stride:
     raise ValueError(f"shift must be in [0, {stride}), got {shift}")
-  if num_frames <= window:
-    return (0,)
-  last = num_frames - window
-  return tuple(sorted({0, last} | set(range(shift, last, stride))))
+  if num_frames <= window or shift == 0:
+    return window_starts(num_frames, window, overlap)
+  starts = [shift - stride]
+  while starts[-1] + window < num_frames:
+    starts.append(starts[-1] + stride)
+  return tuple(starts)
 
 
 def check_noise_mode(mode: str) -> None:
@@ -138,24 +142,34 @@ class WindowPlan:
 
   def step_plans(self) -> tuple:
     """The plans that denoising steps use in turn, each with this plan's count: this
-    plan alone, or one per shift of the inner windows (plan_windows(rotate=True))."""
+    plan alone, or one per shift of the windows (plan_windows(rotate=True))."""
     if len(self.step_starts) < 2:
       return (self,)
     return tuple(dataclasses.replace(self, starts=starts, step_starts=())
                  for starts in self.step_starts)
 
+  def _frames(self) -> np.ndarray:
+    """[count, window]: each window's frame numbers, outside [0, T) where a rotating
+    plan's window reaches past the clip (padding repeats window 0)."""
+    starts = np.array(self.starts + (self.starts[0],) * (self.count - len(self.starts)))
+    return starts[:, None] + np.arange(self.window)
+
   @property
   def indices(self) -> np.ndarray:
-    """[count, window] int32: the frames of each window (padding repeats window 0)."""
-    starts = np.array(self.starts + (0,) * (self.count - len(self.starts)))
-    return (starts[:, None] + np.arange(self.window)).astype(np.int32)
+    """[count, window] int32: the frames of each window, reflected at the clip's ends
+    (frame -j is frame j, frame T - 1 + j is frame T - 1 - j)."""
+    frames, last = self._frames(), self.num_frames - 1
+    frames = np.abs(frames)
+    return np.where(frames > last, 2 * last - frames, frames).astype(np.int32)
 
   @property
   def weights(self) -> np.ndarray:
-    """[count, window] float64 weights before normalisation; 0 for padding windows."""
+    """[count, window] float64 weights before normalisation; 0 for padding windows and
+    for the reflected frames outside the clip."""
     weights = np.zeros((self.count, self.window))
     weights[:len(self.starts)] = frame_weights(self.window, self.overlap, self.weighting)
-    return weights
+    frames = self._frames()
+    return np.where((frames >= 0) & (frames < self.num_frames), weights, 0.0)
 
   def coverage(self) -> np.ndarray:
     """[num_frames]: the total weight on each frame (> 0 for every frame)."""
@@ -193,9 +207,10 @@ def plan_windows(num_frames: int, window: int, overlap: int = DEFAULT_OVERLAP,
                  rotate: bool = False) -> WindowPlan:
   """The windows covering `num_frames` frames, padded to a multiple of `multiple_of`
   (the devices that share them). With `rotate`, denoising steps take turns over the
-  plans of every shift of the inner windows (shifted_window_starts; StreamingT2V redraws
-  its cut inside the overlap every step likewise), so no frame is a window edge at every
-  step; not in the paper. Each step is still the least-squares fusion of its windows."""
+  plans of every shift of the windows (shifted_window_starts; StreamingT2V redraws its
+  cut inside the overlap every step likewise), so no frame pair is a window edge at
+  every step; not in the paper. Each step is still the least-squares fusion of its
+  windows."""
   starts = window_starts(num_frames, window, overlap)
   check_weighting(weighting)
   if multiple_of < 1:
