@@ -65,7 +65,7 @@ def parse_args():
 
 def paper_edges(plan) -> np.ndarray:
   """[T - 1] bool: the transitions that cross an edge of the paper's fixed plan. Rotating
-  windows (--rotate) move their inner edges every step; they are measured at the same
+  windows (--rotate) move their edges every step; they are measured at the same
   transitions as the fixed plan, so the two compare like for like."""
   return windows_lib.seam_transitions(plan.step_plans()[0])
 
