@@ -68,11 +68,13 @@ def micro_ssr(monkeypatch):
 def test_eval_ssr_end_to_end(tmp_path, capsys, micro_ssr):
   out = tmp_path / "ssr.json"
   code = cli.main(["eval", "ssr", "--data", str(tmp_path), "--num", "2", "--json", str(out),
-                   "--sheet", str(tmp_path / "s.png"), "--quiet"])
+                   "--sheet", str(tmp_path / "s.png"), "--quiet", "--weighting", "ramp",
+                   "--rotate-windows"])
   assert code == 0, capsys.readouterr().err
   record = json.loads(out.read_text())
   assert set(record["report"]) == {"ssr", "bicubic", "bilinear"}
   assert record["settings"]["low_resolution"] == 4 and record["settings"]["num"] == 2
+  assert record["settings"]["weighting"] == "ramp" and record["settings"]["rotate_windows"]
   low = pipeline.area_downsample(micro_ssr, 4)
   bicubic = [ssr_eval.psnr(ssr_eval.resize(c, 16, Image.BICUBIC), t)
              for c, t in zip(low, micro_ssr)]

@@ -22,6 +22,7 @@ from PIL import Image
 
 from lumiere_jax import runtime
 from lumiere_jax.diffusion import config as diffusion_config
+from lumiere_jax.diffusion import windows as windows_lib
 from lumiere_jax.errors import UserError
 from lumiere_jax.evaluation import apps_eval, shapes_eval
 from lumiere_jax.io import sheet as sheet_io
@@ -86,6 +87,11 @@ def add_arguments(parser) -> None:
   parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
   parser.add_argument("--noise-level", type=float, metavar="S",
                       help="conditioning noise level (default: the model's)")
+  parser.add_argument("--weighting", choices=windows_lib.WEIGHTINGS,
+                      help="how overlapping windows are averaged (default: the model's)")
+  parser.add_argument("--rotate-windows", action="store_true", default=None,
+                      help="each denoising step shifts the windows (default: the model's "
+                           "diffusion.window_rotate)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--json", type=pathlib.Path, help="write the report and settings")
   parser.add_argument("--sheet", type=pathlib.Path, help="contact sheet (.png): the first "
@@ -128,7 +134,8 @@ def run(args) -> int:
   low = pipeline.area_downsample(truth, config.data.low_resolution)
   settings = diffusion_config.sampler_settings(config.diffusion, method=args.sampler,
                                                steps=args.steps)
-  windows = windowed.window_settings(config)
+  windows = windowed.window_settings(config, weighting=args.weighting,
+                                     rotate=args.rotate_windows)
   upsampler = upsample_pipeline.Upsampler(config, params(), settings, windows,
                                           progress=not args.quiet)
   ssr = []
@@ -150,7 +157,9 @@ def run(args) -> int:
       "steps": settings.steps, "noise_level": (config.diffusion.noise_aug_level
                                                if args.noise_level is None
                                                else args.noise_level),
-      "window": windows.window, "overlap": windows.overlap, "checkpoint": args.checkpoint,
+      "window": windows.window, "overlap": windows.overlap,
+      "weighting": windows.weighting, "rotate_windows": windows.rotate,
+      "checkpoint": args.checkpoint,
       "step": args.step, "model": args.model, "edge_threshold": EDGE_THRESHOLD}
   with runtime.shielded():
     if args.json is not None:
