@@ -3,14 +3,15 @@ the change inside windows, for overlapping windows fused every step (overlap 2, 
 paper's) and for independent non-overlapping windows (overlap 0), same seeds.
 
   python benchmarks/seams.py --frames 48 --out docs/seams_xt.png          # base model
-  python benchmarks/seams.py --ssr-checkpoint workdirs/tiny_ssr --data data/shapes128 \
+  python benchmarks/seams.py --ssr-model shapes_ssr_x2 --data data/shapes64 \
       --out docs/ssr_seams_xt.png                                          # SSR model
 
 Base model (default: the shipped shapes_t2v, or --checkpoint / --config): one clip of
 --frames frames per prompt, sampled in windows of the model's clip length. SSR
-(--ssr-checkpoint): held-out clips of --data area-downsampled to the model's low
+(--ssr-model or --ssr-checkpoint): held-out clips of --data area-downsampled to the model's low
 resolution, then upsampled in windows; the same figures of the original clips at the
-same frames say what the ratio is without any seam. For each setting it prints the mean absolute
+same frames say what the ratio is without any seam. Steps, window weights, rotation and
+noise are the model's defaults unless given. For each setting it prints the mean absolute
 frame difference (uint8 units, RGB) over the transitions that cross a window edge
 (diffusion/windows.py:seam_transitions) and over the others, and their ratio (seams /
 inside: about 1 without a seam, above 1 with a jump), with a 95% bootstrap interval
@@ -44,7 +45,9 @@ def parse_args():
   parser.add_argument("--checkpoint", help="a base model's training workdir")
   parser.add_argument("--config", help="a fresh (untrained) base model of this config")
   parser.add_argument("--ssr-checkpoint", help="measure this SSR model instead")
-  parser.add_argument("--data", help="with --ssr-checkpoint: a dataset at its resolution")
+  parser.add_argument("--ssr-model", help="measure this shipped SSR model instead "
+                      "(e.g. shapes_ssr_x2)")
+  parser.add_argument("--data", help="with an SSR model: a dataset at its resolution")
   parser.add_argument("--prompts", help="base model: prompts separated by ';' (default: "
                       "four moving objects), cycled over the clips")
   parser.add_argument("--clips", type=int, default=4)
@@ -53,12 +56,14 @@ def parse_args():
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--overlaps", default="2,0", help="overlaps to compare, comma-"
                       "separated (default 2,0: the paper's, and independent windows)")
-  parser.add_argument("--weighting", choices=("uniform", "ramp"), default="uniform")
+  parser.add_argument("--weighting", choices=("uniform", "ramp"),
+                      help="window weights (default: the model's)")
   parser.add_argument("--window-noise", choices=("independent", "repeat"),
-                      default="independent", help="base model: the long clip's starting "
-                      "noise (diffusion/windows.py:repeated_noise_frames)")
-  parser.add_argument("--rotate", action="store_true", help="rotating windows: each "
-                      "denoising step shifts the windows (diffusion.window_rotate)")
+                      help="base model: the long clip's starting noise "
+                      "(diffusion/windows.py:repeated_noise_frames; default: the model's)")
+  parser.add_argument("--rotate", action=argparse.BooleanOptionalAction,
+                      help="rotating windows: each denoising step shifts the windows "
+                      "(diffusion.window_rotate; default: the model's)")
   parser.add_argument("--out", help="X-T slices .png")
   return parser.parse_args()
 
@@ -141,7 +146,7 @@ def base_clips(args, overlap):
 
 def ssr_clips(args, overlap):
   from lumiere_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  config, params = weights.load_model(checkpoint=args.ssr_checkpoint)
+  config, params = weights.load_model(checkpoint=args.ssr_checkpoint, name=args.ssr_model)
   clips = pipeline.open_split(args.data, config.data.eval_split)
   low = np.stack([pipeline.area_downsample(clips[i]["video"], config.data.low_resolution)
                   for i in range(args.clips)])
@@ -155,7 +160,8 @@ def ssr_clips(args, overlap):
 
 def main():
   args = parse_args()
-  make = ssr_clips if args.ssr_checkpoint else base_clips
+  ssr = bool(args.ssr_checkpoint or args.ssr_model)
+  make = ssr_clips if ssr else base_clips
   rows = []
   for overlap in map(int, args.overlaps.split(",")):
     videos, plan, reference = make(args, overlap)  # reference: the prompts, or the originals
@@ -166,7 +172,7 @@ def main():
     print(f"overlap {overlap}: windows at {plan.starts}{rotating} (W={plan.window}, T="
           f"{plan.num_frames}), |frame difference| at window edges {at:.2f}, inside "
           f"{inside:.2f}, ratio {ratio:.3f} (95% over clips {low:.3f}-{high:.3f})")
-    if args.ssr_checkpoint:
+    if ssr:
       at, inside, original = seam_ratio(reference, plan)
       low, high = bootstrap_ratio(frame_steps(videos), plan, frame_steps(reference))
       print(f"  the original clips at the same frames: edges {at:.2f}, inside {inside:.2f}, "
