@@ -31,13 +31,13 @@ from lumiere_jax.io import sheet as sheet_io
 from lumiere_jax.io import video as video_io
 from lumiere_jax.pipelines import applications, generate, upsample, windowed
 
-# Several motions, single and two objects; the seed of each is DEMO_SEED + its index.
+# Four kinds of motion, one object each; the seed of each is DEMO_SEED + its index.
 DEMO_PROMPTS = (
     "a red circle moving right",
     "a blue square moving left",
     "a magenta square growing",
     "a white circle bouncing around",  # a held-out combination
-)  # four motion kinds, not more: the demo's time on 2 cores (README)
+)  # four, not more: the demo's time on 2 cores (README)
 DEMO_SEED = 0
 XT_SCALE = 8  # 16 frames x 32 pixels -> a visible 128 x 256 picture
 SHEET_FRAMES = 8
