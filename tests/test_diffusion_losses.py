@@ -184,7 +184,8 @@ def test_validation_names_the_field():
                        ("train_t_max", 1.5),
                        ("ssr_residual_scale", -1.0), ("ssr_residual_scale", float("inf")),
                        ("ssr_residual_base", "lanczos"), ("window_noise", "shared"),
-                       ("window_weighting", "pyramid")]:
+                       ("window_weighting", "pyramid"), ("time_power", 0.0),
+                       ("time_power", 9.0)]:
     with pytest.raises(ConfigError):
       validate_diffusion_config(diffusion_config(**{field: value}))
   loaded = default_diffusion_config().to_dict()  # a config read from JSON is not typed

@@ -256,3 +256,31 @@ def test_tqdm_progress_restarts_per_call_and_closes():
     assert reporter.bar.n == 4, call
     reporter(4)
     assert reporter.bar is None
+
+
+def test_the_time_grid_is_uniform_at_power_1_and_crowds_high_noise_above_it():
+  np.testing.assert_array_equal(samplers.sampling_times(1.0, 0.0, 24, 1.0),
+                                jnp.linspace(1.0, 0.0, 25, dtype=jnp.float32))
+  # t_i = 1 - (i / 4)^2: steps of 1/16, 3/16, 5/16, 7/16.
+  np.testing.assert_allclose(samplers.sampling_times(1.0, 0.0, 4, 2.0),
+                             [1.0, 15 / 16, 3 / 4, 7 / 16, 0.0], atol=1e-7)
+  # SDEdit's grid starts at its strength and keeps the same shape.
+  np.testing.assert_allclose(samplers.sampling_times(0.8, 0.0, 4, 2.0),
+                             0.8 * np.array([1.0, 15 / 16, 3 / 4, 7 / 16, 0.0]), atol=1e-7)
+
+
+@pytest.mark.parametrize("data", [GAUSSIAN, MIXTURE], ids=["gaussian", "mixture"])
+def test_dpmpp_on_the_power_2_grid_still_reproduces_the_data_and_differs(data):
+  noise = whitened_noise(NUM_SAMPLES, 2)
+  uniform = run_sampler(noise, None, data, SamplerSettings(method="dpmpp", steps=64))
+  warped = run_sampler(noise, None, data, SamplerSettings(method="dpmpp", steps=64,
+                                                          time_power=2.0))
+  mean_error, cov_error = moment_errors(warped, data)
+  assert mean_error < 0.01 and cov_error < 0.02, (mean_error, cov_error)
+  assert np.abs(np.asarray(warped) - np.asarray(uniform)).max() > 1e-4  # the grid is used
+
+
+@pytest.mark.parametrize("power", [0.0, -1.0, 9.0, True, "2"])
+def test_a_bad_time_power_is_refused(power):
+  with pytest.raises(Exception, match="time_power"):
+    SamplerSettings(time_power=power)

@@ -67,6 +67,10 @@ def default_diffusion_config() -> ml_collections.ConfigDict:
   # a different amount (windows.plan_windows(rotate=True)), so no frame pair is a window
   # edge at every step. Not in the paper (its windows are fixed).
   c.window_rotate = False
+  # The sampling time grid: t_i = t_start + (t_end - t_start) (i / steps)^time_power.
+  # 1 is the uniform grid; above 1 the steps crowd at high noise, where the prompt decides
+  # the motion (docs/learning_record.md, "Sampling steps"). Not in the paper.
+  c.time_power = 1.0
   # Noise conditioning augmentation of the SSR model (models/conditioning.py), as times
   # of the schedule: training draws a level per example in [0, noise_aug_max]; sampling
   # noises the low-resolution clip to noise_aug_level (also the model's input).
@@ -177,7 +181,8 @@ def check_guidance(scale: float) -> None:
 def sampler_settings(c: ml_collections.ConfigDict, **overrides) -> samplers.SamplerSettings:
   """SamplerSettings from the config, with command-line values (not None) on top."""
   values = dict(method=c.sampler, steps=c.steps, eta=c.eta, prediction=c.prediction,
-                threshold=c.threshold, threshold_percentile=c.threshold_percentile)
+                threshold=c.threshold, threshold_percentile=c.threshold_percentile,
+                time_power=c.get("time_power", 1.0))
   values.update({k: v for k, v in overrides.items() if v is not None})
   return samplers.SamplerSettings(**values)
 

@@ -53,6 +53,7 @@ class SamplerSettings:
   prediction: str = "v"
   threshold: str = "none"
   threshold_percentile: float = 0.995
+  time_power: float = 1.0  # the time grid (sampling_times); 1 is uniform
 
   def __post_init__(self):
     if self.method not in SAMPLERS:
@@ -62,6 +63,9 @@ class SamplerSettings:
         not 1 <= self.steps <= MAX_STEPS:
       raise ConfigError(f"steps must be an integer >= 1 and <= {MAX_STEPS}, got "
                         f"{self.steps!r}")
+    if isinstance(self.time_power, bool) or not isinstance(self.time_power, (int, float)) \
+        or not 0.0 < self.time_power <= 8.0:
+      raise ConfigError(f"time_power must be a number in (0, 8], got {self.time_power!r}")
     if not 0.0 <= self.eta <= 1.0:
       raise ConfigError(f"eta must be in [0, 1], got {self.eta}")
     predictions.check_prediction(self.prediction)
@@ -83,6 +87,16 @@ def initial_noise(keys, shape) -> jax.Array:
   """The starting noise x_1 for a batch of `shape` [B, ...]; index 0 of each key's stream
   (sampling steps use indices 1..steps)."""
   return per_example_normal(keys, 0, tuple(shape[1:]))
+
+
+def sampling_times(t_start, t_end, steps: int, power: float = 1.0) -> jax.Array:
+  """[steps + 1] times from t_start to t_end: t_start + (t_end - t_start) u^power over a
+  uniform u in [0, 1]. power 1 is the uniform grid (exactly jnp.linspace); power > 1
+  makes the first steps (high noise) short and the last ones long."""
+  if power == 1.0:
+    return jnp.linspace(t_start, t_end, steps + 1, dtype=jnp.float32)
+  u = jnp.linspace(0.0, 1.0, steps + 1, dtype=jnp.float32)
+  return (t_start + (t_end - t_start) * u ** power).astype(jnp.float32)
 
 
 def x0_eps_predictor(denoiser: Denoiser, schedule: Schedule, prediction: str,
@@ -207,7 +221,7 @@ def sample(denoiser: Denoiser, x_start, cond, keys, schedule: Schedule,
   """
   predict = x0_eps_predictor(denoiser, schedule, settings.prediction, settings.threshold,
                              settings.threshold_percentile)
-  times = jnp.linspace(t_start, t_end, settings.steps + 1, dtype=jnp.float32)
+  times = sampling_times(t_start, t_end, settings.steps, settings.time_power)
   if settings.method == "dpmpp":
     return _dpmpp_loop(predict, schedule, times, x_start, cond, progress, stop)
   eta = 1.0 if settings.method == "ddpm" else float(settings.eta)
