@@ -3,12 +3,16 @@
 Every sampler is a pure function of a denoiser fn(x [B, ...], t [B], cond) -> prediction
 (of type `settings.prediction`), so one implementation serves the T2I model, the STUNet,
 SSR and the conditional model, and tests can drive it with an exact analytic denoiser.
-The whole loop is one `lax.fori_loop`: under `jax.jit` it compiles once per input shape,
-runs without host round trips, and keeps whatever sharding its inputs have (every
-operation is per example; random noise is drawn per example from that example's key).
+`sample` is the whole loop as one `lax.fori_loop`: under `jax.jit` it compiles once per
+input shape, runs without host round trips, and keeps whatever sharding its inputs have
+(every operation is per example; random noise is drawn per example from that example's
+key). `start_state` and `step` are the same loop one step at a time, for a loop driven
+from the host (pipelines/stepped.py: progress and Ctrl-C outside the compiled program,
+which the persistent compilation cache can then hold).
 
-Time runs on a uniform grid from t_start (1 for generation, s for SDEdit) down to t_end
-(normally 0), in `steps` steps of one denoiser evaluation each.
+Time runs from t_start (1 for generation, s for SDEdit) down to t_end (normally 0) in
+`steps` steps of one denoiser evaluation each, on a uniform grid or one crowded at high
+noise (`sampling_times`).
 
 Randomness is per example: `keys` holds one PRNG key per batch element, so an example's
 result depends only on its own key, not on what else is in the batch.
@@ -160,30 +164,30 @@ def _ddim_update(x0, eps, logsnr_t, logsnr_s, eta: float, noise):
           + eta * sigma_s * jnp.sqrt(c) * noise)
 
 
-def _ddim_loop(predict, schedule, times, x, cond, keys, eta: float, progress: Progress,
-               stop: Stop = None):
-  steps = times.shape[0] - 1
+def _ddim_body(predict, schedule, times, cond, keys, eta: float):
+  """The DDIM(eta) step i on the state (x,)."""
 
-  def body(i, x):
+  def body(i, state):
+    x, = state
     t, s = times[i], times[i + 1]
     x0, eps = predict(x, t, cond)
     noise = per_example_normal(keys, i + 1, x.shape[1:]) if eta else None
-    return _ddim_update(x0, eps, schedule.logsnr(t), schedule.logsnr(s), eta, noise)
+    return (_ddim_update(x0, eps, schedule.logsnr(t), schedule.logsnr(s), eta, noise),)
 
-  return _loop(steps, body, x, progress, stop)
+  return body
 
 
-def _dpmpp_loop(predict, schedule, times, x, cond, progress: Progress, stop: Stop = None):
+def _dpmpp_body(predict, schedule, times, cond):
   """DPM-Solver++(2M) (Lu et al. 2022), multistep second order in lambda = logSNR / 2:
     x_s = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) D,  h = lambda_s - lambda_t,
     D = x0_i + (x0_i - x0_{i-1}) / (2 r),  r = h_{i-1} / h_i.
   The first step has no history and the last one goes to t = 0, where lambda jumps to its
   clipped maximum and extrapolating x0 over that jump hurts, so both are first order
-  (the reference implementation's `lower_order_final`)."""
+  (the reference implementation's `lower_order_final`). The state is (x, x0_prev, h_prev)."""
   steps = times.shape[0] - 1
 
-  def body(i, carry):
-    x, x0_prev, h_prev = carry
+  def body(i, state):
+    x, x0_prev, h_prev = state
     t, s = times[i], times[i + 1]
     logsnr_t, logsnr_s = schedule.logsnr(t), schedule.logsnr(s)
     h = 0.5 * (logsnr_s - logsnr_t)
@@ -195,8 +199,42 @@ def _dpmpp_loop(predict, schedule, times, x, cond, progress: Progress, stop: Sto
     _, sigma_t = alpha_sigma_from_logsnr(logsnr_t)
     return (sigma_s / sigma_t) * x - alpha_s * jnp.expm1(-h) * d, x0, h
 
-  carry = (x, jnp.zeros_like(x), jnp.ones((), jnp.float32))
-  return _loop(steps, body, carry, progress, stop)[0]
+  return body
+
+
+def start_state(x_start, settings: SamplerSettings) -> tuple:
+  """The sampler's state before step 0: (x,), and for DPM-Solver++ also the previous
+  step's x0 prediction and log-SNR step (the multistep history)."""
+  if settings.method == "dpmpp":
+    return x_start, jnp.zeros_like(x_start), jnp.ones((), jnp.float32)
+  return (x_start,)
+
+
+def state_sample(state: tuple) -> jax.Array:
+  """The (partly) denoised x held by a sampler state."""
+  return state[0]
+
+
+def _step_body(denoiser: Denoiser, cond, keys, schedule: Schedule,
+               settings: SamplerSettings, t_start, t_end):
+  """fn(i, state) -> state: step i of `settings.steps` from t_start to t_end."""
+  predict = x0_eps_predictor(denoiser, schedule, settings.prediction, settings.threshold,
+                             settings.threshold_percentile)
+  times = sampling_times(t_start, t_end, settings.steps, settings.time_power)
+  if settings.method == "dpmpp":
+    return _dpmpp_body(predict, schedule, times, cond)
+  eta = 1.0 if settings.method == "ddpm" else float(settings.eta)
+  if eta and keys is None:
+    raise ValueError(f"sampler {settings.method!r} with eta={eta} needs per-example keys")
+  return _ddim_body(predict, schedule, times, cond, keys, eta)
+
+
+def step(denoiser: Denoiser, state: tuple, i, cond, keys, schedule: Schedule,
+         settings: SamplerSettings, *, t_start=1.0, t_end=0.0) -> tuple:
+  """Sampling step i (may be traced) of `sample`, on a state from `start_state`: for
+  loops driven from the host, one compiled step per call (pipelines/stepped.py).
+  Running steps 0..settings.steps - 1 in turn is `sample`."""
+  return _step_body(denoiser, cond, keys, schedule, settings, t_start, t_end)(i, state)
 
 
 def sample(denoiser: Denoiser, x_start, cond, keys, schedule: Schedule,
@@ -219,15 +257,9 @@ def sample(denoiser: Denoiser, x_start, cond, keys, schedule: Schedule,
     stop: asked after every step; True ends the loop there (the result is then only
       partly denoised: for Ctrl-C, whose caller discards it).
   """
-  predict = x0_eps_predictor(denoiser, schedule, settings.prediction, settings.threshold,
-                             settings.threshold_percentile)
-  times = sampling_times(t_start, t_end, settings.steps, settings.time_power)
-  if settings.method == "dpmpp":
-    return _dpmpp_loop(predict, schedule, times, x_start, cond, progress, stop)
-  eta = 1.0 if settings.method == "ddpm" else float(settings.eta)
-  if eta and keys is None:
-    raise ValueError(f"sampler {settings.method!r} with eta={eta} needs per-example keys")
-  return _ddim_loop(predict, schedule, times, x_start, cond, keys, eta, progress, stop)
+  body = _step_body(denoiser, cond, keys, schedule, settings, t_start, t_end)
+  return state_sample(_loop(settings.steps, body, start_state(x_start, settings), progress,
+                            stop))
 
 
 def sdedit(denoiser: Denoiser, video, cond, keys, schedule: Schedule,
@@ -236,12 +268,17 @@ def sdedit(denoiser: Denoiser, video, cond, keys, schedule: Schedule,
   """SDEdit (Meng et al.): noise a clean `video` to level `strength` in (0, 1] and sample
   back to t = 0 in `settings.steps` steps. Small strength keeps layout and motion;
   strength 1 ignores the input."""
+  return sample(denoiser, sdedit_start(video, keys, schedule, strength), cond, keys,
+                schedule, settings, t_start=strength, progress=progress, stop=stop)
+
+
+def sdedit_start(video, keys, schedule: Schedule, strength) -> jax.Array:
+  """SDEdit's starting point: the clean `video` noised to level `strength` with each
+  example's initial noise (sampling then starts at t_start = strength)."""
   if isinstance(strength, (int, float)):
     check_strength(strength)
   alpha, sigma = schedule.alpha_sigma(strength)
-  x = alpha * video + sigma * initial_noise(keys, video.shape)
-  return sample(denoiser, x, cond, keys, schedule, settings, t_start=strength,
-                progress=progress, stop=stop)
+  return alpha * video + sigma * initial_noise(keys, video.shape)
 
 
 def ddim_invert(denoiser: Denoiser, x0, cond, schedule: Schedule, *, steps: int,
@@ -252,4 +289,5 @@ def ddim_invert(denoiser: Denoiser, x0, cond, schedule: Schedule, *, steps: int,
   settings = SamplerSettings("ddim", steps, prediction=prediction)  # validates
   predict = x0_eps_predictor(denoiser, schedule, settings.prediction)
   times = jnp.linspace(0.0, t_end, settings.steps + 1, dtype=jnp.float32)
-  return _ddim_loop(predict, schedule, times, x0, cond, None, 0.0, progress)
+  body = _ddim_body(predict, schedule, times, cond, None, 0.0)
+  return state_sample(_loop(steps, body, (x0,), progress))

@@ -36,13 +36,13 @@ import numpy as np
 from lumiere_jax import runtime
 from lumiere_jax.diffusion import config as diffusion_config
 from lumiere_jax.diffusion import guidance, predictions, samplers
-from lumiere_jax.diffusion.progress import TqdmProgress
 from lumiere_jax.diffusion.samplers import SamplerSettings
 from lumiere_jax.diffusion.schedules import schedule_from_config
 from lumiere_jax.errors import UserError
 from lumiere_jax.io import video as video_io
 from lumiere_jax.models import build, conditioning
 from lumiere_jax.pipelines import generate as generate_pipeline
+from lumiere_jax.pipelines import stepped
 from lumiere_jax.train import checkpoint as checkpoint_lib
 
 DEFAULT_CONDITIONAL_MODEL = "shapes_cond"
@@ -299,8 +299,10 @@ class ConditionalGenerator:
     self.params = params
     self.settings = settings
     self.schedule = schedule_from_config(section, config.data.resolution)
-    self.progress = TqdmProgress(settings.steps, "generating") if progress else None
-    self.program = jax.jit(self._sample_batch)
+    self.sampler = stepped.Stepped(self._prepare, self._problem, self._finish,
+                                   self.schedule, settings,
+                                   "generating" if progress else None,
+                                   runtime.interrupt_requested)
 
   def __call__(self, prompts: Sequence[str], condition: Condition, seed: int,
                guidance_scale: float, negative_prompt: str = "") -> np.ndarray:
@@ -317,36 +319,41 @@ class ConditionalGenerator:
     replace = batch(replaced_pixels(condition, self.dilation).astype(np.float32))
     seeds = np.arange(seed, seed + len(prompts), dtype=np.int32)
     runtime.check_interrupt("interrupted before sampling; nothing was written")
-    try:
-      videos = np.asarray(self.program(
-          self.params, self.model.tokenize(prompts), self.model.tokenize([negative_prompt]),
-          seeds, np.float32(guidance_scale), clip, known, replace))
-    finally:
-      if self.progress is not None:
-        self.progress.close()
+    videos = self.sampler(self.params, self.model.tokenize(prompts),
+                          self.model.tokenize([negative_prompt]), seeds,
+                          np.float32(guidance_scale), clip, known, replace)
     runtime.check_interrupt("interrupted while sampling; nothing was written")
-    return videos
+    return np.asarray(videos)
 
-  def _sample_batch(self, params, tokens, negative_tokens, seeds, guidance_scale, clip,
-                    known, replace):
-    """The compiled program: conditioning channels, text, noise, guided sampling with
-    the known pixels handled as configured, uint8 conversion."""
+  # The sampling program (stepped.Stepped): conditioning channels, text and noise; the
+  # guided step with the known pixels handled as configured; uint8 conversion. args:
+  # params, tokens, negative_tokens, seeds, guidance_scale, clip, known, replace.
+  def _prepare(self, params, tokens, negative_tokens, seeds, guidance_scale, clip, known,
+               replace):
+    layout = self.model.to_model_layout
+    clip = layout(clip)
+    extra = conditioning.masked_channels(clip, layout(known))
+    encode = lambda t: {**self.model.encode(params["text"], t), EXTRA: extra}
+    keys = jax.vmap(jax.random.key)(seeds)
+    return (encode(tokens), encode(negative_tokens)), samplers.initial_noise(keys, clip.shape)
+
+  def _problem(self, encodings, params, tokens, negative_tokens, seeds, guidance_scale, clip,
+               known, replace) -> stepped.Problem:
     model, layout = self.model, self.model.to_model_layout
-    clip, known, replace = layout(clip), layout(known), layout(replace)
-    extra = conditioning.masked_channels(clip, known)
-    cond = {**model.encode(params["text"], tokens), EXTRA: extra}
-    negative = {**model.encode(params["text"], negative_tokens), EXTRA: extra}
+    cond, negative = encodings
     denoiser = lambda x, t, c: model.denoise(params, x, t, c, c[EXTRA])
     denoiser = guidance.classifier_free_guidance(denoiser, negative, guidance_scale)
     if self.known_pixels == "replace":
-      denoiser = keep_known(denoiser, self.schedule, self.settings.prediction, clip, replace)
-    keys = jax.vmap(jax.random.key)(seeds)
-    noise = samplers.initial_noise(keys, clip.shape)
-    x = samplers.sample(denoiser, noise, cond, keys, self.schedule, self.settings,
-                        progress=self.progress, stop=runtime.interrupt_requested)
+      denoiser = keep_known(denoiser, self.schedule, self.settings.prediction, layout(clip),
+                            layout(replace))
+    return stepped.Problem(denoiser, cond, jax.vmap(jax.random.key)(seeds))
+
+  def _finish(self, encodings, x, params, tokens, negative_tokens, seeds, guidance_scale,
+              clip, known, replace):
+    layout = self.model.to_model_layout
     if self.known_pixels == "replace":
-      x = jnp.where(replace > 0, clip, x)
-    return video_io.to_uint8(x.reshape((seeds.shape[0],) + model.clip_shape))
+      x = jnp.where(layout(replace) > 0, layout(clip), x)
+    return video_io.to_uint8(x.reshape((seeds.shape[0],) + self.model.clip_shape))
 
 
 # ---------------------------------------------------------------------------------------

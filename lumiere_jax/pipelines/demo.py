@@ -133,7 +133,7 @@ def text_to_video_examples(model: generate.TextToVideo, source: np.ndarray,
     alpha = applications.DEFAULT_STYLE_ALPHA
     params = applications.interpolate_backbone(model.params, style_params["backbone"], alpha)
     styled = generate.TextToVideo(model.config, params, model.settings,
-                                  progress=model.progress is not None, model=model.model,
+                                  progress=model.sampler.progress is not None, model=model.model,
                                   expert_switch=0.0)  # the style is in this backbone
     examples.append((f"stylize: {STYLE_PROMPT}", styled(
         [STYLE_PROMPT], DEMO_SEED, section.guidance,

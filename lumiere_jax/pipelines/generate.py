@@ -1,9 +1,10 @@
 """Text-to-video generation: prompts -> uint8 videos [N, T, H, W, 3].
 
-All prompts of a call are one batch, sampled by one compiled program (text encoding,
-starting noise, the guided sampling loop and the uint8 conversion). The program is traced
-once per batch size and kept by the `TextToVideo` object: new prompts, seeds, guidance
-scales or SDEdit strengths reuse it.
+All prompts of a call are one batch, sampled by three compiled programs (text encoding
+and starting noise; one guided sampling step, called once per step from the host; the
+uint8 conversion: pipelines/stepped.py). They are traced once per batch size and kept by
+the `TextToVideo` object: new prompts, seeds, guidance scales or SDEdit strengths reuse
+them, and the persistent compilation cache keeps them across processes.
 
 The weights come from lumiere_jax.weights (a shipped model by name, or a training run's
 EMA weights); `fresh_params` initialises an untrained model for development and tests.
@@ -23,7 +24,6 @@ from lumiere_jax import weights
 from lumiere_jax.diffusion import config as diffusion_config
 from lumiere_jax.diffusion import denoisers, guidance, samplers
 from lumiere_jax.diffusion import windows as windows_lib
-from lumiere_jax.diffusion.progress import TqdmProgress
 from lumiere_jax.diffusion.samplers import SamplerSettings
 from lumiere_jax.diffusion.schedules import schedule_from_config
 from lumiere_jax.errors import UserError
@@ -31,7 +31,7 @@ from lumiere_jax.io import atomic
 from lumiere_jax.io import sheet as sheet_io
 from lumiere_jax.io import video as video_io
 from lumiere_jax.models import build, conditioning, text
-from lumiere_jax.pipelines import windowed
+from lumiere_jax.pipelines import stepped, windowed
 
 MAX_SEED = 2**31 - 1
 XT_SLICE_SCALE = 8  # a 16-frame, 32-pixel slice becomes a viewable 128 x 256 picture
@@ -153,10 +153,11 @@ class TextToVideo:
       self.plan, params = self._plan_windows(params, num_frames, windows)
     self.params = params
     self.expert, self.expert_params, self.expert_switch = self._expert(expert, expert_switch)
-    self.progress = TqdmProgress(settings.steps, "generating") if progress else None
     # Ctrl-C ends sampling after the step in progress (runtime.handle_interrupts).
-    self.stop = runtime.interrupt_requested
-    self.program = jax.jit(self._sample_batch)
+    self.sampler = stepped.Stepped(self._prepare, self._problem, self._finish,
+                                   self.schedule, settings,
+                                   "generating" if progress else None,
+                                   runtime.interrupt_requested)
 
   def __call__(self, prompts: Sequence[str], seed: int, guidance_scale: float,
                init_video: Optional[np.ndarray] = None, strength: float = 1.0,
@@ -181,26 +182,33 @@ class TextToVideo:
     negative = self.model.tokenize(negatives)
     seeds = np.arange(seed, seed + len(prompts), dtype=np.int32)
     runtime.check_interrupt("interrupted before sampling; nothing was written")
-    try:
-      videos = np.asarray(self.program(self.params, tokens, negative, seeds,
-                                       np.float32(guidance_scale), init,
-                                       np.float32(strength), self.expert_params))
-    finally:
-      if self.progress is not None:
-        self.progress.close()  # a loop ended early leaves its bar open
+    videos = self.sampler(self.params, tokens, negative, seeds, np.float32(guidance_scale),
+                          init, np.float32(strength), self.expert_params)
     runtime.check_interrupt("interrupted while sampling; nothing was written")
-    return videos
+    return np.asarray(videos)
 
   def guided_denoiser(self, params, tokens, negative_tokens, guidance_scale,
                       expert_params=None):
     """(fn(x, t, cond) -> guided prediction, cond): classifier-free guidance with the
     negative prompt's encoding in the unconditional's place, n + w (c - n); with a
     low-noise expert, its guided prediction at times t <= the switch."""
-    guided, cond = _guided(self.model, params, tokens, negative_tokens, guidance_scale,
+    encodings = self.encode(params, tokens, negative_tokens, expert_params)
+    return self._guided_from(params, encodings, guidance_scale, expert_params)
+
+  def encode(self, params, tokens, negative_tokens, expert_params=None) -> dict:
+    """The prompts' and negative prompts' encodings, {'model': (cond, negative)}, and the
+    expert's own as 'expert' (it has its own text encoder)."""
+    encodings = {"model": _encode(self.model, params, tokens, negative_tokens)}
+    if self.expert is not None:
+      encodings["expert"] = _encode(self.expert, expert_params, tokens, negative_tokens)
+    return encodings
+
+  def _guided_from(self, params, encodings: dict, guidance_scale, expert_params):
+    guided, cond = _guided(self.model, params, *encodings["model"], guidance_scale,
                            self._windows)
     if self.expert is None:
       return guided, cond
-    low, low_cond = _guided(self.expert, expert_params, tokens, negative_tokens,
+    low, low_cond = _guided(self.expert, expert_params, *encodings["expert"],
                             guidance_scale, self._windows)
     switch = self.expert_switch
 
@@ -257,28 +265,37 @@ class TextToVideo:
     first = samplers.initial_noise(keys, (shape[0], self.plan.window) + shape[2:])
     return first[:, frames]
 
-  def _sample_batch(self, params, tokens, negative_tokens, seeds, guidance_scale, init,
-                    strength, expert_params):
-    """The compiled program: text encoding, noise, guided sampling, uint8 conversion."""
-    model = self.model
-    denoiser, cond = self.guided_denoiser(params, tokens, negative_tokens, guidance_scale,
-                                          expert_params)
+  # The sampling program (stepped.Stepped): encodings and start noise, the guided step,
+  # uint8 conversion. args: params, tokens, negative_tokens, seeds, guidance_scale, init,
+  # strength, expert_params.
+  def _prepare(self, params, tokens, negative_tokens, seeds, guidance_scale, init, strength,
+               expert_params):
     keys = jax.vmap(jax.random.key)(seeds)
+    layout = self.model.to_model_layout
     if init is None:
-      noise = self.initial_noise(keys)
-      x = samplers.sample(denoiser, model.to_model_layout(noise), cond, keys, self.schedule,
-                          self.settings, progress=self.progress, stop=self.stop)
+      x = layout(self.initial_noise(keys))
     else:
-      x = samplers.sdedit(denoiser, model.to_model_layout(init), cond, keys, self.schedule,
-                          self.settings, strength, progress=self.progress, stop=self.stop)
+      x = samplers.sdedit_start(layout(init), keys, self.schedule, strength)
+    return self.encode(params, tokens, negative_tokens, expert_params), x
+
+  def _problem(self, encodings, params, tokens, negative_tokens, seeds, guidance_scale,
+               init, strength, expert_params) -> stepped.Problem:
+    denoiser, cond = self._guided_from(params, encodings, guidance_scale, expert_params)
+    return stepped.Problem(denoiser, cond, jax.vmap(jax.random.key)(seeds),
+                           t_start=1.0 if init is None else strength)
+
+  def _finish(self, encodings, x, params, tokens, negative_tokens, seeds, *unused):
     return video_io.to_uint8(x.reshape((seeds.shape[0],) + self.video_shape))
 
 
-def _guided(model: build.Model, params, tokens, negative_tokens, guidance_scale, windows):
+def _encode(model: build.Model, params, tokens, negative_tokens) -> tuple:
+  """(cond, negative): the prompts' and the negative prompts' encodings."""
+  return (model.encode(params["text"], tokens), model.encode(params["text"], negative_tokens))
+
+
+def _guided(model: build.Model, params, cond, negative, guidance_scale, windows):
   """(guided denoiser, cond) of one model: CFG with the negative prompt's encoding in the
   unconditional's place; `windows` wraps the plain denoiser (MultiDiffusion or identity)."""
-  cond = model.encode(params["text"], tokens)
-  negative = model.encode(params["text"], negative_tokens)
   denoiser = windows(denoisers.bind(model.denoise, params))
   return guidance.classifier_free_guidance(denoiser, negative, guidance_scale), cond
 

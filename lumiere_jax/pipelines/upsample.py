@@ -9,8 +9,9 @@ channels, and the level is an input of the model too. A residual-form model
 A clip whose frames are not the model's low resolution is refused, not resized: a silent
 resize would hide a base model and an SSR model that were not made for each other.
 
-One compiled program per (clip length, guidance on or off): the window plan depends on
-the length; seeds, prompts, guidance scales and noise levels are arguments.
+One set of sampling programs (pipelines/stepped.py) per (clip length, guidance on or off):
+the window plan depends on the length; seeds, prompts, guidance scales and noise levels
+are arguments.
 """
 
 from typing import Optional, Sequence
@@ -22,13 +23,12 @@ import numpy as np
 from lumiere_jax import runtime
 from lumiere_jax.diffusion import guidance, samplers
 from lumiere_jax.diffusion import windows as windows_lib
-from lumiere_jax.diffusion.progress import TqdmProgress
 from lumiere_jax.diffusion.samplers import SamplerSettings
 from lumiere_jax.diffusion.schedules import schedule_from_config
 from lumiere_jax.errors import UserError
 from lumiere_jax.io import video as video_io
 from lumiere_jax.models import build, conditioning
-from lumiere_jax.pipelines import windowed
+from lumiere_jax.pipelines import stepped, windowed
 from lumiere_jax.pipelines.windowed import WindowSettings
 
 # fold_in index of each example's augmentation noise: the samplers use 0..steps.
@@ -80,8 +80,8 @@ class Upsampler:
     self.schedule = schedule_from_config(config.diffusion, config.data.resolution)
     self.sampling = windowed.WindowedSampling(config, windows)
     self.params = self.sampling.replicate(params)
-    self.progress = TqdmProgress(settings.steps, "upsampling") if progress else None
-    self._programs = {}
+    self.progress = "upsampling" if progress else None
+    self._samplers = {}
 
   def __call__(self, videos, prompts: Sequence[str] = ("",), seed: int = 0,
                guidance_scale: float = 1.0, noise_level: Optional[float] = None
@@ -95,26 +95,26 @@ class Upsampler:
     prompts = list(prompts) * (len(videos) if len(prompts) == 1 else 1)
     if len(prompts) != len(videos):
       raise UserError(f"{len(prompts)} prompts for {len(videos)} videos")
-    program = self._program(videos.shape[1], guidance_scale != 1.0)
+    sampler = self._sampler(videos.shape[1], guidance_scale != 1.0)
     seeds = np.arange(seed, seed + len(videos), dtype=np.int32)
     runtime.check_interrupt("interrupted before upsampling; nothing was written")
-    try:
-      out = np.asarray(program(self.params, video_io.from_uint8(videos),
-                               self.model.tokenize(prompts), self.model.tokenize([""]),
-                               seeds, np.float32(guidance_scale), np.float32(level)))
-    finally:
-      if self.progress is not None:
-        self.progress.close()
+    out = sampler(self.params, video_io.from_uint8(videos), self.model.tokenize(prompts),
+                  self.model.tokenize([""]), seeds, np.float32(guidance_scale),
+                  np.float32(level))
     runtime.check_interrupt("interrupted while upsampling; nothing was written")
-    return out
+    return np.asarray(out)
 
-  def _program(self, num_frames: int, guided: bool):
+  def _sampler(self, num_frames: int, guided: bool) -> stepped.Stepped:
+    """The sampling programs for clips of `num_frames` frames, (un)guided. args: params,
+    low_res, tokens, negative_tokens, seeds, guidance_scale, level."""
     key = (num_frames, guided)
-    if key not in self._programs:
+    if key not in self._samplers:
       plan = self.sampling.plan(num_frames)
-      self._programs[key] = jax.jit(
-          lambda *args: self._sample(plan, guided, *args))
-    return self._programs[key]
+      self._samplers[key] = stepped.Stepped(
+          self._prepare, lambda *a: self._problem(plan, guided, *a),
+          lambda context, x, params, low_res, *_: video_io.to_uint8(self.clip(x, low_res)),
+          self.schedule, self.settings, self.progress, runtime.interrupt_requested)
+    return self._samplers[key]
 
   def denoiser(self, params, plan: windows_lib.WindowPlan):
     """fn(x, t, cond) on whole clips: the model on the plan's windows, fused; cond holds
@@ -135,22 +135,26 @@ class Upsampler:
     upsampled = conditioning.ssr_channels(low_res, shape)
     return conditioning.noise_augment(upsampled, levels, noise, self.schedule), levels
 
-  def _sample(self, plan, guided, params, low_res, tokens, negative_tokens, seeds,
-              guidance_scale, level):
-    """The compiled program: conditioning, noise, windowed (guided) sampling, uint8."""
+  def _prepare(self, params, low_res, tokens, negative_tokens, seeds, guidance_scale,
+               level):
+    """(the conditioning of the clips and of the unconditional pass, the start noise)."""
     model = self.model
     keys = jax.vmap(jax.random.key)(seeds)
     extra, levels = self.conditioning(low_res, keys, level)
     frame_cond = {"noise_level": levels, EXTRA: extra}
-    cond = {**model.encode(params["text"], tokens), **frame_cond}
+    encodings = tuple({**model.encode(params["text"], t), **frame_cond}
+                      for t in (tokens, negative_tokens))
+    return encodings, samplers.initial_noise(keys, extra.shape)
+
+  def _problem(self, plan, guided, encodings, params, low_res, tokens, negative_tokens,
+               seeds, guidance_scale, level) -> stepped.Problem:
+    """The windowed denoiser, guided when `guided` (guidance 1 runs the conditional
+    pass alone)."""
+    cond, negative = encodings
     denoiser = self.denoiser(params, plan)
     if guided:
-      negative = {**model.encode(params["text"], negative_tokens), **frame_cond}
       denoiser = guidance.classifier_free_guidance(denoiser, negative, guidance_scale)
-    noise = samplers.initial_noise(keys, extra.shape)
-    x = samplers.sample(denoiser, noise, cond, keys, self.schedule, self.settings,
-                        progress=self.progress, stop=runtime.interrupt_requested)
-    return video_io.to_uint8(self.clip(x, low_res))
+    return stepped.Problem(denoiser, cond, jax.vmap(jax.random.key)(seeds))
 
   def clip(self, sampled, low_res):
     """The clip [-1, 1] from what the sampler diffused: the clip itself, or (residual
