@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from lumiere_jax.diffusion import losses, predictions, schedules
-from lumiere_jax.diffusion.config import default_diffusion_config, validate_diffusion_config
+from lumiere_jax.diffusion.config import (default_diffusion_config, sampler_settings,
+                                          validate_diffusion_config)
 from lumiere_jax.errors import ConfigError
 
 SHAPE = (64, 2, 8, 8, 3)  # [B, T, H, W, C]
@@ -195,3 +196,15 @@ def test_validation_names_the_field():
   validate_diffusion_config(diffusion_config(ssr_residual_scale=4.0, threshold="none"))
   with pytest.raises(ConfigError, match="needs diffusion.threshold='none'"):
     validate_diffusion_config(diffusion_config(ssr_residual_scale=4.0, threshold="static"))
+
+
+def test_sampler_settings_take_the_config_then_the_flags_given():
+  """A flag left out (None) keeps the model's value; one given replaces it."""
+  section = diffusion_config(steps=24, time_power=2.0)
+  assert sampler_settings(section).time_power == 2.0
+  assert sampler_settings(section, time_power=None, steps=None).steps == 24
+  overridden = sampler_settings(section, time_power=1.0, steps=12)
+  assert (overridden.time_power, overridden.steps) == (1.0, 12)
+  legacy = default_diffusion_config().to_dict()
+  del legacy["time_power"]  # a model config written before the field existed
+  assert sampler_settings(ml_collections.ConfigDict(legacy)).time_power == 1.0

@@ -57,6 +57,9 @@ def add_arguments(parser):
                       help="default: config.diffusion.sampler")
   parser.add_argument("--steps", type=int, metavar="N",
                       help="sampling steps >= 1 (default: config.diffusion.steps)")
+  parser.add_argument("--time-power", type=float, metavar="P",
+                      help="the sampling time grid t_i = 1 - (i / steps)^P: 1 uniform, above "
+                      "1 crowded at high noise (default: config.diffusion.time_power)")
   parser.add_argument("--eta", type=float, help="DDIM noise in [0, 1] (0: deterministic)")
   parser.add_argument("--threshold", choices=THRESHOLDS,
                       help="x0 thresholding (default: config.diffusion.threshold)")
@@ -168,6 +171,8 @@ def check_sampling_args(args, count: int) -> None:
                     f"{args.steps}")
   if args.eta is not None and not 0.0 <= args.eta <= 1.0:
     raise UserError(f"--eta must be in [0, 1], got {args.eta}")
+  if args.time_power is not None:
+    samplers.check_time_power(args.time_power)
   if args.guidance is not None:
     diffusion_config.check_guidance(args.guidance)
   if args.strength is not None:
@@ -235,7 +240,7 @@ def keyframes_tsr(args, config, params, settings) -> keyframes.KeyframesTSR:
   keyframes.check_models(config, tsr_config)
   tsr_settings = diffusion_config.sampler_settings(
       tsr_config.diffusion, method=args.sampler, steps=args.steps, eta=args.eta,
-      threshold=args.threshold)
+      threshold=args.threshold, time_power=args.time_power)
   return keyframes.KeyframesTSR(
       pipeline.TextToVideo(config, params, settings, progress=not args.quiet),
       applications.ConditionalGenerator(tsr_config, tsr_params, tsr_settings,
@@ -261,7 +266,8 @@ def run(args) -> int:
   upsampler = load_cascade(args, config, num_frames or config.data.num_frames)
   section = config.diffusion
   settings = diffusion_config.sampler_settings(section, method=args.sampler, steps=args.steps,
-                                               eta=args.eta, threshold=args.threshold)
+                                               eta=args.eta, threshold=args.threshold,
+                                               time_power=args.time_power)
   guidance = section.guidance if args.guidance is None else args.guidance
   negative = section.negative_prompt if args.negative_prompt is None else args.negative_prompt
   strength = 1.0

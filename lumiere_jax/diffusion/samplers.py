@@ -67,13 +67,18 @@ class SamplerSettings:
         not 1 <= self.steps <= MAX_STEPS:
       raise ConfigError(f"steps must be an integer >= 1 and <= {MAX_STEPS}, got "
                         f"{self.steps!r}")
-    if isinstance(self.time_power, bool) or not isinstance(self.time_power, (int, float)) \
-        or not 0.0 < self.time_power <= 8.0:
-      raise ConfigError(f"time_power must be a number in (0, 8], got {self.time_power!r}")
+    check_time_power(self.time_power)
     if not 0.0 <= self.eta <= 1.0:
       raise ConfigError(f"eta must be in [0, 1], got {self.eta}")
     predictions.check_prediction(self.prediction)
     guidance.check_threshold(self.threshold, self.threshold_percentile)
+
+
+def check_time_power(power) -> None:
+  """The time grid's power (sampling_times) must be a number in (0, 8]."""
+  if isinstance(power, bool) or not isinstance(power, (int, float)) or \
+      not 0.0 < power <= 8.0:
+    raise ConfigError(f"time_power must be a number in (0, 8], got {power!r}")
 
 
 def check_strength(strength: float) -> None:

@@ -10,6 +10,7 @@ import tqdm
 from lumiere_jax import weights
 from lumiere_jax.data import shapes
 from lumiere_jax.diffusion import config as diffusion_config
+from lumiere_jax.diffusion import samplers
 from lumiere_jax.errors import UserError
 from lumiere_jax.evaluation import frechet, shapes_eval, shapes_features, tracker
 from lumiere_jax.io import sheet as sheet_io
@@ -58,6 +59,8 @@ def add_arguments(parser) -> None:
                       "colour moved to the next palette colour, a trained combination")
   parser.add_argument("--batch", type=int, default=8, help="videos sampled at once")
   parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+  parser.add_argument("--time-power", type=float, metavar="P", help="the sampling time "
+                      "grid's power, 1 uniform (default: the model's)")
   parser.add_argument("--guidance", type=float, help="(default: the model's)")
   guide = parser.add_mutually_exclusive_group()
   guide.add_argument("--negative-prompt", help="(default: the model's)")
@@ -81,6 +84,8 @@ def check_args(args) -> None:
     raise UserError(f"--batch must be >= 1, got {args.batch}")
   if args.steps is not None and args.steps < 1:
     raise UserError(f"--steps must be >= 1, got {args.steps}")
+  if args.time_power is not None:
+    samplers.check_time_power(args.time_power)
   if args.expert_switch is not None:
     diffusion_config.check_expert_switch(args.expert_switch)
   if args.step is not None and args.checkpoint is None:
@@ -148,7 +153,8 @@ def load_sampler(args, steps):
     applications.check_style_config(config, style_config)
     params = applications.interpolate_backbone(params, style_params["backbone"], args.alpha)
   section = config.diffusion
-  settings = diffusion_config.sampler_settings(section, steps=steps)
+  settings = diffusion_config.sampler_settings(section, steps=steps,
+                                               time_power=args.time_power)
   guidance = section.guidance if args.guidance is None else args.guidance
   negative = section.negative_prompt if args.negative_prompt is None else args.negative_prompt
   switch = args.expert_switch
@@ -171,7 +177,8 @@ def load_sampler(args, steps):
                                 applications.DEFAULT_CONDITIONAL_MODEL))
     keyframes.check_models(config, tsr_config)
     check_clips(tsr_config)
-    tsr_settings = diffusion_config.sampler_settings(tsr_config.diffusion, steps=steps)
+    tsr_settings = diffusion_config.sampler_settings(tsr_config.diffusion, steps=steps,
+                                                     time_power=args.time_power)
     model = keyframes.KeyframesTSR(model, applications.ConditionalGenerator(
         tsr_config, tsr_params, tsr_settings))
     record.update(tsr_checkpoint=args.tsr_checkpoint, tsr_model=args.tsr_model or (
