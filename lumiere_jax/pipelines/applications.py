@@ -284,7 +284,8 @@ def keep_known(denoiser, schedule, prediction: str, clip, replace):
 class ConditionalGenerator:
   """The conditional model with fixed sampler settings and known-pixel handling; call
   it with prompts and a Condition (one for all prompts, or its clip and known pixels
-  one per prompt) to get clips. One compiled program per batch size."""
+  one per prompt) to get clips. One set of sampling programs (pipelines/stepped.py)
+  per batch size."""
 
   def __init__(self, config, params: dict, settings: SamplerSettings,
                known_pixels: Optional[str] = None, dilation: Optional[int] = None,
