@@ -121,6 +121,7 @@ def run(args, debug: bool = False) -> int:
   """The subcommand, with every known failure as one line (exit 2) and Ctrl-C as 130."""
   try:
     runtime.check_xla_flags()  # XLA aborts the process on an unknown option
+    runtime.apply_cpu_defaults()  # before the backend starts: this CPU's XLA:CPU options
     return args._module.run(args) or 0
   except KeyboardInterrupt as e:  # errors.Interrupted says what was kept
     print(f"{args._prog}: {errors.flatten(e) or 'interrupted'}", file=sys.stderr)

@@ -91,9 +91,17 @@ def check_xla_flags(cache_dir: str = "~/.cache/lumiere_jax") -> None:
   not per command."""
   from lumiere_jax.errors import UserError  # pylint: disable=import-outside-toplevel
   flags = os.environ.get(XLA_FLAGS_ENV, "")
+  problem = _xla_flags_problem(flags, cache_dir)
+  if problem is not None:
+    raise UserError(problem)
+
+
+def _xla_flags_problem(flags: str, cache_dir: str) -> Optional[str]:
+  """None when the CPU backend starts under XLA_FLAGS=`flags` (check_xla_flags), else
+  one line saying why not."""
   options = set(flags.split())
   if not options:
-    return
+    return None
   import jaxlib  # pylint: disable=import-outside-toplevel
   record = pathlib.Path(cache_dir).expanduser() / _KNOWN_FLAGS_FILE
   try:
@@ -101,20 +109,19 @@ def check_xla_flags(cache_dir: str = "~/.cache/lumiere_jax") -> None:
   except (OSError, ValueError, AttributeError):
     known = []
   if options <= set(known):
-    return
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return None
+  env = dict(os.environ, JAX_PLATFORMS="cpu", **{XLA_FLAGS_ENV: flags})
   child = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
   if child.returncode != 0:
     text = child.stderr.decode("utf-8", "replace")
     unknown = re.search(r"Unknown flags? in XLA_FLAGS: (.*)", text)
     if unknown:
-      raise UserError(f"{XLA_FLAGS_ENV} has options this jaxlib ({jaxlib.__version__}) "
-                      f"does not know: {unknown.group(1).strip()}")
+      return (f"{XLA_FLAGS_ENV} has options this jaxlib ({jaxlib.__version__}) "
+              f"does not know: {unknown.group(1).strip()}")
     fatal = re.findall(r"^F\d{4} [^\]]*\] (.*)$", text, flags=re.M)
     reason = fatal[-1] if fatal else (text.strip().splitlines() or ["no message"])[-1]
-    raise UserError(f"the CPU backend does not start with {XLA_FLAGS_ENV}={flags!r}: "
-                    f"{reason}")
+    return f"the CPU backend does not start with {XLA_FLAGS_ENV}={flags!r}: {reason}"
   try:
     record.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -127,6 +134,54 @@ def check_xla_flags(cache_dir: str = "~/.cache/lumiere_jax") -> None:
     os.replace(temporary, record)
   except OSError:
     pass  # an unwritable cache only costs the check again next time
+  return None
+
+
+# XLA:CPU options by CPU family, applied only where they were measured
+# (benchmarks/RESULTS.md, "XLA:CPU's convolution path"). On x86 CPUs with AVX2 and without
+# AVX-512, XLA's YNNPACK library fusions (jaxlib 0.10) ran the 3x3 convolutions with their
+# gradients 2.3-3x slower than XLA's own convolutions, so they are turned off there: the
+# peer-matched train step 1.98 -> 1.21 s, the sampling step 0.44 -> 0.22 s, the shapes t2v
+# train step 7-9 -> 3.8 s. CPUs with AVX-512 keep XLA's defaults (not measured there yet).
+CPU_DEFAULTS_ENV = "LUMIERE_XLA_CPU_DEFAULTS"  # "off": XLA's own defaults everywhere
+AVX2_ONLY_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset:
+  """The CPU's feature flags (Linux /proc/cpuinfo); empty where that cannot be read."""
+  try:
+    text = pathlib.Path(cpuinfo).read_text()
+  except OSError:
+    return frozenset()
+  line = re.search(r"^flags\s*:(.*)$", text, flags=re.M)
+  return frozenset(line.group(1).split()) if line else frozenset()
+
+
+def cpu_default_flags(features: frozenset) -> tuple:
+  """The XLA_FLAGS options lumiere adds on a CPU with these feature flags."""
+  if "avx2" in features and "avx512f" not in features:
+    return AVX2_ONLY_FLAGS
+  return ()
+
+
+def apply_cpu_defaults(cache_dir: str = "~/.cache/lumiere_jax",
+                       features: Optional[frozenset] = None) -> tuple:
+  """Adds this CPU's default XLA:CPU options (cpu_default_flags) to XLA_FLAGS, before the
+  backend starts, except options the user set (by name) or with LUMIERE_XLA_CPU_DEFAULTS
+  =off; an option this jaxlib does not take is left out. Returns the options added."""
+  if os.environ.get(CPU_DEFAULTS_ENV, "") == "off":
+    return ()
+  flags = os.environ.get(XLA_FLAGS_ENV, "")
+  named = {option.split("=")[0] for option in flags.split()}
+  added = tuple(option for option in cpu_default_flags(
+      cpu_flags() if features is None else features) if option.split("=")[0] not in named)
+  if not added:
+    return ()
+  combined = " ".join((flags, *added)).strip()
+  if _xla_flags_problem(combined, cache_dir) is not None:
+    return ()  # a jaxlib without the option: its own defaults
+  os.environ[XLA_FLAGS_ENV] = combined
+  return added
 
 
 # ---------------------------------------------------------------------------------------

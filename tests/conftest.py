@@ -20,6 +20,7 @@ os.environ.setdefault("LUMIERE_COMPILATION_CACHE",
 from lumiere_jax import runtime  # noqa: E402  (after the environment is set)
 
 runtime.enable_compilation_cache()
+runtime.apply_cpu_defaults()  # this CPU's XLA:CPU options, as every `lumiere` command
 
 import pytest  # noqa: E402
 

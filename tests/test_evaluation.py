@@ -165,6 +165,30 @@ def test_ground_truth_against_itself_has_ratio_one():
   assert report["ground_truth"]["consistency"]["flicker"] == 0.0  # 0 / 0 counts as 1
 
 
+def test_one_and_two_object_prompts_are_scored_apart():
+  items = shapes_eval.held_out_items(16, seed=0, resolution=32, num_frames=16)
+  captions = [item.caption for item in items]
+  two = [" and " in c for c in captions]
+  truth = [item.ground_truth for item in items]
+  # The two-object clips blanked: their objects match nothing, the single ones stay right.
+  blanked = [np.zeros_like(v) if t else v for v, t in zip(truth, two)]
+  ok, bad = shapes_eval.score(truth, captions), shapes_eval.score(blanked, captions)
+  assert ok["by_count"]["two objects"]["n"] == bad["by_count"]["two objects"]["n"] == \
+      2 * sum(two) > 0
+  assert ok["by_count"]["one object"]["n"] == len(captions) - sum(two)
+  assert ok["by_count"]["one object"]["n"] + ok["by_count"]["two objects"]["n"] == ok["objects"]
+  assert bad["by_count"]["one object"] == ok["by_count"]["one object"]
+  assert all(bad["by_count"]["two objects"][k] == 0.0 for k in ("motion", "colour", "shape"))
+  assert ok["by_count"]["two objects"]["colour"] == 1.0
+  assert ratio_rows(shapes_eval.ratios(bad, ok)["by_count"]["two objects"]) == [0.0] * 3
+  assert "motion, two objects" in shapes_eval.table(
+      {"model": bad, "ground_truth": ok, "ratio": shapes_eval.ratios(bad, ok)})
+
+
+def ratio_rows(row: dict) -> list:
+  return [row[k] for k in ("motion", "colour", "shape")]
+
+
 def test_contrast_prompts_swap_each_motion_for_its_opposite():
   assert set(shapes_eval.OPPOSITE) == set(shapes.MOTIONS)
   assert all(shapes_eval.OPPOSITE[shapes_eval.OPPOSITE[m]] == m and

@@ -4,6 +4,7 @@ training, frozen-base training and the sampling step, on this machine, in one go
   python benchmarks/peer/compare.py --repeats 3 --json /tmp/peer_compare.json
   python benchmarks/peer/compare.py --repeats 1 --iters 2 --warmup 1     # a quick look
   python benchmarks/peer/compare.py --repeats 3 --xla-flags=--xla_cpu_use_onednn=true
+  python benchmarks/peer/compare.py --repeats 3 --xla-defaults   # also without our options
 
 `--xla-flags=FLAGS` (repeatable) also times ours under XLA_FLAGS=FLAGS in every repeat,
 right after the default run, so each option's rows are interleaved with the peer's and
@@ -61,6 +62,9 @@ def parse_args(argv):
   parser.add_argument("--xla-flags", action="append", default=[], metavar="FLAGS",
                       help="also time ours under XLA_FLAGS=FLAGS, in every repeat beside "
                            "the default run (repeatable): its own column of rows")
+  parser.add_argument("--xla-defaults", action="store_true",
+                      help="also time ours without the XLA:CPU options lumiere adds on "
+                           "this CPU (LUMIERE_XLA_CPU_DEFAULTS=off; runtime.py): a column")
   args = parser.parse_args(argv)
   if min(args.repeats, args.iters) < 1 or args.warmup < 0:
     parser.error("--repeats and --iters must be >= 1, --warmup >= 0")
@@ -81,9 +85,11 @@ def run_peer(args, mode: str, with_peak: bool) -> dict:
   return last_json_line(done.stdout)
 
 
-def run_ours(args, xla_flags: str = "") -> dict:
+def run_ours(args, xla_flags: str = "", cpu_defaults: bool = True) -> dict:
   env = dict(os.environ)
   env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
+  if not cpu_defaults:
+    env[runtime.CPU_DEFAULTS_ENV] = "off"
   with tempfile.TemporaryDirectory() as tmp:
     out = pathlib.Path(tmp) / "peer_matched.json"
     subprocess.run([sys.executable, str(OURS), "--steps", str(args.iters),
@@ -115,6 +121,9 @@ def one_repeat(args, index: int) -> dict:
   for flags in args.xla_flags:
     variant = run_ours(args, flags)
     times[f"ours {flags}"] = {key: variant[key] for _, key, _ in ROWS}
+  if args.xla_defaults:
+    variant = run_ours(args, cpu_defaults=False)
+    times["ours XLA defaults"] = {key: variant[key] for _, key, _ in ROWS}
   return {"times": times, "peer_full": full, "peer_temporal": frozen, "ours": ours}
 
 

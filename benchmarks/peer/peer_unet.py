@@ -712,6 +712,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
   args = parse_args(argv)
   runtime.enable_compilation_cache()  # as `lumiere bench` does
+  runtime.apply_cpu_defaults()  # as every `lumiere` command does
   result = benchmark(PeerSpec(), args.steps, args.warmup)
   print(report.format_table(result))
   if args.json:

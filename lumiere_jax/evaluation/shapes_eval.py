@@ -38,6 +38,9 @@ OPPOSITE = {"moving left": "moving right", "moving right": "moving left",
             "growing": "shrinking", "shrinking": "growing",
             "bouncing around": "standing still", "standing still": "bouncing around"}
 TWO_OBJECT_EVERY = 4  # one prompt in 4 has two objects (see two_objects)
+# The objects of one-object and of two-object prompts, judged apart: a model can follow
+# single prompts and fail at two (binding each motion to its object).
+BY_COUNT = (("one object", 1), ("two objects", 2))
 FIGURES = ("area_stability", "centroid_jitter", "max_step", "flicker")
 
 
@@ -120,17 +123,26 @@ def segment_steps(videos: Sequence[np.ndarray]) -> dict:
 def score(videos: Sequence[np.ndarray], captions: Sequence[str]) -> dict:
   """Judges every named object: accuracy per motion and overall, and the mean
   temporal-consistency figures, and the frame steps of `segment_steps`."""
-  objects = [r for video, caption in zip(videos, captions)
-             for r in tracker.judge_video(np.asarray(video), caption)]
+  judged = [tracker.judge_video(np.asarray(video), caption)
+            for video, caption in zip(videos, captions)]
+  objects = [r for results in judged for r in results]
   per_motion = {}
   for motion in shapes.MOTIONS:
     rows = [r for r in objects if r["name"] == motion]
     per_motion[motion] = {"n": len(rows),
                           "accuracy": _mean([r["motion"] for r in rows])}
-  overall = {key: _mean([r[key] for r in objects]) for key in ("motion", "colour", "shape")}
+  overall = _accuracies(objects)
+  by_count = {}
+  for label, count in BY_COUNT:
+    rows = [r for results in judged if len(results) == count for r in results]
+    by_count[label] = {"n": len(rows), **_accuracies(rows)}
   figures = {key: _nanmean([r.get(key, np.nan) for r in objects]) for key in FIGURES}
   return {"objects": len(objects), "accuracy": overall, "per_motion": per_motion,
-          "consistency": figures, "segments": segment_steps(videos)}
+          "by_count": by_count, "consistency": figures, "segments": segment_steps(videos)}
+
+
+def _accuracies(rows: list) -> dict:
+  return {key: _mean([r[key] for r in rows]) for key in ("motion", "colour", "shape")}
 
 
 def _mean(values) -> float:
@@ -157,6 +169,8 @@ def ratios(model: dict, truth: dict) -> dict:
   return {"accuracy": {k: ratio(v, truth["accuracy"][k]) for k, v in model["accuracy"].items()},
           "per_motion": {m: ratio(v["accuracy"], truth["per_motion"][m]["accuracy"])
                          for m, v in model["per_motion"].items()},
+          "by_count": {c: {k: ratio(v[k], truth["by_count"][c][k]) for k in v if k != "n"}
+                       for c, v in model["by_count"].items()},
           "consistency": {k: ratio(v, truth["consistency"][k])
                           for k, v in model["consistency"].items()},
           "segments": {k: ratio(v, truth["segments"][k])
@@ -206,6 +220,11 @@ def table(report: dict) -> str:
   for key in ("motion", "colour", "shape"):
     lines.append(f"{key + ' (all objects)':22s}{m['objects']:4d}{m['accuracy'][key]:8.2f}"
                  f"{g['accuracy'][key]:8.2f}{r['accuracy'][key]:8.2f}")
+  for label, _ in BY_COUNT:
+    row = m["by_count"][label]
+    for key in ("motion", "colour", "shape"):
+      lines.append(f"{key + ', ' + label:22s}{row['n']:4d}{row[key]:8.2f}"
+                   f"{g['by_count'][label][key]:8.2f}{r['by_count'][label][key]:8.2f}")
   for key in FIGURES:
     lines.append(f"{key:22s}{'':4s}{m['consistency'][key]:8.2f}"
                  f"{g['consistency'][key]:8.2f}{r['consistency'][key]:8.2f}")

@@ -1,0 +1,91 @@
+"""The XLA:CPU options lumiere adds per CPU family (runtime.apply_cpu_defaults)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+from lumiere_jax import runtime
+
+AVX2 = frozenset({"sse4_2", "avx", "avx2", "fma"})
+AVX512 = AVX2 | {"avx512f", "avx512bw", "avx512_bf16"}
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+  cpuinfo = tmp_path / "cpuinfo"
+  cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse avx2 fma\n"
+                     "bugs\t\t: sysret_ss_attrs\n\nprocessor\t: 1\nflags\t\t: fpu sse avx2 fma\n")
+  assert runtime.cpu_flags(str(cpuinfo)) == {"fpu", "sse", "avx2", "fma"}
+  assert runtime.cpu_flags(str(tmp_path / "missing")) == frozenset()
+
+
+def test_only_avx2_cpus_without_avx512_get_the_options():
+  assert runtime.cpu_default_flags(AVX2) == runtime.AVX2_ONLY_FLAGS
+  assert runtime.cpu_default_flags(AVX512) == ()  # XLA's defaults: not measured there
+  assert runtime.cpu_default_flags(frozenset()) == ()  # not x86, or no /proc/cpuinfo
+
+
+def test_the_options_are_added_unless_set_or_turned_off(monkeypatch, tmp_path):
+  cache = str(tmp_path / "cache")
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+  monkeypatch.delenv(runtime.CPU_DEFAULTS_ENV, raising=False)
+  assert runtime.apply_cpu_defaults(cache, AVX512) == ()
+  assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
+  assert runtime.apply_cpu_defaults(cache, AVX2) == runtime.AVX2_ONLY_FLAGS
+  assert os.environ["XLA_FLAGS"].split() == [
+      "--xla_force_host_platform_device_count=2", *runtime.AVX2_ONLY_FLAGS]
+  assert runtime.apply_cpu_defaults(cache, AVX2) == ()  # already there: nothing twice
+  user = "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
+  monkeypatch.setenv("XLA_FLAGS", user)
+  assert runtime.apply_cpu_defaults(cache, AVX2) == ()  # the user's value wins
+  assert os.environ["XLA_FLAGS"] == user
+  monkeypatch.setenv("XLA_FLAGS", "")
+  monkeypatch.setenv(runtime.CPU_DEFAULTS_ENV, "off")
+  assert runtime.apply_cpu_defaults(cache, AVX2) == () and os.environ["XLA_FLAGS"] == ""
+
+
+def test_an_option_this_jaxlib_does_not_take_is_left_out(monkeypatch, tmp_path):
+  monkeypatch.setenv("XLA_FLAGS", "")
+  monkeypatch.delenv(runtime.CPU_DEFAULTS_ENV, raising=False)
+  monkeypatch.setattr(runtime, "AVX2_ONLY_FLAGS", ("--xla_cpu_use_fast_magic=true",))
+  assert runtime.apply_cpu_defaults(str(tmp_path), AVX2) == ()
+  assert os.environ["XLA_FLAGS"] == ""
+
+
+CONV_PROGRAM = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from lumiere_jax import runtime
+    runtime.apply_cpu_defaults(sys.argv[2], frozenset(sys.argv[3].split(",")))
+    import jax, jax.numpy as jnp
+    def conv(x, w):
+      return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((4, 16, 16, 32)), jnp.float32)
+    w = jnp.asarray(0.1 * rng.standard_normal((3, 3, 32, 32)), jnp.float32)
+    grads = jax.jit(jax.grad(lambda x, w: jnp.sum(conv(x, w) ** 2), (0, 1)))
+    print("ynn" in grads.lower(x, w).compile().as_text().lower())
+    np.savez(sys.argv[1], *grads(x, w))
+""")
+
+
+def test_the_options_change_the_program_not_the_gradients(tmp_path):
+  """In fresh processes (the options act when the backend starts): with the AVX2 options
+  the convolution and its gradients compile without YNNPACK fusions and equal XLA's
+  default program's to float rounding."""
+  results = {}
+  for name, cpu in (("default", "avx2,avx512f"), ("avx2", "avx2")):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="",
+               LUMIERE_COMPILATION_CACHE="off")
+    env.pop(runtime.CPU_DEFAULTS_ENV, None)
+    out = tmp_path / f"{name}.npz"
+    run = subprocess.run([sys.executable, "-c", CONV_PROGRAM, str(out), str(tmp_path), cpu],
+                         env=env, capture_output=True, text=True, timeout=300, check=True)
+    results[name] = (run.stdout.split()[-1], dict(np.load(out)))
+  assert results["avx2"][0] == "False"
+  for key, value in results["default"][1].items():
+    np.testing.assert_allclose(results["avx2"][1][key], value, rtol=1e-4,
+                               atol=1e-4 * np.abs(value).max())
