@@ -1,10 +1,15 @@
-"""A 3x3 convolution three ways on the CPU: XLA's own, im2col + one matmul, and nine
-shifted matmuls; forward and forward + both gradients, GFLOP/s (medians of 15).
+"""A 3x3 convolution four ways on the CPU: XLA's own, im2col + one matmul, nine shifted
+matmuls, and XLA's own with the weight gradient as one matmul ("hybrid"); forward and
+forward + both gradients, GFLOP/s (medians of 15).
 
   python benchmarks/conv_forms.py
+  LUMIERE_XLA_CPU_DEFAULTS=off python benchmarks/conv_forms.py   # the same: XLA's options
+  XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= python benchmarks/conv_forms.py
 
 Asks whether "small convolutions as matmuls" speeds up the CPU path (issue 18); the
-answer on the machine of benchmarks/RESULTS.md was no at every size.
+answer on the machines of benchmarks/RESULTS.md was no at every size. This script does
+not add lumiere's per-CPU XLA options (runtime.apply_cpu_defaults): XLA_FLAGS says
+which convolution path XLA takes.
 """
 
 import statistics

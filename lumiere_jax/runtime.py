@@ -1,5 +1,6 @@
 """Process-wide settings shared by the CLI and the tests: the persistent compilation
-cache, and Ctrl-C.
+cache, XLA_FLAGS (checked, and this CPU family's XLA:CPU options: apply_cpu_defaults), and
+Ctrl-C.
 
 The persistent compilation cache matters on CPU: compiling the tiny model's init alone
 takes ~30 s here (its per-parameter threefry graphs dominate), so a second `lumiere`

@@ -62,6 +62,9 @@ def parse_args(argv):
   parser.add_argument("--xla-flags", action="append", default=[], metavar="FLAGS",
                       help="also time ours under XLA_FLAGS=FLAGS, in every repeat beside "
                            "the default run (repeatable): its own column of rows")
+  parser.add_argument("--skip-peak", action="store_true",
+                      help="no matmul peaks (the peer's bfloat16 peak takes minutes on a "
+                           "CPU without bf16 arithmetic)")
   parser.add_argument("--xla-defaults", action="store_true",
                       help="also time ours without the XLA:CPU options lumiere adds on "
                            "this CPU (LUMIERE_XLA_CPU_DEFAULTS=off; runtime.py): a column")
@@ -110,7 +113,7 @@ def cpu_model() -> str:
 
 
 def one_repeat(args, index: int) -> dict:
-  full = run_peer(args, "full", with_peak=index == 0)
+  full = run_peer(args, "full", with_peak=index == 0 and not args.skip_peak)
   frozen = run_peer(args, "temporal", with_peak=False)
   ours = run_ours(args)
   times = {"peer": {"train_step_s": full["timing"]["train_step_s"],
