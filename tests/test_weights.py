@@ -78,3 +78,21 @@ def test_weights_that_do_not_fit_the_config_are_refused(exported, tmp_path):
 def test_checkpoint_and_name_together_are_refused():
   with pytest.raises(UserError, match="not both"):
     weights.load_model(checkpoint="x", name="y")
+
+
+def test_export_stores_the_sampling_defaults_it_is_given():
+  """`lumiere export`'s sampling flags become the model's config.diffusion defaults (what
+  generate, demo and eval use without flags); flags not given keep the run's values."""
+  import argparse
+  from lumiere_jax.commands import export
+  from lumiere_jax.config import finalize
+  parser = argparse.ArgumentParser()
+  export.add_arguments(parser)
+  args = parser.parse_args(["--checkpoint", "x", "--name", "m", "--steps", "16",
+                            "--time-power", "2", "--negative-prompt", "blue"])
+  config = load_config("shapes_tiny:t2v")
+  before = config.diffusion.to_dict()
+  assert before["time_power"] == 1.0  # so a 2.0 below comes from the flag
+  out = finalize(config.unlock(), export.sampling_overrides(args)).diffusion
+  assert (out.steps, out.time_power, out.negative_prompt) == (16, 2.0, "blue")
+  assert out.guidance == before["guidance"]

@@ -28,6 +28,8 @@ def add_arguments(parser):
   sampling = parser.add_argument_group("sampling defaults stored with the model")
   sampling.add_argument("--sampler", choices=SAMPLERS)
   sampling.add_argument("--steps", type=int)
+  sampling.add_argument("--time-power", type=float, metavar="P", help="the sampling time "
+                        "grid's power: 1 uniform, above 1 crowded at high noise")
   sampling.add_argument("--guidance", type=float)
   sampling.add_argument("--threshold", choices=THRESHOLDS)
   sampling.add_argument("--negative-prompt")
@@ -37,7 +39,8 @@ def add_arguments(parser):
 
 
 def sampling_overrides(args) -> list:
-  pairs = {"sampler": args.sampler, "steps": args.steps, "guidance": args.guidance,
+  pairs = {"sampler": args.sampler, "steps": args.steps,
+           "time_power": args.time_power, "guidance": args.guidance,
            "threshold": args.threshold, "negative_prompt": args.negative_prompt,
            "low_noise_expert": args.expert, "expert_switch": args.expert_switch}
   return [f"diffusion.{k}={v!r}" if isinstance(v, str) else f"diffusion.{k}={v}"
@@ -49,6 +52,8 @@ def check_sampling_args(args) -> None:
   if args.steps is not None and not 1 <= args.steps <= samplers.MAX_STEPS:
     raise UserError(f"--steps must be an integer >= 1 and <= {samplers.MAX_STEPS}, got "
                     f"{args.steps}")
+  if args.time_power is not None:
+    samplers.check_time_power(args.time_power)
   if args.guidance is not None:
     check_guidance(args.guidance)
   if args.expert_switch is not None:

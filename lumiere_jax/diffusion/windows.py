@@ -286,8 +286,12 @@ def plan_tables(plan: WindowPlan):
     return lambda t: (plan.indices, plan.fusion_weights())
   indices = np.stack([p.indices for p in steps])
   weights = np.stack([p.fusion_weights() for p in steps])
-  return lambda t: (jnp.asarray(indices)[step_index(t, len(steps))],
-                    jnp.asarray(weights)[step_index(t, len(steps))])
+
+  def tables(t):
+    i = step_index(t, len(steps))
+    return jnp.asarray(indices)[i], jnp.asarray(weights)[i]
+
+  return tables
 
 
 def windowed_denoiser(denoiser: Denoiser, plan: WindowPlan,
