@@ -217,12 +217,14 @@ for stage in $STAGES; do
           --steps 24 --guidance 3 --threshold static \
           --description "shapes t2v low-noise expert (t2v_low stage; shapes_t2v's steps at t <= 0.4)"
       lumiere export --checkpoint "$RUNS/t2v_last" --name shapes_t2v --out "$RUNS/models" \
-          --steps 24 --guidance 3 --threshold static --expert shapes_t2v_low \
+          --steps 16 --time-power 2 --guidance 3 --threshold static --expert shapes_t2v_low \
           --expert-switch 0.4 \
           --description "shapes text-to-video STUNet (t2v, t2v_full, t2v_more, t2v_last stages)"
       ;;
     eval)
-      lumiere eval shapes --checkpoint "$RUNS/t2v_last" --num 96 --steps 32 --guidance 3 \
+      # The pair as exported: t2v_last above t = 0.4, the t2v_low expert at and below.
+      lumiere eval shapes --checkpoint "$RUNS/t2v_last" --expert-checkpoint "$RUNS/t2v_low" \
+          --expert-switch 0.4 --num 64 --steps 16 --time-power 2 --guidance 3 \
           --fvd --json "$RUNS/eval_t2v.json" --sheet "$RUNS/eval_t2v.png"
       ;;
     *) echo "unknown stage $stage (data t2i t2i_more t2v_graft t2v t2v_full t2v_more t2v_last t2v_low export eval cond style keyframes ssr ssr_x2 export_apps)" >&2
