@@ -27,7 +27,8 @@ unwinds while XLA's threads are still compiling can crash in interpreter shutdow
 - `shielded()` marks work that must finish once started (writing the outputs, saving a
   checkpoint): the watchdog waits for it. A second Ctrl-C ends the process at once;
   atomic writes and orbax leave only temporary files then, never a half-written output
-  or checkpoint.
+  or checkpoint. A second SIGTERM does not (timeout(1) sends two: to the command and to
+  its process group).
 
 SIGTERM. A one-process training run takes SIGTERM the same way (`stop_on_sigterm`): the
 step in flight is saved and the run returns as preempted, or, while nothing can reach a
@@ -247,7 +248,13 @@ class _Interrupts:
       self.terminated.set()
     self.requested.set()
     if not first:
-      self.hard_exit("interrupted again; stopped at once")
+      # A second Ctrl-C stops at once. A second SIGTERM is the same request: timeout(1)
+      # sends its signal to the command and then to the command's process group, so
+      # every timed stage gets two within microseconds, and stopping at once there would
+      # lose the step in flight that the first asked to save.
+      if signum == signal.SIGINT:
+        self.hard_exit("interrupted again; stopped at once")
+      return
     threading.Thread(target=self._deadline, name="lumiere-interrupt-deadline",
                      daemon=True).start()
 
