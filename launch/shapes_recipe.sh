@@ -40,6 +40,15 @@ HELD_OUT=("red triangle moving left" "green circle moving right" "blue square mo
 
 staged() { timeout --signal=TERM --kill-after=120 "${MINUTES}m" "$@" || [ $? -eq 124 ]; }
 
+# t2v_data DIR CLIPS TWO_OBJECT_FRACTION HELD_OUT_CLIPS: a 32x32, 16-frame dataset (once)
+# without the recipe's held-out combinations.
+t2v_data() {
+  local held_out=()
+  for c in "${HELD_OUT[@]}"; do held_out+=(--held-out "$c"); done
+  [ -d "$1" ] || lumiere data build shapes --out "$1" --num-videos "$2" --resolution 32 \
+      --frames 16 --two-object-fraction "$3" --held-out-videos "$4" "${held_out[@]}"
+}
+
 # ssr_data DIR RESOLUTION: the SSR stages' dataset (once): 2048 clips of 16 frames, the
 # recipe's held-out combinations, 64 held-out clips.
 ssr_data() {
@@ -76,11 +85,7 @@ fine_tune() {
 for stage in $STAGES; do
   case $stage in
     data)
-      held_out=()
-      for c in "${HELD_OUT[@]}"; do held_out+=(--held-out "$c"); done
-      [ -d "$DATA" ] || lumiere data build shapes --out "$DATA" --num-videos 16384 \
-          --resolution 32 --frames 16 --two-object-fraction 0.3 --held-out-videos 256 \
-          "${held_out[@]}"
+      t2v_data "$DATA" 16384 0.3 256
       ;;
     t2i)
       staged lumiere train --config shapes_tiny:t2i --workdir "$RUNS/t2i" \
@@ -152,11 +157,7 @@ for stage in $STAGES; do
       # Stage 5 (what ships): stage 4 on two-object-heavy clips (80% against the data
       # stage's 30%), same recipe otherwise. Stage 4 followed one-object prompts and not two
       # (docs/learning_record.md, "Stage 5"). The shipped weights are step 2000 of 2400.
-      held_out=()
-      for c in "${HELD_OUT[@]}"; do held_out+=(--held-out "$c"); done
-      [ -d "$TWO_DATA" ] || lumiere data build shapes --out "$TWO_DATA" --num-videos 4096 \
-          --resolution 32 --frames 16 --two-object-fraction 0.8 --held-out-videos 64 \
-          "${held_out[@]}"
+      t2v_data "$TWO_DATA" 4096 0.8 64
       fine_tune t2v_two t2v_last 2400 2e-4 t2v "$TWO_DATA"
       ;;
     cond)
