@@ -1,6 +1,7 @@
 """Named weights: export, then load by name; every corrupt or mismatching file is one
 clear error that names it, and nothing is returned half-loaded."""
 
+import argparse
 import json
 
 import flax
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 
 from lumiere_jax import weights
-from lumiere_jax.config import load_config
+from lumiere_jax.commands import export
+from lumiere_jax.config import finalize, load_config
 from lumiere_jax.errors import UserError
 from lumiere_jax.pipelines import generate
 
@@ -83,9 +85,6 @@ def test_checkpoint_and_name_together_are_refused():
 def test_export_stores_the_sampling_defaults_it_is_given():
   """`lumiere export`'s sampling flags become the model's config.diffusion defaults (what
   generate, demo and eval use without flags); flags not given keep the run's values."""
-  import argparse
-  from lumiere_jax.commands import export
-  from lumiere_jax.config import finalize
   parser = argparse.ArgumentParser()
   export.add_arguments(parser)
   args = parser.parse_args(["--checkpoint", "x", "--name", "m", "--steps", "16",
