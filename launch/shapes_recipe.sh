@@ -5,7 +5,8 @@
 #
 # Stages (default: all, in order): data t2i t2i_more t2v t2v_full t2v_more t2v_last t2v_low
 # t2v_two export eval (t2v starts from t2i, as the shipped shapes_t2v did; t2v_graft, a trial, from
-# t2i_more and t2v_last, and t2v_graft_full from t2v_graft). The applications'
+# t2i_more and t2v_last, t2v_graft_full from t2v_graft, and t2v_bind, a trial with a caption
+# adapter, from t2v_two). The applications'
 # models are stages of their own, run after those (not by default): cond (the
 # conditional <J, C, M> model, from t2v_last), style (a backbone fine-tuned on outlined
 # shapes, from t2v_last; it builds its dataset first), keyframes (the keyframe model of
@@ -69,8 +70,9 @@ first_stage() {
       --config.model.temporal.spacetime_attention=True
 }
 
-# fine_tune WORKDIR INIT STEPS LR [VARIANT [DATA_DIR]]: the whole STUNet but the text
-# encoder, on video, from INIT's EMA (the t2v_full stage and those after it).
+# fine_tune WORKDIR INIT STEPS LR [VARIANT [DATA_DIR [OVERRIDE...]]]: the whole STUNet but
+# the text encoder, on video, from INIT's EMA (the t2v_full stage and those after it);
+# OVERRIDEs (--config.a.b=v) come last and win.
 fine_tune() {
   staged lumiere train --config "shapes_tiny:${5:-t2v}" --workdir "$RUNS/$1" \
       --config.train.data_dir="${6:-$DATA}" --config.train.init_checkpoint="$RUNS/$2" \
@@ -79,7 +81,7 @@ fine_tune() {
       --config.train.ema_decay=0.998 --config.train.checkpoint_every=100 \
       --config.train.log_every=10 --config.diffusion.train_logsnr_shift=-4.1589 \
       --config.model.temporal.spacetime_attention=True \
-      '--config.train.trainable=("backbone","temporal")'
+      '--config.train.trainable=("backbone","temporal")' "${@:7}"
 }
 
 for stage in $STAGES; do
@@ -159,6 +161,18 @@ for stage in $STAGES; do
       # (docs/learning_record.md, "Stage 5"). The shipped weights are step 2000 of 2400.
       t2v_data "$TWO_DATA" 4096 0.8 64
       fine_tune t2v_two t2v_last 2400 2e-4 t2v "$TWO_DATA"
+      ;;
+    t2v_bind)
+      # A trial, not shipped: stage 5's shipped step (2000) with a one-layer caption
+      # adapter (model.temporal.text_adapter_layers, zero-initialised) trained with the
+      # STUNet on the same two-object-heavy clips, at 20x the STUNet's rate, to bind each
+      # motion word to its object. Two-object prompts gained, one-object ones lost
+      # (docs/learning_record.md, "Stop 36"; run there to step 423).
+      fine_tune t2v_bind t2v_two/checkpoints/2000 450 1e-4 t2v "$TWO_DATA" \
+          --config.model.temporal.text_adapter_layers=1 \
+          '--config.train.trainable=("backbone","temporal","adapter")' \
+          '--config.train.learning_rate_scales=("adapter=20",)' \
+          --config.train.checkpoint_every=50
       ;;
     cond)
       # t2v_last's weights with the first convolution widened from 3 to 7 input channels
@@ -242,7 +256,7 @@ for stage in $STAGES; do
           --expert-switch 0.4 --num 64 --steps 16 --time-power 2 --guidance 3 \
           --fvd --json "$RUNS/eval_t2v.json" --sheet "$RUNS/eval_t2v.png"
       ;;
-    *) echo "unknown stage $stage (data t2i t2i_more t2v_graft t2v t2v_full t2v_more t2v_last t2v_low t2v_two export eval cond style keyframes ssr ssr_x2 export_apps)" >&2
+    *) echo "unknown stage $stage (data t2i t2i_more t2v_graft t2v t2v_full t2v_more t2v_last t2v_low t2v_two t2v_bind export eval cond style keyframes ssr ssr_x2 export_apps)" >&2
        exit 2 ;;
   esac
 done

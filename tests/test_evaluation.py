@@ -52,6 +52,23 @@ def test_an_empty_video_matches_nothing():
     assert not (r["colour"] or r["shape"] or r["motion"])
 
 
+def test_a_second_object_of_the_named_colour_is_not_the_named_object(clips):
+  """One prompted object drawn twice (a copy shifted away from it, as the shipped model
+  once drew a spurious second red circle) is judged absent: the colour's coverage is two
+  blobs. The clip itself is judged right, and so is the object smeared by a pixel."""
+  judged = 0
+  for clip in clips:
+    if len(clip.tracks) != 1 or clip.tracks[0].motion != "standing still":
+      continue
+    twice = np.maximum(clip.video, np.roll(clip.video, 16, axis=2))
+    assert tracker.judge_video(clip.video, clip.caption)[0]["colour"], clip.caption
+    assert not tracker.judge_video(twice, clip.caption)[0]["colour"], clip.caption
+    smeared = np.maximum(clip.video, np.roll(clip.video, 1, axis=2))  # one blob, wider
+    assert tracker.judge_video(smeared, clip.caption)[0]["colour"], clip.caption
+    judged += 1
+  assert judged >= 5
+
+
 def test_a_caption_outside_the_grammar_matches_nothing(clips):
   (r,) = tracker.judge_video(clips[0].video, "a purple dog moving left")
   assert not (r["colour"] or r["shape"] or r["motion"])
@@ -181,6 +198,11 @@ def test_one_and_two_object_prompts_are_scored_apart():
   assert all(bad["by_count"]["two objects"][k] == 0.0 for k in ("motion", "colour", "shape"))
   assert ok["by_count"]["two objects"]["colour"] == 1.0
   assert ratio_rows(shapes_eval.ratios(bad, ok)["by_count"]["two objects"]) == [0.0] * 3
+  # The consistency figures per count: the overall figure is their object-weighted mean.
+  one, both = ok["by_count"]["one object"], ok["by_count"]["two objects"]
+  for key in shapes_eval.FIGURES:
+    assert min(one[key], both[key]) - 1e-9 <= ok["consistency"][key] <= \
+        max(one[key], both[key]) + 1e-9, key
   assert "motion, two objects" in shapes_eval.table(
       {"model": bad, "ground_truth": ok, "ratio": shapes_eval.ratios(bad, ok)})
 

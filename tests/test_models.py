@@ -12,6 +12,7 @@ import trained_weights
 from lumiere_jax.config import load_config, temporal_factor
 from lumiere_jax.models import build
 from lumiere_jax.models import temporal as tl
+from lumiere_jax.models import text as text_lib
 
 
 @functools.lru_cache(maxsize=None)
@@ -155,6 +156,41 @@ def test_text_film_is_zero_at_init_and_then_follows_the_caption():
   padded = context.at[:, 2:].set(99.0)
   mask = jnp.array([[True, True, False, False]])
   np.testing.assert_array_equal(tl.pooled_text(context, mask), tl.pooled_text(padded, mask))
+
+
+def test_caption_adapter_is_identity_at_init_and_then_binds_words_to_their_context():
+  """The adapter (its own parameter group) passes the caption through unchanged at init,
+  so a STUNet with it equals the same STUNet without; trained, a token's output depends
+  on the other tokens (the frozen encoder's "left" can learn whose motion it is), and
+  padding stays invisible."""
+  config, params = _setup((True, True))
+  adapted = load_config("shapes_tiny:t2v", ["model.temporal.down_levels=(True, True)",
+                                            "model.temporal.text_adapter_layers=1"])
+  assert build.param_groups(adapted.model) == ("backbone", "temporal", "text", "adapter")
+  fresh = jax.jit(lambda r: build.init_params(adapted, r))(jax.random.key(0))
+  assert set(fresh) == {"backbone", "temporal", "text", "adapter"}
+  x, timesteps = _inputs(config)
+  emb, mask = build.encode_text(config, params, ["a red circle moving left and a blue "
+                                                 "square moving up", "a blue square growing"])
+  plain = jax.jit(build.build_denoiser(config.model).apply)(
+      {"params": build.denoiser_params(params)}, x, timesteps, emb, mask)
+  with_adapter = jax.jit(build.build_denoiser(adapted.model).apply)(
+      {"params": {**build.denoiser_params(params), "adapter": fresh["adapter"]}},
+      x, timesteps, emb, mask)
+  np.testing.assert_array_equal(with_adapter, plain)
+
+  adapter = text_lib.CaptionAdapter(num_layers=1, num_heads=4)
+  trained = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(5), p.shape),
+                         fresh["adapter"])
+  out = adapter.apply({"params": trained}, emb, mask)
+  assert not np.allclose(out, emb, atol=1e-3)
+  # The same word at the same place in another caption comes out different.
+  swapped = emb.at[0, 2].set(emb[1, 2])
+  moved = adapter.apply({"params": trained}, swapped, mask)
+  assert not np.allclose(moved[0, 5], out[0, 5], atol=1e-4)
+  padded = emb.at[1, 7:].set(99.0)
+  np.testing.assert_allclose(adapter.apply({"params": trained}, padded, mask)[1, :7],
+                             out[1, :7], rtol=1e-5, atol=1e-5)
 
 
 def test_identity_kernel_refuses_channel_change():

@@ -147,6 +147,20 @@ def test_a_shipped_model_initialises_a_run(data_dir, tmp_path, monkeypatch):
   chex.assert_trees_all_equal(result.params["temporal"], jax.device_get(other["temporal"]))
   chex.assert_trees_all_equal(result.frozen["backbone"], jax.device_get(params["backbone"]))
   chex.assert_trees_all_equal(result.frozen["text"], jax.device_get(params["text"]))
+  # A group the shipped model lacks (the caption adapter) starts from its init, which
+  # passes the caption through: its residual branches end in zero projections.
+  adapted = _config("t2v", data_dir, "train.init_checkpoint=model:micro",
+                    "model.temporal.text_adapter_layers=1",
+                    "train.trainable=('temporal', 'adapter')",
+                    "train.num_steps=1", "train.warmup_steps=10")
+  result = jax.device_get(loop.train(adapted, tmp_path / "adapted",
+                                     loss_fn=support.cheap_loss).state)
+  chex.assert_trees_all_equal(result.params["temporal"], jax.device_get(params["temporal"]))
+  chex.assert_trees_all_equal(result.frozen["backbone"], jax.device_get(params["backbone"]))
+  adapter = result.params["adapter"]
+  assert not adapter["layers_0_attn"]["to_out_0"]["kernel"].any()
+  assert not adapter["layers_0_fc2"]["kernel"].any()
+  assert adapter["layers_0_fc1"]["kernel"].any()
   missing = _config("t2v", data_dir, "train.init_checkpoint=model:nowhere")
   with pytest.raises(UserError, match="no shipped model named 'nowhere'"):
     loop.train(missing, tmp_path / "b", loss_fn=support.cheap_loss)

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import test_train_support as support
@@ -232,6 +233,35 @@ def test_schedule_warms_up_then_decays_to_the_end_fraction():
   np.testing.assert_allclose([schedule(0), schedule(50), schedule(100), schedule(1000)],
                              [0.0, 5e-4, 1e-3, 1e-4], rtol=1e-5)
   assert schedule(500) < schedule(200)
+
+
+def test_a_group_learning_rate_scale_multiplies_that_groups_updates_only():
+  """train.learning_rate_scales=('temporal=20',): the temporal group's AdamW update is 20
+  times the plain one (weight decay included), the other group's is the plain one, and
+  without scales the optimizer state is the plain chain's."""
+  plain_config = support.micro_config("t2v", "train.trainable=('backbone', 'temporal')")
+  scaled_config = support.micro_config("t2v", "train.trainable=('backbone', 'temporal')",
+                                       "train.learning_rate_scales=('temporal=20',)")
+  params = {"backbone": {"w": jnp.ones((3, 2))}, "temporal": {"w": jnp.full((2, 2), 0.5)}}
+  grads = jax.tree.map(lambda p: 0.01 * jnp.arange(p.size, dtype=jnp.float32).reshape(p.shape)
+                       - 0.02, params)
+  updates = {}
+  for name, config in (("plain", plain_config), ("scaled", scaled_config)):
+    optimizer = optimizer_lib.make_optimizer(config.train)
+    state = optimizer.init(params)
+    for _ in range(3):  # past the first (zero learning rate) step
+      updates[name], state = optimizer.update(grads, state, params)
+  np.testing.assert_allclose(updates["scaled"]["temporal"]["w"],
+                             20 * updates["plain"]["temporal"]["w"], rtol=1e-6)
+  np.testing.assert_array_equal(updates["scaled"]["backbone"]["w"],
+                                updates["plain"]["backbone"]["w"])
+  assert np.abs(updates["plain"]["temporal"]["w"]).max() > 0
+  # Checkpoints of runs without scales keep their optimizer state's layout.
+  chain = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(
+      optimizer_lib.learning_rate_schedule(plain_config.train),
+      mask=lambda p: jax.tree.map(lambda _: True, p)))
+  assert jax.tree_util.tree_structure(chain.init(params)) == jax.tree_util.tree_structure(
+      optimizer_lib.make_optimizer(plain_config.train).init(params))
 
 
 def test_ema_decay_warms_up_to_its_maximum():

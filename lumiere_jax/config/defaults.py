@@ -79,6 +79,12 @@ def base_config() -> ml_collections.ConfigDict:
   # at each pixel. Not in the paper: per-pixel attention cannot see where an object is,
   # while "moving left" is a function of position and frame (shared/notes/MOTION.md).
   temporal.spacetime_attention = False
+  # Trainable transformer layers over the frozen text encoder's output, read by every
+  # cross-attention and FiLM of the STUNet (parameter group 'adapter'; zero-initialised
+  # residual branches, so a trained model's behaviour is unchanged at init). Not in the
+  # paper, whose frozen T5 is contextual: the tiny frozen random encoder barely binds a
+  # motion word to its object in two-object captions (docs/learning_record.md).
+  temporal.text_adapter_layers = 0
 
   config.text = text = ml_collections.ConfigDict()
   # A built-in word vocabulary by name ("shapes") or a word list file, one word per line;

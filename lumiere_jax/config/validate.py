@@ -78,6 +78,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
            "model.temporal.kernel_size", temporal.kernel_size, "an odd integer >= 1")
     _check(temporal.attention_blocks >= 0, "model.temporal.attention_blocks",
            temporal.attention_blocks, "an integer >= 0")
+    _check(temporal.text_adapter_layers >= 0, "model.temporal.text_adapter_layers",
+           temporal.text_adapter_layers, "an integer >= 0")
+    if temporal.text_adapter_layers:
+      _check(text.width % temporal.num_heads == 0, "model.temporal.num_heads",
+             temporal.num_heads, f"a divisor of text.width={text.width} (the caption "
+             "adapter's heads)")
     _check(channels[-1] % temporal.num_heads == 0, "model.temporal.num_heads",
            temporal.num_heads, f"a divisor of the coarsest width {channels[-1]}")
     factor = temporal_factor(model)

@@ -135,10 +135,15 @@ def score(videos: Sequence[np.ndarray], captions: Sequence[str]) -> dict:
   by_count = {}
   for label, count in BY_COUNT:
     rows = [r for results in judged if len(results) == count for r in results]
-    by_count[label] = {"n": len(rows), **_accuracies(rows)}
-  figures = {key: _nanmean([r.get(key, np.nan) for r in objects]) for key in FIGURES}
+    by_count[label] = {"n": len(rows), **_accuracies(rows), **_figures(rows)}
+  figures = _figures(objects)
   return {"objects": len(objects), "accuracy": overall, "per_motion": per_motion,
           "by_count": by_count, "consistency": figures, "segments": segment_steps(videos)}
+
+
+def _figures(rows: list) -> dict:
+  """The mean temporal-consistency figures of judged objects (NaN where none has one)."""
+  return {key: _nanmean([r.get(key, np.nan) for r in rows]) for key in FIGURES}
 
 
 def _accuracies(rows: list) -> dict:

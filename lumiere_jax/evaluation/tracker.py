@@ -8,7 +8,9 @@ object is the coverage of its colour over the frame. Two objects of a caption al
 have different colours, so each named object is found on its own.
 
 From an object's track (centroid, area, bounding box per frame) come the judgements:
-  colour  the object is there (area >= MIN_AREA px in at least PRESENT_SHARE of frames)
+  colour  the object is there (area >= MIN_AREA px in at least PRESENT_SHARE of frames,
+          as one object: its colour's largest 8-connected blob holds at least ONE_BLOB
+          of the coverage, so a spurious second object of the same colour is not it)
   shape   triangle: centroid well below the box centre (the apex points up); square: the
           box is filled; circle: otherwise
   motion  moving left/right/up/down: displacement along the axis >= MIN_TRAVEL R and
@@ -26,6 +28,7 @@ frames (px).
 import dataclasses
 
 import numpy as np
+from scipy import ndimage
 
 from lumiere_jax.data import shapes
 
@@ -33,6 +36,7 @@ PALETTE = np.array(list(shapes.COLOURS.values()), np.float32)  # [K, 3]
 MIN_COVERAGE = 0.35   # a pixel darker than this share of its colour is background
 MAX_RESIDUAL = 45.0   # |p - a c| above this (0..255 units): not this palette colour
 MIN_AREA = 3.0        # px of coverage for an object to be there in a frame
+ONE_BLOB = 0.8        # share of that coverage in one 8-connected blob (1.0 in the data)
 PRESENT_SHARE = 0.75  # of frames
 MIN_TRAVEL = 0.15     # of the resolution
 STILL = 0.08          # of the resolution
@@ -42,7 +46,7 @@ TRIANGLE_OFFSET = 0.07  # centroid below the box centre, share of the box height
 SQUARE_FILL = 0.86    # area / box area
 # What the judgements above depend on, for reports ("scores carry their settings").
 SETTINGS = {"min_coverage": MIN_COVERAGE, "max_residual": MAX_RESIDUAL, "min_area_px": MIN_AREA,
-            "present_share": PRESENT_SHARE, "min_travel": MIN_TRAVEL, "still": STILL,
+            "one_blob": ONE_BLOB, "present_share": PRESENT_SHARE, "min_travel": MIN_TRAVEL, "still": STILL,
             "growth": GROWTH, "bounce_leg": BOUNCE_LEG, "triangle_offset": TRIANGLE_OFFSET,
             "square_fill": SQUARE_FILL}
 RIGID = ("moving left", "moving right", "moving up", "moving down", "bouncing around",
@@ -71,10 +75,20 @@ class ObjectTrack:
   areas: np.ndarray      # [T] px of coverage
   fill: float            # median area / box area over present frames
   offset: float          # median (centroid y - box centre y) / box height
+  blob_share: np.ndarray  # [T] share of the coverage in its largest 8-connected blob
 
   @property
   def present(self) -> np.ndarray:
-    return self.areas >= MIN_AREA
+    return (self.areas >= MIN_AREA) & (self.blob_share >= ONE_BLOB)
+
+
+def largest_blob_share(coverage: np.ndarray) -> float:
+  """Share of a frame's coverage [H, W] in its largest 8-connected blob (1 if empty)."""
+  labels, count = ndimage.label(coverage > 0, structure=np.ones((3, 3)))
+  total = coverage.sum()
+  if count == 0 or total <= 0:
+    return 1.0
+  return float(np.max(ndimage.sum(coverage, labels, range(1, count + 1))) / total)
 
 
 def track(coverage: np.ndarray) -> ObjectTrack:
@@ -85,7 +99,8 @@ def track(coverage: np.ndarray) -> ObjectTrack:
   safe = np.where(areas > 0, areas, 1.0)
   cx = (coverage * xs).sum(axis=(1, 2)) / safe
   cy = (coverage * ys).sum(axis=(1, 2)) / safe
-  present = areas >= MIN_AREA
+  blob_share = np.array([largest_blob_share(frame) for frame in coverage], np.float32)
+  present = (areas >= MIN_AREA) & (blob_share >= ONE_BLOB)
   centroids = np.where(present[:, None], np.stack([cx, cy], -1), np.nan)
   fills, offsets = [], []
   for f in np.flatnonzero(present):
@@ -98,7 +113,7 @@ def track(coverage: np.ndarray) -> ObjectTrack:
     offsets.append((cy[f] + 0.5 - (rows[0] + rows[-1] + 1) / 2) / height)
   fill = float(np.median(fills)) if fills else 0.0
   offset = float(np.median(offsets)) if offsets else 0.0
-  return ObjectTrack(centroids, areas, fill, offset)
+  return ObjectTrack(centroids, areas, fill, offset, blob_share)
 
 
 def judge_shape(obj: ObjectTrack) -> str:

@@ -8,6 +8,7 @@ all use it instead of reading `model.kind` and `model.in_channels` themselves.
 
 The full parameter tree of a model is
   {'backbone': UNet2D params, 'temporal': STUNet temporal layers (STUNet only),
+   'adapter': the STUNet's caption adapter (model.temporal.text_adapter_layers > 0 only),
    'text': text encoder params}
 and a stage's `config.train.trainable` names the top-level entries it trains.
 """
@@ -51,7 +52,9 @@ def build_denoiser(model_config) -> nn.Module:
 
 def param_groups(model_config) -> tuple:
   """The top-level parameter groups of the model a config builds."""
-  return VIDEO_GROUPS if model_config.kind == "stunet" else IMAGE_GROUPS
+  if model_config.kind != "stunet":
+    return IMAGE_GROUPS
+  return VIDEO_GROUPS + (("adapter",) if model_config.temporal.text_adapter_layers else ())
 
 
 def build_text_encoder(config) -> text_lib.TextEncoder:

@@ -120,6 +120,7 @@ class Attention(nn.Module):
   heads: int
   dim_head: int
   dtype: jnp.dtype = jnp.float32
+  out_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
 
   @nn.compact
   def __call__(self, x, context=None, bias=None):
@@ -137,7 +138,8 @@ class Attention(nn.Module):
       logits = logits + bias
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     out = jnp.einsum("nhsl,nlhd->nshd", weights, v).reshape(*x.shape[:-1], inner)
-    out = Dense(shape[-1], ("heads", "embed"), dtype=self.dtype, name="to_out_0")(out)
+    out = Dense(shape[-1], ("heads", "embed"), dtype=self.dtype, kernel_init=self.out_init,
+                name="to_out_0")(out)
     return out.reshape(shape)
 
 

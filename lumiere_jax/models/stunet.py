@@ -1,7 +1,8 @@
 """The Space-Time U-Net: the frozen T2I backbone plus temporal layers.
 
-Parameters: {'backbone': <UNet2D params, unchanged>, 'temporal': <new layers>}, so the
-frozen/trainable split is visible at the top of the tree (see models/build.py).
+Parameters: {'backbone': <UNet2D params, unchanged>, 'temporal': <new layers>[, 'adapter':
+<caption adapter layers, model.temporal.text_adapter_layers>]}, so the frozen/trainable
+split is visible at the top of the tree (see models/build.py).
 
 Where the temporal layers go, per LUMIERE.md:
   * after every spatial down-sampling named in `model.temporal.down_levels`, a temporal
@@ -17,6 +18,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from lumiere_jax.models import temporal as tl
+from lumiere_jax.models import text as text_lib
 from lumiere_jax.models import unet2d
 from lumiere_jax.models.unet2d import UNetSpec, maybe_remat
 from lumiere_jax.parallel import sharding
@@ -31,6 +33,7 @@ class TemporalSpec:
   text_conditioning: bool
   conv_text_conditioning: bool
   spacetime_attention: bool
+  text_adapter_layers: int = 0
 
   @classmethod
   def from_config(cls, temporal_config) -> "TemporalSpec":
@@ -40,7 +43,8 @@ class TemporalSpec:
                heads=temporal_config.num_heads,
                text_conditioning=temporal_config.text_conditioning,
                conv_text_conditioning=temporal_config.conv_text_conditioning,
-               spacetime_attention=temporal_config.spacetime_attention)
+               spacetime_attention=temporal_config.spacetime_attention,
+               text_adapter_layers=temporal_config.text_adapter_layers)
 
 
 class TemporalLayers(nn.Module):
@@ -133,9 +137,15 @@ class STUNet(nn.Module):
   def setup(self):
     self.backbone = unet2d.UNet2D(self.unet)
     self.temporal = TemporalLayers(self.unet, self.temporal_spec)
+    if self.temporal_spec.text_adapter_layers:
+      self.adapter = text_lib.CaptionAdapter(self.temporal_spec.text_adapter_layers,
+                                             self.temporal_spec.heads,
+                                             dtype=jnp.dtype(self.unet.dtype))
 
   def __call__(self, x, timesteps, context, context_mask, noise_level=None):
     b, t = x.shape[:2]
+    if self.temporal_spec.text_adapter_layers:
+      context = self.adapter(context, context_mask)
     x = sharding.constrain(x, tl.VIDEO_AXES)
     frames = x.reshape(b * t, *x.shape[2:])
     hooks = _TemporalHooks(self.temporal, b, context.astype(jnp.dtype(self.unet.dtype)),

@@ -150,6 +150,38 @@ class TextEncoder(nn.Module):
     return x.astype(jnp.float32), mask
 
 
+class CaptionAdapter(nn.Module):
+  """Trainable pre-LN transformer layers over the (frozen) encoder's output, each residual
+  branch ending in a zero-initialised projection, so that at init it passes the caption
+  through unchanged and can be added to a trained model. The frozen random encoder
+  hardly mixes its tokens, so "left" in "a red circle moving left and a blue square moving
+  up" does not say whose motion it is; layers trained with the video model can write the
+  object into its motion word (binding). [B, L, D], mask [B, L] -> [B, L, D]."""
+
+  num_layers: int
+  num_heads: int
+  mlp_ratio: int = 4
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, context, mask):
+    width = context.shape[-1]
+    zeros = nn.initializers.zeros
+    bias = layers.mask_to_bias(mask[:, None, None, :])
+    x = context
+    for i in range(self.num_layers):
+      h = layers.LayerNorm(name=f"layers_{i}_norm1")(x)
+      x = x + layers.Attention(heads=self.num_heads, dim_head=width // self.num_heads,
+                               dtype=self.dtype, out_init=zeros,
+                               name=f"layers_{i}_attn")(h, bias=bias)
+      h = layers.LayerNorm(name=f"layers_{i}_norm2")(x)
+      h = layers.Dense(width * self.mlp_ratio, ("embed", "mlp"), dtype=self.dtype,
+                       name=f"layers_{i}_fc1")(h)
+      x = x + layers.Dense(width, ("mlp", "embed"), dtype=self.dtype, kernel_init=zeros,
+                           name=f"layers_{i}_fc2")(nn.gelu(h))
+    return x
+
+
 def text_encoder_from_config(text_config, dtype=jnp.float32) -> TextEncoder:
   return TextEncoder(vocab_size=text_config.vocab_size, max_length=text_config.max_length,
                      width=text_config.width, num_layers=text_config.num_layers,

@@ -8,6 +8,7 @@ import ml_collections
 
 from lumiere_jax.errors import ConfigError
 from lumiere_jax.models import build
+from lumiere_jax.train.optimizer import learning_rate_scales
 
 
 def default_train_config() -> ml_collections.ConfigDict:
@@ -44,6 +45,10 @@ def default_train_config() -> ml_collections.ConfigDict:
   train.adam_b2 = 0.99
   train.adam_eps = 1e-8
   train.weight_decay = 0.01  # not applied to biases and norm scales (ndim < 2)
+  # ("GROUP=FACTOR", ...): that trainable group's updates (so its learning rate) times
+  # FACTOR, e.g. ("adapter=20",) for a new zero-initialised group trained with a
+  # pre-trained model at a fine-tuning rate.
+  train.learning_rate_scales = ()
   train.grad_clip_norm = 1.0
   train.ema_decay = 0.999
 
@@ -85,6 +90,11 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
         and all(sep and group in groups and path for group, sep, path in named)
         and len({group for group, _, _ in named}) == len(named),
         "init_group_checkpoints", f"('GROUP=DIR', ...) with each GROUP once, one of {groups}")
+  check(all(isinstance(e, str) for e in t.learning_rate_scales)
+        and len(learning_rate_scales(t)) == len(t.learning_rate_scales)
+        and all(g in t.trainable and f > 0 for g, f in learning_rate_scales(t).items()),
+        "learning_rate_scales", f"('GROUP=FACTOR', ...), each GROUP once, one of "
+        f"train.trainable={tuple(t.trainable)}, FACTOR > 0")
   for field in ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints",
                 "max_nonfinite_steps"):
     check(t[field] >= 1, field, "an integer >= 1")

@@ -22,12 +22,35 @@ def _decay_mask(params):
   return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
 
 
+def learning_rate_scales(train_config) -> dict:
+  """train.learning_rate_scales as {group: factor}; entries that do not parse are left
+  out (validate_train_config refuses them)."""
+  scales = {}
+  for entry in train_config.learning_rate_scales:
+    group, _, factor = str(entry).partition("=")
+    try:
+      scales[group] = float(factor)
+    except ValueError:
+      continue
+  return scales
+
+
+def _group_mask(group: str):
+  return lambda params: {k: jax.tree_util.tree_map(lambda _: k == group, v)
+                         for k, v in params.items()}
+
+
 def make_optimizer(train_config) -> optax.GradientTransformation:
+  """train.learning_rate_scales multiplies the updates of the groups it names; without
+  any the chain is the plain one (the same optimizer state)."""
   c = train_config
+  scales = learning_rate_scales(c)
   return optax.chain(
       optax.clip_by_global_norm(c.grad_clip_norm),
       optax.adamw(learning_rate_schedule(c), b1=c.adam_b1, b2=c.adam_b2, eps=c.adam_eps,
-                  weight_decay=c.weight_decay, mask=_decay_mask))
+                  weight_decay=c.weight_decay, mask=_decay_mask),
+      *[optax.masked(optax.scale(factor), _group_mask(group))
+        for group, factor in sorted(scales.items())])
 
 
 def ema_decay(max_decay: float, updates):
