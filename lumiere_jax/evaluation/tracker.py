@@ -46,8 +46,8 @@ TRIANGLE_OFFSET = 0.07  # centroid below the box centre, share of the box height
 SQUARE_FILL = 0.86    # area / box area
 # What the judgements above depend on, for reports ("scores carry their settings").
 SETTINGS = {"min_coverage": MIN_COVERAGE, "max_residual": MAX_RESIDUAL, "min_area_px": MIN_AREA,
-            "one_blob": ONE_BLOB, "present_share": PRESENT_SHARE, "min_travel": MIN_TRAVEL, "still": STILL,
-            "growth": GROWTH, "bounce_leg": BOUNCE_LEG, "triangle_offset": TRIANGLE_OFFSET,
+            "one_blob": ONE_BLOB, "present_share": PRESENT_SHARE, "min_travel": MIN_TRAVEL,
+            "still": STILL, "growth": GROWTH, "bounce_leg": BOUNCE_LEG, "triangle_offset": TRIANGLE_OFFSET,
             "square_fill": SQUARE_FILL}
 RIGID = ("moving left", "moving right", "moving up", "moving down", "bouncing around",
          "standing still")

@@ -111,6 +111,21 @@ def tokenizer_from_config(text_config) -> Tokenizer:
   return Tokenizer(vocabulary_words(text_config.vocabulary), text_config.max_length)
 
 
+def _pre_ln_layer(x, bias, name: str, heads: int, mlp_ratio: int, dtype,
+                  out_init=nn.initializers.lecun_normal()):
+  """One pre-LN transformer layer (self-attention, GELU MLP), its parameters named
+  NAME_norm1, NAME_attn, NAME_norm2, NAME_fc1, NAME_fc2 in the calling module; `out_init`
+  initialises both residual branches' output projections."""
+  width = x.shape[-1]
+  h = layers.LayerNorm(name=f"{name}_norm1")(x)
+  x = x + layers.Attention(heads=heads, dim_head=width // heads, dtype=dtype,
+                           out_init=out_init, name=f"{name}_attn")(h, bias=bias)
+  h = layers.LayerNorm(name=f"{name}_norm2")(x)
+  h = layers.Dense(width * mlp_ratio, ("embed", "mlp"), dtype=dtype, name=f"{name}_fc1")(h)
+  return x + layers.Dense(width, ("mlp", "embed"), dtype=dtype, kernel_init=out_init,
+                          name=f"{name}_fc2")(nn.gelu(h))
+
+
 class TextEncoder(nn.Module):
   """Token + position embeddings, pre-LN transformer layers, final LayerNorm."""
 
@@ -138,14 +153,7 @@ class TextEncoder(nn.Module):
     x = sharding.constrain(x, ("batch", "length", "embed"))
     bias = layers.mask_to_bias(mask[:, None, None, :])
     for i in range(self.num_layers):
-      h = layers.LayerNorm(name=f"layers_{i}_norm1")(x)
-      x = x + layers.Attention(heads=self.num_heads, dim_head=self.width // self.num_heads,
-                               dtype=self.dtype, name=f"layers_{i}_attn")(h, bias=bias)
-      h = layers.LayerNorm(name=f"layers_{i}_norm2")(x)
-      h = layers.Dense(self.width * self.mlp_ratio, ("embed", "mlp"), dtype=self.dtype,
-                       name=f"layers_{i}_fc1")(h)
-      x = x + layers.Dense(self.width, ("mlp", "embed"), dtype=self.dtype,
-                           name=f"layers_{i}_fc2")(nn.gelu(h))
+      x = _pre_ln_layer(x, bias, f"layers_{i}", self.num_heads, self.mlp_ratio, self.dtype)
     x = layers.LayerNorm(name="final_norm")(x)
     return x.astype(jnp.float32), mask
 
@@ -165,20 +173,11 @@ class CaptionAdapter(nn.Module):
 
   @nn.compact
   def __call__(self, context, mask):
-    width = context.shape[-1]
-    zeros = nn.initializers.zeros
     bias = layers.mask_to_bias(mask[:, None, None, :])
     x = context
     for i in range(self.num_layers):
-      h = layers.LayerNorm(name=f"layers_{i}_norm1")(x)
-      x = x + layers.Attention(heads=self.num_heads, dim_head=width // self.num_heads,
-                               dtype=self.dtype, out_init=zeros,
-                               name=f"layers_{i}_attn")(h, bias=bias)
-      h = layers.LayerNorm(name=f"layers_{i}_norm2")(x)
-      h = layers.Dense(width * self.mlp_ratio, ("embed", "mlp"), dtype=self.dtype,
-                       name=f"layers_{i}_fc1")(h)
-      x = x + layers.Dense(width, ("mlp", "embed"), dtype=self.dtype, kernel_init=zeros,
-                           name=f"layers_{i}_fc2")(nn.gelu(h))
+      x = _pre_ln_layer(x, bias, f"layers_{i}", self.num_heads, self.mlp_ratio, self.dtype,
+                        out_init=nn.initializers.zeros)
     return x
 
 
