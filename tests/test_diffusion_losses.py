@@ -41,7 +41,7 @@ def off_by(x0_true, delta, prediction, schedule, seen_t):
   def fn(params, z, t, cond):
     del params, cond
     seen_t.append(t)
-    alpha, sigma = (a.reshape(-1, 1, 1, 1, 1) for a in schedule.alpha_sigma(t))
+    alpha, sigma = (a.reshape((-1,) + (1,) * (z.ndim - 1)) for a in schedule.alpha_sigma(t))
     x0 = x0_true + delta
     eps = (z - alpha * x0) / sigma
     return {"x0": x0, "eps": eps, "v": alpha * eps - sigma * x0}[prediction]

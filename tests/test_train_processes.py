@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 
 STEPS = 4              # the uninterrupted CLI run; the resumed one stops at STEPS // 2
 WORKER_STEPS = 10_000  # the workers' schedule length; they stop by signal or stop_at_step
-KILLS = 10
+KILLS = 6
 
 
 @pytest.fixture(scope="module")
