@@ -4,7 +4,7 @@
 #   bash launch/shapes_recipe.sh RUNS_DIR [STAGE...]
 #
 # Stages (default: all, in order): data t2i t2i_more t2v t2v_full t2v_more t2v_last t2v_low
-# t2v_two export eval (t2v starts from t2i, as the shipped shapes_t2v did; t2v_graft, a trial, from
+# t2v_two t2v_mix export eval (t2v starts from t2i, as the shipped shapes_t2v did; t2v_graft, a trial, from
 # t2i_more and t2v_last, t2v_graft_full from t2v_graft, and t2v_bind, a trial with a caption
 # adapter, from t2v_two). The applications'
 # models are stages of their own, run after those (not by default): cond (the
@@ -24,14 +24,16 @@
 # The t2v options beyond the paper's layout, with what each measured, are in
 # docs/learning_record.md ("Ablations"): space-time attention at the coarsest level,
 # training mass at high noise (train_logsnr_shift = -log 256), 30% two-object clips (80%
-# in the last stage, t2v_two).
+# in t2v_two, 50% in the last stage, t2v_mix), a caption adapter trained at 20x the rate
+# (t2v_mix).
 set -euo pipefail
 RUNS=${1:?usage: shapes_recipe.sh RUNS_DIR [STAGE...]}
 shift
-STAGES=${*:-data t2i t2i_more t2v t2v_full t2v_more t2v_last t2v_low t2v_two export eval}
+STAGES=${*:-data t2i t2i_more t2v t2v_full t2v_more t2v_last t2v_low t2v_two t2v_mix export eval}
 MINUTES=${STAGE_MINUTES:-90}
 DATA=$RUNS/data/shapes16
 TWO_DATA=$RUNS/data/shapes16_two
+MIX_DATA=$RUNS/data/shapes16_half
 STYLE_DATA=$RUNS/data/shapes16_outlined
 SSR_DATA=$RUNS/data/shapes128
 SSR2_DATA=$RUNS/data/shapes64
@@ -156,9 +158,9 @@ for stage in $STAGES; do
       fine_tune t2v_last t2v_more 2400 2e-4
       ;;
     t2v_two)
-      # Stage 5 (what ships): stage 4 on two-object-heavy clips (80% against the data
+      # Stage 5: stage 4 on two-object-heavy clips (80% against the data
       # stage's 30%), same recipe otherwise. Stage 4 followed one-object prompts and not two
-      # (docs/learning_record.md, "Stage 5"). The shipped weights are step 2000 of 2400.
+      # (docs/learning_record.md, "Stage 5"). Stage 6 starts from step 2000 of 2400.
       t2v_data "$TWO_DATA" 4096 0.8 64
       fine_tune t2v_two t2v_last 2400 2e-4 t2v "$TWO_DATA"
       ;;
@@ -173,6 +175,18 @@ for stage in $STAGES; do
           '--config.train.trainable=("backbone","temporal","adapter")' \
           '--config.train.learning_rate_scales=("adapter=20",)' \
           --config.train.checkpoint_every=50
+      ;;
+    t2v_mix)
+      # Stage 6 (what ships): stage 5's step 2000 with a one-layer caption adapter
+      # (model.temporal.text_adapter_layers, zero-initialised) trained at 20x the STUNet's
+      # rate (lr 1e-4; the adapter 2e-3), 900 steps on a 50% two-object mix, so one-object
+      # prompts keep what stage 5 learnt while two-object prompts gain
+      # (docs/learning_record.md, "Stop 37").
+      t2v_data "$MIX_DATA" 8192 0.5 128
+      fine_tune t2v_mix t2v_two/checkpoints/2000 900 1e-4 t2v "$MIX_DATA" \
+          --config.model.temporal.text_adapter_layers=1 \
+          '--config.train.trainable=("backbone","temporal","adapter")' \
+          '--config.train.learning_rate_scales=("adapter=20",)'
       ;;
     cond)
       # t2v_last's weights with the first convolution widened from 3 to 7 input channels
@@ -244,19 +258,19 @@ for stage in $STAGES; do
       lumiere export --checkpoint "$RUNS/t2v_low" --name shapes_t2v_low --out "$RUNS/models" \
           --steps 24 --guidance 3 --threshold static \
           --description "shapes t2v low-noise expert (t2v_low stage; shapes_t2v's steps at t <= 0.4)"
-      lumiere export --checkpoint "$RUNS/t2v_two" --step 2000 --name shapes_t2v \
+      lumiere export --checkpoint "$RUNS/t2v_mix" --step 900 --name shapes_t2v \
           --out "$RUNS/models" --steps 16 --time-power 2 --guidance 3 --threshold static \
           --expert shapes_t2v_low --expert-switch 0.4 \
-          --description "shapes text-to-video STUNet (t2v, t2v_full, t2v_more, t2v_last, t2v_two stages)"
+          --description "shapes text-to-video STUNet with a caption adapter (t2v, t2v_full, t2v_more, t2v_last, t2v_two, t2v_mix stages)"
       ;;
     eval)
-      # The pair as exported: t2v_two above t = 0.4, the t2v_low expert at and below.
-      lumiere eval shapes --checkpoint "$RUNS/t2v_two" --step 2000 \
+      # The pair as exported: t2v_mix above t = 0.4, the t2v_low expert at and below.
+      lumiere eval shapes --checkpoint "$RUNS/t2v_mix" --step 900 \
           --expert-checkpoint "$RUNS/t2v_low" \
           --expert-switch 0.4 --num 64 --steps 16 --time-power 2 --guidance 3 \
           --fvd --json "$RUNS/eval_t2v.json" --sheet "$RUNS/eval_t2v.png"
       ;;
-    *) echo "unknown stage $stage (data t2i t2i_more t2v_graft t2v t2v_full t2v_more t2v_last t2v_low t2v_two t2v_bind export eval cond style keyframes ssr ssr_x2 export_apps)" >&2
+    *) echo "unknown stage $stage (data t2i t2i_more t2v_graft t2v t2v_full t2v_more t2v_last t2v_low t2v_two t2v_bind t2v_mix export eval cond style keyframes ssr ssr_x2 export_apps)" >&2
        exit 2 ;;
   esac
 done
