@@ -165,7 +165,7 @@ for stage in $STAGES; do
       fine_tune t2v_two t2v_last 2400 2e-4 t2v "$TWO_DATA"
       ;;
     t2v_bind)
-      # A trial, not shipped: stage 5's shipped step (2000) with a one-layer caption
+      # A trial, not shipped: stage 5's step 2000 with a one-layer caption
       # adapter (model.temporal.text_adapter_layers, zero-initialised) trained with the
       # STUNet on the same two-object-heavy clips, at 20x the STUNet's rate, to bind each
       # motion word to its object. Two-object prompts gained, one-object ones lost
