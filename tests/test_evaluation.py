@@ -69,6 +69,29 @@ def test_a_second_object_of_the_named_colour_is_not_the_named_object(clips):
   assert judged >= 5
 
 
+def test_an_object_that_changes_colour_halfway_is_lost_midway(clips):
+  """Ground truth keeps every object in both halves; the same clip with the second
+  half's object recoloured (as the model's two-object clips swap colours mid-clip) loses
+  the named object midway, and an empty clip loses nothing (it never had it)."""
+  judged = 0
+  for clip in clips[:40]:
+    if len(clip.tracks) != 1:
+      continue
+    (truth,) = tracker.judge_video(clip.video, clip.caption)
+    assert not truth["lost_midway"] and truth["present_halves"] == [1.0, 1.0], clip.caption
+    recoloured = clip.video.copy()
+    recoloured[8:] = recoloured[8:, ..., ::-1]  # RGB -> BGR: another palette colour
+    if tracker.judge_video(recoloured[8:], clip.caption)[0]["colour"]:
+      continue  # white (and others) read the same backwards
+    (half,) = tracker.judge_video(recoloured, clip.caption)
+    assert half["lost_midway"] and half["present_halves"] == [1.0, 0.0], clip.caption
+    assert not half["colour"]
+    judged += 1
+  assert judged >= 10
+  empty = tracker.judge_video(np.zeros_like(clips[0].video), clips[0].caption)
+  assert empty and not any(r["lost_midway"] for r in empty)
+
+
 def test_a_caption_outside_the_grammar_matches_nothing(clips):
   (r,) = tracker.judge_video(clips[0].video, "a purple dog moving left")
   assert not (r["colour"] or r["shape"] or r["motion"])
@@ -203,6 +226,8 @@ def test_one_and_two_object_prompts_are_scored_apart():
   for key in shapes_eval.FIGURES:
     assert min(one[key], both[key]) - 1e-9 <= ok["consistency"][key] <= \
         max(one[key], both[key]) + 1e-9, key
+  assert ok["lost_midway"] == {"all": 0.0, "one object": 0.0, "two objects": 0.0}
+  assert [len(r) for r in ok["rows"]] == [1 + t for t in two]
   assert "motion, two objects" in shapes_eval.table(
       {"model": bad, "ground_truth": ok, "ratio": shapes_eval.ratios(bad, ok)})
 

@@ -91,6 +91,9 @@ def rows(reports: list, scores: list) -> list:
   for key in shapes_eval.FIGURES:
     out.append((key, [r["model"]["consistency"][key] for r in reports],
                 reports[0]["ground_truth"]["consistency"][key]))
+  if all("lost_midway" in r["model"] for r in reports):  # reports of stop 38 on
+    out.append(("lost midway", [r["model"]["lost_midway"]["all"] for r in reports],
+                reports[0]["ground_truth"]["lost_midway"]["all"]))
   if all("segments" in r["model"] for r in reports):
     for key in ("across", "inside", "across_over_inside"):
       out.append((f"frame step {key}", [r["model"]["segments"][key] for r in reports],

@@ -121,8 +121,10 @@ def segment_steps(videos: Sequence[np.ndarray]) -> dict:
 
 
 def score(videos: Sequence[np.ndarray], captions: Sequence[str]) -> dict:
-  """Judges every named object: accuracy per motion and overall, and the mean
-  temporal-consistency figures, and the frame steps of `segment_steps`."""
+  """Judges every named object: accuracy per motion and overall, the mean
+  temporal-consistency figures, the share of objects lost midway (tracker.halves), the
+  frame steps of `segment_steps`, and every object's judgement (`rows`, one list per
+  caption)."""
   judged = [tracker.judge_video(np.asarray(video), caption)
             for video, caption in zip(videos, captions)]
   objects = [r for results in judged for r in results]
@@ -136,9 +138,18 @@ def score(videos: Sequence[np.ndarray], captions: Sequence[str]) -> dict:
   for label, count in BY_COUNT:
     rows = [r for results in judged if len(results) == count for r in results]
     by_count[label] = {"n": len(rows), **_accuracies(rows), **_figures(rows)}
-  figures = _figures(objects)
+  lost = {"all": _mean([r["lost_midway"] for r in objects]),
+          **{label: _mean([r["lost_midway"] for results in judged if len(results) == count
+                           for r in results]) for label, count in BY_COUNT}}
   return {"objects": len(objects), "accuracy": overall, "per_motion": per_motion,
-          "by_count": by_count, "consistency": figures, "segments": segment_steps(videos)}
+          "by_count": by_count, "consistency": _figures(objects), "lost_midway": lost,
+          "segments": segment_steps(videos), "rows": [_row_record(r) for r in judged]}
+
+
+def _row_record(results: list) -> list:
+  """One caption's judged objects, as plain JSON values."""
+  return [{key: (round(v, 4) if isinstance(v, float) else v) for key, v in r.items()}
+          for r in results]
 
 
 def _figures(rows: list) -> dict:
@@ -233,6 +244,8 @@ def table(report: dict) -> str:
   for key in FIGURES:
     lines.append(f"{key:22s}{'':4s}{m['consistency'][key]:8.2f}"
                  f"{g['consistency'][key]:8.2f}{r['consistency'][key]:8.2f}")
+  lines.append(f"{'lost midway':22s}{'':4s}{m['lost_midway']['all']:8.2f}"
+               f"{g['lost_midway']['all']:8.2f}")
   for key in ("across", "inside"):
     lines.append(f"{'frame step ' + key:22s}{'':4s}{m['segments'][key]:8.2f}"
                  f"{g['segments'][key]:8.2f}{r['segments'][key]:8.2f}")

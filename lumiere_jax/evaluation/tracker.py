@@ -22,7 +22,10 @@ From an object's track (centroid, area, bounding box per frame) come the judgeme
           frame by a pixel or so, and is not bouncing)
 and the temporal-consistency figures of one object: area stability (std / mean over
 frames), centroid jitter (mean |second difference|, px) and the largest step between
-frames (px).
+frames (px). An object is *lost midway* when it is there in one half of the clip and not
+in the other (present in at least PRESENT_SHARE of one half's frames and at most
+1 - PRESENT_SHARE of the other's): the object turned into another colour, or vanished,
+or appeared late. Ground truth never is.
 """
 
 import dataclasses
@@ -171,6 +174,15 @@ def turns(values: np.ndarray, leg: float) -> int:
   return count
 
 
+def halves(obj: ObjectTrack) -> dict:
+  """The share of frames of each half of the clip in which the object is there, and
+  whether it is lost midway (there in one half, not in the other)."""
+  first, second = np.array_split(obj.present, 2)
+  shares = sorted([float(first.mean()), float(second.mean())])
+  return {"present_halves": [float(first.mean()), float(second.mean())],
+          "lost_midway": bool(shares[1] >= PRESENT_SHARE and shares[0] <= 1 - PRESENT_SHARE)}
+
+
 def consistency(obj: ObjectTrack, motion: str) -> dict:
   """Temporal-consistency figures of one present object (NaN where not defined)."""
   path = obj.centroids[obj.present]
@@ -232,7 +244,7 @@ def judge_video(video: np.ndarray, caption: str) -> list:
   for spec in parse_caption(caption):
     if spec is None:
       results.append({"colour": False, "shape": False, "motion": False, "name": None,
-                      "flicker": flicker})
+                      "flicker": flicker, "present_halves": [0.0, 0.0], "lost_midway": False})
       continue
     colour, shape, motion = spec
     obj = track(coverage[names.index(colour)])
@@ -241,7 +253,7 @@ def judge_video(video: np.ndarray, caption: str) -> list:
     result = {"name": motion, "colour": there, "shape": there and judged == shape,
               "judged_shape": judged,
               "motion": there and judge_motion(obj, motion, video.shape[1]),
-              "flicker": flicker}
+              "flicker": flicker, **halves(obj)}
     result.update(consistency(obj, motion) if there else
                   {"area_stability": np.nan, "centroid_jitter": np.nan, "max_step": np.nan})
     results.append(result)
