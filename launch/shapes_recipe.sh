@@ -4,7 +4,7 @@
 #   bash launch/shapes_recipe.sh RUNS_DIR [STAGE...]
 #
 # Stages (default: all, in order): data t2i t2i_more t2v t2v_full t2v_more t2v_last t2v_low
-# t2v_two t2v_mix export eval (t2v starts from t2i, as the shipped shapes_t2v did; t2v_graft, a trial, from
+# t2v_two t2v_mix t2v_low_mix export eval (t2v starts from t2i, as the shipped shapes_t2v did; t2v_graft, a trial, from
 # t2i_more and t2v_last, t2v_graft_full from t2v_graft, and t2v_bind, a trial with a caption
 # adapter, from t2v_two). The applications'
 # models are stages of their own, run after those (not by default): cond (the
@@ -25,11 +25,11 @@
 # docs/learning_record.md ("Ablations"): space-time attention at the coarsest level,
 # training mass at high noise (train_logsnr_shift = -log 256), 30% two-object clips (80%
 # in t2v_two, 50% in the last stage, t2v_mix), a caption adapter trained at 20x the rate
-# (t2v_mix).
+# (t2v_mix); the low-noise expert fine-tuned whole on the 50% mix (t2v_low_mix).
 set -euo pipefail
 RUNS=${1:?usage: shapes_recipe.sh RUNS_DIR [STAGE...]}
 shift
-STAGES=${*:-data t2i t2i_more t2v t2v_full t2v_more t2v_last t2v_low t2v_two t2v_mix export eval}
+STAGES=${*:-data t2i t2i_more t2v t2v_full t2v_more t2v_last t2v_low t2v_two t2v_mix t2v_low_mix export eval}
 MINUTES=${STAGE_MINUTES:-90}
 DATA=$RUNS/data/shapes16
 TWO_DATA=$RUNS/data/shapes16_two
@@ -188,6 +188,14 @@ for stage in $STAGES; do
           '--config.train.trainable=("backbone","temporal","adapter")' \
           '--config.train.learning_rate_scales=("adapter=20",)'
       ;;
+    t2v_low_mix)
+      # The low-noise expert (what ships as shapes_t2v_low): t2v_low's EMA, backbone and
+      # temporal layers trained together (t2v_low froze the backbone), on the 50% mix, at
+      # t <= 0.6 only (no shift), 1300 steps at lr 2e-4 (docs/learning_record.md, "Stop 38").
+      t2v_data "$MIX_DATA" 8192 0.5 128
+      fine_tune t2v_low_mix t2v_low 1300 2e-4 t2v "$MIX_DATA" \
+          --config.diffusion.train_logsnr_shift=0 --config.diffusion.train_t_max=0.6
+      ;;
     cond)
       # t2v_last's weights with the first convolution widened from 3 to 7 input channels
       # (the new weights zero, so it starts as the base model), fine-tuned whole but for
@@ -255,22 +263,22 @@ for stage in $STAGES; do
     export)
       lumiere export --checkpoint "$RUNS/t2i_more" --name shapes_t2i --out "$RUNS/models" \
           --steps 32 --description "shapes text-to-image U-Net (t2i, t2i_more stages)"
-      lumiere export --checkpoint "$RUNS/t2v_low" --name shapes_t2v_low --out "$RUNS/models" \
+      lumiere export --checkpoint "$RUNS/t2v_low_mix" --name shapes_t2v_low --out "$RUNS/models" \
           --steps 24 --guidance 3 --threshold static \
-          --description "shapes t2v low-noise expert (t2v_low stage; shapes_t2v's steps at t <= 0.4)"
+          --description "shapes t2v low-noise expert (t2v_low, t2v_low_mix stages; shapes_t2v's steps at t <= 0.4)"
       lumiere export --checkpoint "$RUNS/t2v_mix" --step 900 --name shapes_t2v \
           --out "$RUNS/models" --steps 16 --time-power 2 --guidance 3 --threshold static \
           --expert shapes_t2v_low --expert-switch 0.4 \
           --description "shapes text-to-video STUNet with a caption adapter (t2v, t2v_full, t2v_more, t2v_last, t2v_two, t2v_mix stages)"
       ;;
     eval)
-      # The pair as exported: t2v_mix above t = 0.4, the t2v_low expert at and below.
+      # The pair as exported: t2v_mix above t = 0.4, the t2v_low_mix expert at and below.
       lumiere eval shapes --checkpoint "$RUNS/t2v_mix" --step 900 \
-          --expert-checkpoint "$RUNS/t2v_low" \
+          --expert-checkpoint "$RUNS/t2v_low_mix" \
           --expert-switch 0.4 --num 64 --steps 16 --time-power 2 --guidance 3 \
           --fvd --json "$RUNS/eval_t2v.json" --sheet "$RUNS/eval_t2v.png"
       ;;
-    *) echo "unknown stage $stage (data t2i t2i_more t2v_graft t2v t2v_full t2v_more t2v_last t2v_low t2v_two t2v_bind t2v_mix export eval cond style keyframes ssr ssr_x2 export_apps)" >&2
+    *) echo "unknown stage $stage (data t2i t2i_more t2v_graft t2v t2v_full t2v_more t2v_last t2v_low t2v_two t2v_bind t2v_mix t2v_low_mix export eval cond style keyframes ssr ssr_x2 export_apps)" >&2
        exit 2 ;;
   esac
 done
