@@ -91,7 +91,7 @@ def rows(reports: list, scores: list) -> list:
   for key in shapes_eval.FIGURES:
     out.append((key, [r["model"]["consistency"][key] for r in reports],
                 reports[0]["ground_truth"]["consistency"][key]))
-  if all("lost_midway" in r["model"] for r in reports):  # reports of stop 38 on
+  if all("lost_midway" in r["model"] for r in reports):  # older reports lack it
     out.append(("lost midway", [r["model"]["lost_midway"]["all"] for r in reports],
                 reports[0]["ground_truth"]["lost_midway"]["all"]))
   if all("segments" in r["model"] for r in reports):

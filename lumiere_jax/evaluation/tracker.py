@@ -177,10 +177,10 @@ def turns(values: np.ndarray, leg: float) -> int:
 def halves(obj: ObjectTrack) -> dict:
   """The share of frames of each half of the clip in which the object is there, and
   whether it is lost midway (there in one half, not in the other)."""
-  first, second = np.array_split(obj.present, 2)
-  shares = sorted([float(first.mean()), float(second.mean())])
-  return {"present_halves": [float(first.mean()), float(second.mean())],
-          "lost_midway": bool(shares[1] >= PRESENT_SHARE and shares[0] <= 1 - PRESENT_SHARE)}
+  first, second = (float(half.mean()) for half in np.array_split(obj.present, 2))
+  low, high = sorted((first, second))
+  return {"present_halves": [first, second],
+          "lost_midway": bool(high >= PRESENT_SHARE and low <= 1 - PRESENT_SHARE)}
 
 
 def consistency(obj: ObjectTrack, motion: str) -> dict:
