@@ -47,6 +47,35 @@ def _stunet_and_per_frame(config, params):
   return np.asarray(video_out), np.asarray(per_frame)
 
 
+@pytest.mark.parametrize("shape, groups", [((3, 40), 4), ((2, 5, 6, 32), 8),
+                                           ((2, 3, 4, 4, 16), 16), ((1, 7, 8), 1)])
+def test_group_norm_is_the_textbook_formula_and_so_are_its_gradients(shape, groups):
+  from lumiere_jax.models import layers
+  x = jax.random.normal(jax.random.key(0), shape) * 3.0 + 1.5
+  norm = layers.GroupNorm(num_groups=groups)
+  params = nn.meta.unbox(norm.init(jax.random.key(1), x))
+  params = jax.tree_util.tree_map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(2),
+                                                                        p.shape), params)
+  scale, bias = params["params"]["scale"], params["params"]["bias"]
+
+  def textbook(x, scale, bias):  # statistics over every non-batch axis of each group
+    g = x.reshape(x.shape[0], -1, groups, shape[-1] // groups)
+    mean = g.mean(axis=(1, 3), keepdims=True)
+    var = jnp.square(g - mean).mean(axis=(1, 3), keepdims=True)
+    return ((g - mean) / jnp.sqrt(var + 1e-5)).reshape(shape) * scale + bias
+
+  x64 = np.asarray(x, np.float64)
+  np.testing.assert_allclose(norm.apply(params, x), textbook(x64, np.asarray(scale, np.float64),
+                             np.asarray(bias, np.float64)), atol=2e-6, rtol=0)
+  weights = jax.random.normal(jax.random.key(3), shape)
+  ours = jax.grad(lambda x, p: jnp.sum(weights * norm.apply(p, x)), argnums=(0, 1))(x, params)
+  ref = jax.grad(lambda x, s, b: jnp.sum(weights * textbook(x, s, b)), argnums=(0, 1, 2))(
+      x, scale, bias)
+  np.testing.assert_allclose(ours[0], ref[0], atol=2e-5, rtol=0)
+  np.testing.assert_allclose(ours[1]["params"]["scale"], ref[1], atol=1e-4, rtol=1e-5)
+  np.testing.assert_allclose(ours[1]["params"]["bias"], ref[2], atol=1e-4, rtol=1e-5)
+
+
 def test_stunet_equals_backbone_on_every_frame_without_temporal_downsampling():
   config, params = _setup((False, False))
   assert temporal_factor(config.model) == 1

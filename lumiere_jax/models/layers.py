@@ -89,15 +89,29 @@ class _Norm(nn.Module):
 
 
 class GroupNorm(_Norm):
-  """GroupNorm over the channel axis (last), statistics over all other non-batch axes."""
+  """GroupNorm over the channel axis (last), statistics over all other non-batch axes.
+
+  The statistics are sums over the rows of x viewed as [B, N, C] per channel, grouped
+  on the small [B, C] result: XLA:CPU emits these channels-minor column sums (and their
+  gradients) as vector loops, where a [B, N, G, C/G] reduction and its gradients became
+  scalar loops (peer-matched train step 12% faster on an AVX2 EPYC, benchmarks/RESULTS.md).
+  The same mean and variance, summed in another order."""
 
   num_groups: int = 32
 
   def normalize(self, x32):
     c = x32.shape[-1]
-    grouped = x32.reshape(*x32.shape[:-1], self.num_groups, c // self.num_groups)
-    reduce_axes = tuple(range(1, grouped.ndim - 2)) + (grouped.ndim - 1,)
-    return _normalize(grouped, reduce_axes, self.epsilon).reshape(x32.shape)
+    per_group = c // self.num_groups
+    rows = x32.reshape(x32.shape[0], -1, c)
+    count = rows.shape[1] * per_group
+
+    def group_mean(v):  # [B, N, C] -> [B, 1, C]: each channel's group mean
+      sums = v.sum(axis=1).reshape(-1, self.num_groups, per_group).sum(axis=-1)
+      return jnp.repeat(sums / count, per_group, axis=-1)[:, None]
+
+    centred = rows - group_mean(rows)
+    variance = group_mean(jnp.square(centred))
+    return (centred * jax.lax.rsqrt(variance + self.epsilon)).reshape(x32.shape)
 
 
 class LayerNorm(_Norm):
