@@ -64,9 +64,8 @@ def test_group_norm_is_the_textbook_formula_and_so_are_its_gradients(shape, grou
     var = jnp.square(g - mean).mean(axis=(1, 3), keepdims=True)
     return ((g - mean) / jnp.sqrt(var + 1e-5)).reshape(shape) * scale + bias
 
-  x64 = np.asarray(x, np.float64)
-  np.testing.assert_allclose(norm.apply(params, x), textbook(x64, np.asarray(scale, np.float64),
-                             np.asarray(bias, np.float64)), atol=2e-6, rtol=0)
+  np.testing.assert_allclose(norm.apply(params, x), textbook(x, scale, bias), atol=2e-6,
+                             rtol=0)
   weights = jax.random.normal(jax.random.key(3), shape)
   ours = jax.grad(lambda x, p: jnp.sum(weights * norm.apply(p, x)), argnums=(0, 1))(x, params)
   ref = jax.grad(lambda x, s, b: jnp.sum(weights * textbook(x, s, b)), argnums=(0, 1, 2))(
