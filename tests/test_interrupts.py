@@ -305,6 +305,34 @@ def test_sigterm_during_training_saves_the_current_step_and_exits_0(data_dir, tm
   assert restored_step == step and int(state.step) == step
 
 
+def test_sigterm_before_the_first_log_saves_steps_that_outlast_the_default_grace(
+    data_dir, tmp_path):
+  """Until the first log interval has timed the steps, the grace is not the default: a
+  2-core CPU's 3-s step outlasted the default 1 s, and a SIGTERM in a run's first steps
+  ended it with exit 143 before it saved them. Here the default grace is 1 ms, shorter
+  than any step, and no step is logged before the signal."""
+  workdir = tmp_path / "run"
+  micro = [o for o in support.MICRO if not o.startswith(("train.log_every=",
+                                                         "train.progress_bar="))]
+  run = Running("train", "--config", "shapes_tiny:t2i", "--workdir", str(workdir),
+                *[f"--config.{o}" for o in (*micro, f"train.data_dir={data_dir}",
+                                            "train.num_steps=100000", "train.log_every=1000",
+                                            "train.progress_bar=True",
+                                            "train.checkpoint_every=1000")],
+                cwd=tmp_path, grace=0.001)
+  try:
+    run.wait_for(r"\| ([2-9]|\d\d+)/100000 ")  # the progress bar: no step is logged
+    latency = run.terminate(as_timeout=True)
+  finally:
+    run.kill()
+  line = run.last_line()
+  assert run.process.returncode == 0, run.stderr[-3000:]
+  assert latency < SAVE_LATENCY_LIMIT_S, (latency, run.stderr[-2000:])
+  saved = re.fullmatch(r"lumiere train: preempted; step (\d+) saved in \S+", line)
+  assert saved and int(saved.group(1)) >= 2, run.stderr[-2000:]
+  _assert_every_numbered_folder_complete(workdir)
+
+
 @pytest.mark.parametrize("moment,checkpoint_every,after_step", [
     ("training", 1000, 3),  # the interrupt's own save is the only one after step 1
     ("saving", 1, 2),       # a save of every step: one is nearly always in flight

@@ -55,6 +55,10 @@ log = logging.getLogger(__name__)
 WORKDIR_FOLDERS = (checkpoint.CHECKPOINTS, "logs", "tensorboard", "profile")
 # train.init_checkpoint (or a GROUP=... entry) naming a shipped model: model:NAME.
 SHIPPED = "model:"
+# How long a Ctrl-C or SIGTERM may wait for the steps in flight until the first log
+# interval has timed them (then twice the measured step time, at least the default
+# grace): a run's first steps are not held to the default grace of one second.
+FIRST_STEPS_GRACE_S = 60.0
 
 
 class TrainingStopped(Exception):
@@ -340,6 +344,7 @@ def _loop(run: _Run, jitted, state, rng, last_step: int) -> TrainResult:
   interval = _Interval(step, time.perf_counter())
   profiler = _Profiler(run.workdir, train_config, step)
   in_flight = None
+  runtime.set_interrupt_grace(FIRST_STEPS_GRACE_S)
   try:
     for batch in itertools.chain([first], batches):
       profiler.before(step)
