@@ -260,9 +260,18 @@ def test_eval_shapes_end_to_end(tmp_path, capsys, fresh_model):
   out = tmp_path / "eval.json"
   code = cli.main(["eval", "shapes", "--num", "3", "--batch", "2", "--steps", "2",
                    "--json", str(out), "--sheet", str(tmp_path / "s.png"),
-                   "--xt-slice", str(tmp_path / "xt.png"), "--quiet"])
+                   "--xt-slice", str(tmp_path / "xt.png"),
+                   "--videos", str(tmp_path / "clips.npz"), "--quiet"])
   assert code == 0, capsys.readouterr().err
   report = json.loads(out.read_text(), parse_constant=pytest.fail)  # standard JSON
+  with np.load(tmp_path / "clips.npz") as clips:  # allow_pickle stays False
+    assert clips["captions"].tolist() == report["captions"]
+    assert clips["model"].dtype == np.uint8 and clips["model"].shape == (3, 4, 32, 32, 3)
+    # The saved clips are the ones judged: scored again, they give the report's figures.
+    assert shapes_eval.score(list(clips["model"]), report["captions"])["accuracy"] == \
+        report["model"]["accuracy"]
+    items = shapes_eval.held_out_items(3, seed=0, resolution=32, num_frames=4)
+    assert np.array_equal(clips["ground_truth"], np.stack([i.ground_truth for i in items]))
   settings = report["settings"]
   assert settings["num"] == 3 and settings["steps"] == 2 and settings["batch"] == 2
   assert settings["model"] == weights.DEFAULT_MODEL and settings["frames"] == 4

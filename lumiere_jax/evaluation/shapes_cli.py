@@ -1,6 +1,7 @@
 """`lumiere eval shapes`: the shapes evaluator from the command line (see shapes_eval)."""
 
 import dataclasses
+import io
 import os
 import pathlib
 
@@ -13,6 +14,7 @@ from lumiere_jax.diffusion import config as diffusion_config
 from lumiere_jax.diffusion import samplers
 from lumiere_jax.errors import UserError
 from lumiere_jax.evaluation import frechet, shapes_eval, shapes_features, tracker
+from lumiere_jax.io import atomic
 from lumiere_jax.io import sheet as sheet_io
 from lumiere_jax.io import video as video_io
 from lumiere_jax.models import build
@@ -73,6 +75,10 @@ def add_arguments(parser) -> None:
   parser.add_argument("--sheet", type=pathlib.Path, help="contact sheet (.png) of the "
                       "model's videos above the ground truth's, the first 16 prompts")
   parser.add_argument("--xt-slice", type=pathlib.Path, help="X-T slices (.png), same")
+  parser.add_argument("--videos", type=pathlib.Path, metavar="NPZ",
+                      help="the clips themselves (.npz, no pickle): 'model' and "
+                      "'ground_truth' uint8 [N, T, H, W, 3] and 'captions', for analysis "
+                      "without sampling again")
   parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -110,7 +116,8 @@ def check_args(args) -> None:
   generate.check_seed(args.seed, shapes_eval.seeds_used(args.num, args.batch))
   for flag, path, suffixes in (("--json", args.json, (".json",)),
                                ("--sheet", args.sheet, (".png", ".jpg")),
-                               ("--xt-slice", args.xt_slice, (".png",))):
+                               ("--xt-slice", args.xt_slice, (".png",)),
+                               ("--videos", args.videos, (".npz",))):
     if path is None:
       continue
     if path.suffix.lower() not in suffixes:
@@ -233,4 +240,18 @@ def run(args) -> int:
   if args.xt_slice is not None:
     pairs = np.stack([x for v, g in zip(videos[shown], truth[shown]) for x in (v, g)])
     print(video_io.write_png(args.xt_slice, video_io.xt_slices(pairs), scale=XT_SCALE))
+  if args.videos is not None:
+    write_videos(args.videos, videos, truth, report["captions"])
+    print(args.videos)
   return 0
+
+
+def write_videos(path: pathlib.Path, videos, truth, captions) -> None:
+  """The sampled and the ground-truth clips with their captions, one .npz written
+  atomically; `np.load(path)` reads it back without allow_pickle (the captions are a
+  fixed-width unicode array, not objects)."""
+  buffer = io.BytesIO()
+  np.savez_compressed(buffer, model=np.asarray(videos, np.uint8),
+                      ground_truth=np.asarray(truth, np.uint8),
+                      captions=np.asarray(captions, dtype=str))
+  atomic.write_bytes(path, buffer.getvalue())
