@@ -5,8 +5,9 @@
 #
 # Stages (default: all, in order): data t2i t2i_more t2v t2v_full t2v_more t2v_last t2v_low
 # t2v_two t2v_mix t2v_low_mix export eval (t2v starts from t2i, as the shipped shapes_t2v did; t2v_graft, a trial, from
-# t2i_more and t2v_last, t2v_graft_full from t2v_graft, and t2v_bind, a trial with a caption
-# adapter, from t2v_two). The applications'
+# t2i_more and t2v_last, t2v_graft_full from t2v_graft, t2v_bind, a trial with a caption
+# adapter, from t2v_two, and t2v_drop, a trial with the temporal layers' own caption view,
+# from t2v_mix). The applications'
 # models are stages of their own, run after those (not by default): cond (the
 # conditional <J, C, M> model, from t2v_last), style (a backbone fine-tuned on outlined
 # shapes, from t2v_last; it builds its dataset first), keyframes (the keyframe model of
@@ -188,6 +189,19 @@ for stage in $STAGES; do
           '--config.train.trainable=("backbone","temporal","adapter")' \
           '--config.train.learning_rate_scales=("adapter=20",)'
       ;;
+    t2v_drop)
+      # Stage 7 (stop 41): stage 6 with its temporal layers reading the caption without the
+      # shape names (model.temporal.caption_drop_words; the backbone reads it whole), so a
+      # held-out (colour, shape, motion) prompt is a seen (colour, motion) pair to them:
+      # 1000 steps of stage 6's recipe at lr 2e-4. A trial, not shipped: one-object prompts
+      # gained, two-object ones lost (docs/learning_record.md, "Stop 41").
+      t2v_data "$MIX_DATA" 8192 0.5 128
+      fine_tune t2v_drop t2v_mix 1000 2e-4 t2v "$MIX_DATA" \
+          --config.model.temporal.text_adapter_layers=1 \
+          '--config.model.temporal.caption_drop_words=("circle","square","triangle")' \
+          '--config.train.trainable=("backbone","temporal","adapter")' \
+          '--config.train.learning_rate_scales=("adapter=20",)'
+      ;;
     t2v_low_mix)
       # The low-noise expert (what ships as shapes_t2v_low): t2v_low's EMA, backbone and
       # temporal layers trained together (t2v_low froze the backbone), on the 50% mix, at
@@ -278,7 +292,7 @@ for stage in $STAGES; do
           --expert-switch 0.4 --num 64 --steps 16 --time-power 2 --guidance 3 \
           --fvd --json "$RUNS/eval_t2v.json" --sheet "$RUNS/eval_t2v.png"
       ;;
-    *) echo "unknown stage $stage (data t2i t2i_more t2v_graft t2v t2v_full t2v_more t2v_last t2v_low t2v_two t2v_bind t2v_mix t2v_low_mix export eval cond style keyframes ssr ssr_x2 export_apps)" >&2
+    *) echo "unknown stage $stage (data t2i t2i_more t2v_graft t2v t2v_full t2v_more t2v_last t2v_low t2v_two t2v_bind t2v_mix t2v_drop t2v_low_mix export eval cond style keyframes ssr ssr_x2 export_apps)" >&2
        exit 2 ;;
   esac
 done

@@ -34,6 +34,8 @@ INVALID = [
      "one bool per spatial down-sampling (2)"),
     ("model.temporal.num_heads=5", "model.temporal.num_heads", "divisor of the coarsest"),
     ("model.temporal.kernel_size=4", "model.temporal.kernel_size", "odd integer"),
+    ("model.temporal.caption_drop_words=('circle', 'hexagon')",
+     "model.temporal.caption_drop_words", "words of text.vocabulary"),
     ("model.in_channels=4", "model.in_channels", "7 (conditional"),
     ("model.cross_attention_dim=32", "model.cross_attention_dim", "text.width=64"),
     ("text.num_heads=5", "text.num_heads", "divisor of text.width=64"),

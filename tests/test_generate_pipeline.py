@@ -7,6 +7,8 @@ import jax
 import numpy as np
 import pytest
 
+import trained_weights
+
 from lumiere_jax.config import load_config
 from lumiere_jax.data import shapes
 from lumiere_jax.diffusion.samplers import SamplerSettings
@@ -163,19 +165,27 @@ def expert(model):
   return model.config, params
 
 
-def test_a_low_noise_expert_denoises_the_steps_at_and_below_the_switch(model, expert):
+@pytest.mark.parametrize("own_views", [False, True])
+def test_a_low_noise_expert_denoises_the_steps_at_and_below_the_switch(model, expert,
+                                                                        own_views):
   """With expert_switch s the guided prediction is the model's at t > s and the expert's
-  (its own CFG) at t <= s; the same prompts and noise throughout."""
+  (its own CFG) at t <= s; the same prompts and noise throughout. An expert whose
+  temporal layers read their own caption view (model.temporal.caption_drop_words, trained
+  weights) reads the prompts its own way."""
+  if own_views:
+    config = model.config.copy_and_resolve_references()
+    with config.unlocked():
+      config.model.temporal.caption_drop_words = ("circle", "square")
+    expert = (config, trained_weights.perturbed(expert[1], seed=3))
   switched = pipeline.TextToVideo(model.config, model.params, model.settings,
                                   expert=expert, expert_switch=0.5)
   alone = pipeline.TextToVideo(*expert, model.settings)
   prompts = ["a red circle moving left", "a blue square growing"]
   x = jax.random.normal(jax.random.key(0), (2,) + model.video_shape)
-  tokens, empty = switched.model.tokenize(prompts), switched.model.tokenize([""])
 
   def predict(pipe, t):
-    denoiser, cond = pipe.guided_denoiser(pipe.params, tokens, empty, 3.0,
-                                          pipe.expert_params)
+    denoiser, cond = pipe.guided_denoiser(pipe.params, pipe.tokenize(prompts),
+                                          pipe.tokenize([""]), 3.0, pipe.expert_params)
     return np.asarray(denoiser(x, np.full((2,), t, np.float32), cond))
 
   for t, owner in ((0.9, model), (0.51, model), (0.5, alone), (0.2, alone)):

@@ -221,6 +221,51 @@ def test_caption_adapter_is_identity_at_init_and_then_binds_words_to_their_conte
                              out[1, :7], rtol=1e-5, atol=1e-5)
 
 
+def test_temporal_layers_read_the_caption_without_the_dropped_words():
+  """model.temporal.caption_drop_words: the ids hold the caption, then the caption without
+  those words; the backbone reads the first view only, the temporal layers the second;
+  with both views equal the model is the one-view model, bit for bit."""
+  config, params = _setup((True, True))
+  dropping = load_config("shapes_tiny:t2v", [
+      "model.temporal.down_levels=(True, True)",
+      "model.temporal.caption_drop_words=('circle', 'square', 'triangle')"])
+  base, tok = build.tokenizer(config), build.tokenizer(dropping)
+  prompts = ["a red triangle moving left and a blue square moving up", ""]
+  ids, length = tok.encode(prompts), config.text.max_length
+  assert ids.shape == (2, 2 * length) and tok.views == 2 and base.views == 1
+  np.testing.assert_array_equal(ids[:, :length], base.encode(prompts))
+  np.testing.assert_array_equal(ids[:, length:], base.encode(
+      ["a red moving left and a blue moving up", ""]))
+  assert build.context_length(dropping) == 2 * length
+  emb2, mask2 = build.encode_text(dropping, params, prompts)
+  emb1, mask1 = build.encode_text(config, params, prompts)
+  np.testing.assert_array_equal(emb2[:, :length], emb1)
+
+  x, timesteps = _inputs(config)
+  captions = ["a red circle moving left", "a red square moving left", "a blue square growing"]
+  emb, mask = build.encode_text(config, params, captions)
+  one_view = jax.jit(build.build_denoiser(config.model).apply)
+  two_views = jax.jit(build.build_denoiser(dropping.model).apply)
+
+  def views(first, second):  # the backbone's caption, the temporal layers' caption
+    pick = lambda a: jnp.concatenate([a[first], a[second]])[None].repeat(2, 0)
+    return pick(emb), pick(mask)
+
+  trained = {"params": build.denoiser_params(trained_weights.perturbed(params, seed=7))}
+  at_init = {"params": build.denoiser_params(params)}
+  for weights in (at_init, trained):
+    np.testing.assert_array_equal(
+        two_views(weights, x, timesteps, *views(0, 0)),
+        one_view(weights, x, timesteps, emb[jnp.array([0, 0])], mask[jnp.array([0, 0])]))
+  # At init the temporal layers change nothing: only the backbone's caption matters.
+  base_out = two_views(at_init, x, timesteps, *views(0, 1))
+  np.testing.assert_array_equal(base_out, two_views(at_init, x, timesteps, *views(0, 2)))
+  assert not np.allclose(base_out, two_views(at_init, x, timesteps, *views(1, 1)), atol=1e-4)
+  # Trained, the temporal layers follow their own caption.
+  assert not np.allclose(two_views(trained, x, timesteps, *views(0, 1)),
+                         two_views(trained, x, timesteps, *views(0, 2)), atol=1e-4)
+
+
 def test_identity_kernel_refuses_channel_change():
   with pytest.raises(ValueError, match="c_in == c_out"):
     tl.identity_temporal_kernel(None, (3, 4, 8))

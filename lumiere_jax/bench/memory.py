@@ -58,7 +58,7 @@ def abstract_batch(config, sharding: NamedSharding) -> dict:
   model, b = build.Model(config), config.data.batch_size
   clip = model.clip_shape if model.is_video else model.clip_shape[1:]
   return {model.pixel_field: jax.ShapeDtypeStruct((b, *clip), jnp.uint8, sharding=sharding),
-          "tokens": jax.ShapeDtypeStruct((b, config.text.max_length), jnp.int32,
+          "tokens": jax.ShapeDtypeStruct((b, build.context_length(config)), jnp.int32,
                                          sharding=sharding)}
 
 

@@ -151,7 +151,7 @@ def random_batch(config) -> dict:
   model, b = build.Model(config), config.data.batch_size
   clip = model.clip_shape if model.is_video else model.clip_shape[1:]
   return {model.pixel_field: rng.integers(0, 256, (b, *clip), dtype=np.uint8),
-          "tokens": rng.integers(3, config.text.vocab_size, (b, config.text.max_length),
+          "tokens": rng.integers(3, config.text.vocab_size, (b, build.context_length(config)),
                                  dtype=np.int32)}
 
 
@@ -214,9 +214,9 @@ def sample_inputs(config, batch: int, sharding: NamedSharding) -> tuple:
   keys = jax.random.split(jax.random.key(2), 3)
   x = jax.random.normal(keys[0], build.denoiser_input_shape(config, batch), jnp.float32)
   t = jax.random.uniform(keys[1], (batch,), jnp.float32)
-  emb = jax.random.normal(keys[2], (batch, config.text.max_length, config.text.width),
+  emb = jax.random.normal(keys[2], (batch, build.context_length(config), config.text.width),
                           jnp.float32)
-  cond = {"emb": emb, "mask": jnp.ones((batch, config.text.max_length), bool)}
+  cond = {"emb": emb, "mask": jnp.ones((batch, build.context_length(config)), bool)}
   return jax.device_put((x, t, cond), sharding)
 
 

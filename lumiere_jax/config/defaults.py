@@ -85,6 +85,13 @@ def base_config() -> ml_collections.ConfigDict:
   # paper, whose frozen T5 is contextual: the tiny frozen random encoder barely binds a
   # motion word to its object in two-object captions (docs/learning_record.md).
   temporal.text_adapter_layers = 0
+  # Words the temporal layers (their FiLM and cross-attention) do not read: they read the
+  # caption without them, the backbone reads it whole (the conditioning holds both views,
+  # text_lib.CaptionViews). Empty: one caption for both, as in the paper. Dropping the
+  # shapes' names (the recipe's t2v_drop trial) makes a held-out (colour, shape, motion)
+  # prompt a seen (colour, motion) pair to the temporal layers: one-object prompts gained,
+  # two-object ones lost (docs/learning_record.md, "Stop 41"; not shipped).
+  temporal.caption_drop_words = ()
 
   config.text = text = ml_collections.ConfigDict()
   # A built-in word vocabulary by name ("shapes") or a word list file, one word per line;

@@ -84,6 +84,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
       _check(text.width % temporal.num_heads == 0, "model.temporal.num_heads",
              temporal.num_heads, f"a divisor of text.width={text.width} (the caption "
              "adapter's heads)")
+    dropped = tuple(temporal.get("caption_drop_words", ()))
+    _check(all(isinstance(w, str) and w in words for w in dropped),
+           "model.temporal.caption_drop_words", dropped,
+           "words of text.vocabulary (or empty)")
     _check(channels[-1] % temporal.num_heads == 0, "model.temporal.num_heads",
            temporal.num_heads, f"a divisor of the coarsest width {channels[-1]}")
     factor = temporal_factor(model)

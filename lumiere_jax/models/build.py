@@ -61,8 +61,22 @@ def build_text_encoder(config) -> text_lib.TextEncoder:
   return text_lib.text_encoder_from_config(config.text, jnp.dtype(config.model.dtype))
 
 
-def tokenizer(config) -> text_lib.Tokenizer:
-  return text_lib.tokenizer_from_config(config.text)
+def caption_drop_words(config) -> tuple:
+  """The words a STUNet's temporal layers do not read (model.temporal.caption_drop_words)."""
+  if config.model.kind != "stunet":
+    return ()
+  return tuple(config.model.temporal.get("caption_drop_words", ()))
+
+
+def tokenizer(config):
+  """The caption tokenizer: ids [N, L], or [N, 2 L] (text_lib.CaptionViews) where the
+  temporal layers read a caption of their own."""
+  return text_lib.tokenizer_from_config(config.text, caption_drop_words(config))
+
+
+def context_length(config) -> int:
+  """Tokens of the conditioning the denoiser reads: text.max_length per caption view."""
+  return config.text.max_length * (2 if caption_drop_words(config) else 1)
 
 
 def denoiser_input_shape(config, batch: int) -> tuple:
@@ -76,8 +90,8 @@ def example_inputs(config, batch: int = 1):
   """Zero inputs of the right shapes and dtypes for init and eval_shape."""
   x = jnp.zeros(denoiser_input_shape(config, batch), jnp.float32)
   timesteps = jnp.zeros((batch,), jnp.float32)
-  context = jnp.zeros((batch, config.text.max_length, config.text.width), jnp.float32)
-  mask = jnp.ones((batch, config.text.max_length), bool)
+  context = jnp.zeros((batch, context_length(config), config.text.width), jnp.float32)
+  mask = jnp.ones((batch, context_length(config)), bool)
   return x, timesteps, context, mask
 
 
@@ -129,10 +143,22 @@ def _top_label(label_tree) -> str:
       else FROZEN
 
 
+def encode_tokens(text_encoder, text_params, tokens, views: int = 1) -> tuple:
+  """Token ids [N, views * L] -> (embeddings [N, views * L, D], mask [N, views * L]), each
+  caption view encoded on its own (text_lib.CaptionViews)."""
+  parts = [text_encoder.apply({"params": text_params}, part)
+           for part in text_lib.split_views(tokens, views)]
+  if len(parts) == 1:
+    return parts[0]
+  return (jnp.concatenate([e for e, _ in parts], axis=1),
+          jnp.concatenate([m for _, m in parts], axis=1))
+
+
 def encode_text(config, params, prompts: Sequence[str]):
   """Prompts -> (embeddings [N, L, D] float32, mask [N, L] bool) with the built-in encoder."""
-  tokens = jnp.asarray(tokenizer(config).encode(list(prompts)))
-  return build_text_encoder(config).apply({"params": params["text"]}, tokens)
+  tok = tokenizer(config)
+  return encode_tokens(build_text_encoder(config), params["text"],
+                       jnp.asarray(tok.encode(list(prompts))), tok.views)
 
 
 def count_params(tree) -> int:
@@ -185,8 +211,9 @@ class Model:
     return self.tokenizer.encode(list(prompts))
 
   def encode(self, text_params, tokens) -> dict:
-    """Token ids [N, L] -> the conditioning {'emb' [N, L, D], 'mask' [N, L]}."""
-    emb, mask = self.text_encoder.apply({"params": text_params}, tokens)
+    """Token ids [N, L] -> the conditioning {'emb' [N, L, D], 'mask' [N, L]}; each caption
+    view of two-view ids [N, 2 L] (text_lib.CaptionViews) is encoded on its own."""
+    emb, mask = encode_tokens(self.text_encoder, text_params, tokens, self.tokenizer.views)
     return {"emb": emb, "mask": mask}
 
   def encode_prompts(self, params, prompts: Sequence[str]) -> dict:

@@ -34,6 +34,7 @@ class TemporalSpec:
   conv_text_conditioning: bool
   spacetime_attention: bool
   text_adapter_layers: int = 0
+  caption_views: int = 1  # 2: the temporal layers read a caption of their own
 
   @classmethod
   def from_config(cls, temporal_config) -> "TemporalSpec":
@@ -44,7 +45,8 @@ class TemporalSpec:
                text_conditioning=temporal_config.text_conditioning,
                conv_text_conditioning=temporal_config.conv_text_conditioning,
                spacetime_attention=temporal_config.spacetime_attention,
-               text_adapter_layers=temporal_config.text_adapter_layers)
+               text_adapter_layers=temporal_config.text_adapter_layers,
+               caption_views=2 if temporal_config.get("caption_drop_words") else 1)
 
 
 class TemporalLayers(nn.Module):
@@ -144,12 +146,17 @@ class STUNet(nn.Module):
 
   def __call__(self, x, timesteps, context, context_mask, noise_level=None):
     b, t = x.shape[:2]
+    # Two caption views side by side (model.temporal.caption_drop_words): the backbone
+    # reads the first, the temporal layers the second; one view: both read it.
+    views = text_lib.split_views(context, self.temporal_spec.caption_views)
+    masks = text_lib.split_views(context_mask, self.temporal_spec.caption_views)
     if self.temporal_spec.text_adapter_layers:
-      context = self.adapter(context, context_mask)
+      views = [self.adapter(c, m) for c, m in zip(views, masks)]
+    context, context_mask = views[0], masks[0]
     x = sharding.constrain(x, tl.VIDEO_AXES)
     frames = x.reshape(b * t, *x.shape[2:])
-    hooks = _TemporalHooks(self.temporal, b, context.astype(jnp.dtype(self.unet.dtype)),
-                           context_mask)
+    hooks = _TemporalHooks(self.temporal, b, views[-1].astype(jnp.dtype(self.unet.dtype)),
+                           masks[-1])
     out = unet2d.unet_forward(self.backbone, frames, timesteps, context, context_mask, hooks,
                               noise_level)
     return out.reshape(b, t, *out.shape[1:])

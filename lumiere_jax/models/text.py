@@ -66,6 +66,8 @@ def vocabulary_words(name_or_path: str) -> tuple:
 class Tokenizer:
   """Lower-cased words -> ids: BOS word... EOS, then PAD to max_length; UNK for others."""
 
+  views = 1  # one view of each caption (see CaptionViews)
+
   def __init__(self, words: Sequence[str], max_length: int):
     self.words = tuple(words)
     self.max_length = max_length
@@ -107,8 +109,46 @@ class Tokenizer:
     return unknown
 
 
-def tokenizer_from_config(text_config) -> Tokenizer:
-  return Tokenizer(vocabulary_words(text_config.vocabulary), text_config.max_length)
+def drop_words(prompt: str, dropped) -> str:
+  """The prompt's words (as the tokenizer splits them) without those in `dropped`."""
+  return " ".join(w for w in words(prompt) if w not in dropped)
+
+
+class CaptionViews:
+  """A Tokenizer whose ids hold two views of each caption side by side, [N, 2 L]: the
+  caption, then the caption without the words in `dropped` (what a STUNet's temporal
+  layers read, model.temporal.caption_drop_words). Everything else is the Tokenizer's."""
+
+  views = 2
+
+  def __init__(self, base: Tokenizer, dropped: Sequence[str]):
+    self.base = base
+    self.dropped = frozenset(dropped)
+    self.words, self.max_length = base.words, base.max_length
+
+  max_words = property(lambda self: self.base.max_words)
+  vocab_size = property(lambda self: self.base.vocab_size)
+
+  def unknown_words(self, prompts: Sequence[str]) -> list:
+    return self.base.unknown_words(prompts)
+
+  def encode(self, prompts: Sequence[str]) -> np.ndarray:
+    """int32 [N, 2 max_length]: the caption's ids, then those of its dropped view."""
+    prompts = list(prompts)
+    return np.concatenate([self.base.encode(prompts),
+                           self.base.encode([drop_words(p, self.dropped) for p in prompts])],
+                          axis=1)
+
+
+def split_views(x, views: int) -> list:
+  """[N, views * L, ...] -> `views` arrays [N, L, ...] (the inverse of CaptionViews)."""
+  return [x] if views == 1 else list(jnp.split(x, views, axis=1))
+
+
+def tokenizer_from_config(text_config, dropped: Sequence[str] = ()):
+  """The caption tokenizer; with `dropped` words, the two-view CaptionViews."""
+  base = Tokenizer(vocabulary_words(text_config.vocabulary), text_config.max_length)
+  return CaptionViews(base, dropped) if dropped else base
 
 
 def _pre_ln_layer(x, bias, name: str, heads: int, mlp_ratio: int, dtype,

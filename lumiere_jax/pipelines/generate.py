@@ -178,14 +178,21 @@ class TextToVideo:
       init = np.broadcast_to(video_io.from_uint8(init_video),
                              (len(prompts),) + self.video_shape)
     warn_unknown_words(self.model.tokenizer, [*prompts, *negatives])
-    tokens = self.model.tokenize(prompts)
-    negative = self.model.tokenize(negatives)
+    tokens, negative = self.tokenize(prompts), self.tokenize(negatives)
     seeds = np.arange(seed, seed + len(prompts), dtype=np.int32)
     runtime.check_interrupt("interrupted before sampling; nothing was written")
     videos = self.sampler(self.params, tokens, negative, seeds, np.float32(guidance_scale),
                           init, np.float32(strength), self.expert_params)
     runtime.check_interrupt("interrupted while sampling; nothing was written")
     return np.asarray(videos)
+
+  def tokenize(self, prompts: Sequence[str]) -> dict:
+    """Each model's own token ids of the prompts, {'model'[, 'expert']} (their caption
+    views may differ: model.temporal.caption_drop_words)."""
+    tokens = {"model": self.model.tokenize(prompts)}
+    if self.expert is not None:
+      tokens["expert"] = self.expert.tokenize(prompts)
+    return tokens
 
   def guided_denoiser(self, params, tokens, negative_tokens, guidance_scale,
                       expert_params=None):
@@ -197,10 +204,14 @@ class TextToVideo:
 
   def encode(self, params, tokens, negative_tokens, expert_params=None) -> dict:
     """The prompts' and negative prompts' encodings, {'model': (cond, negative)}, and the
-    expert's own as 'expert' (it has its own text encoder)."""
-    encodings = {"model": _encode(self.model, params, tokens, negative_tokens)}
+    expert's own as 'expert' (its own text encoder). Tokens: `tokenize`'s ids of each
+    model, or one array of ids that both read."""
+    ids = lambda t, which: t[which] if isinstance(t, dict) else t
+    encodings = {"model": _encode(self.model, params, ids(tokens, "model"),
+                                  ids(negative_tokens, "model"))}
     if self.expert is not None:
-      encodings["expert"] = _encode(self.expert, expert_params, tokens, negative_tokens)
+      encodings["expert"] = _encode(self.expert, expert_params, ids(tokens, "expert"),
+                                    ids(negative_tokens, "expert"))
     return encodings
 
   def _guided_from(self, params, encodings: dict, guidance_scale, expert_params):
@@ -322,8 +333,8 @@ def expert_from_args(args) -> Optional[tuple]:
 
 
 def check_expert(config, expert_config) -> None:
-  """A low-noise expert must be a video model making the same clips from the same
-  tokens (it reads the main model's token ids)."""
+  """A low-noise expert must be a video model making the same clips from prompts read
+  alike (the same text settings; each model tokenizes them its own way)."""
   main, expert = build.Model(config), build.Model(expert_config)
   if not expert.is_video or expert.clip_shape != main.clip_shape or \
       expert.in_channels != main.in_channels:
@@ -332,7 +343,7 @@ def check_expert(config, expert_config) -> None:
                     f"{_describe(main.clip_shape)} from {main.in_channels}")
   if expert_config.text.to_dict() != config.text.to_dict():
     raise UserError("the low-noise expert's text settings (config.text) differ from this "
-                    "model's: it would read other token ids")
+                    "model's: it would not read the prompts as this model does")
 
 
 def generate(config, params: dict, prompts: Sequence[str], *, settings: SamplerSettings,
