@@ -6,8 +6,8 @@
 # Stages (default: all, in order): data t2i t2i_more t2v t2v_full t2v_more t2v_last t2v_low
 # t2v_two t2v_mix t2v_low_mix export eval (t2v starts from t2i, as the shipped shapes_t2v did; t2v_graft, a trial, from
 # t2i_more and t2v_last, t2v_graft_full from t2v_graft, t2v_bind, a trial with a caption
-# adapter, from t2v_two, and t2v_drop, a trial with the temporal layers' own caption view,
-# from t2v_mix). The applications'
+# adapter, from t2v_two, t2v_drop, a trial with the temporal layers' own caption view,
+# from t2v_mix, and t2v_local, a trial with per-position FiLMs, from t2v_drop). The applications'
 # models are stages of their own, run after those (not by default): cond (the
 # conditional <J, C, M> model, from t2v_last), style (a backbone fine-tuned on outlined
 # shapes, from t2v_last; it builds its dataset first), keyframes (the keyframe model of
@@ -201,6 +201,18 @@ for stage in $STAGES; do
           '--config.model.temporal.caption_drop_words=("circle","square","triangle")' \
           '--config.train.trainable=("backbone","temporal","adapter")' \
           '--config.train.learning_rate_scales=("adapter=20",)'
+      ;;
+    t2v_local)
+      # A trial (stop 42): t2v_drop with a per-position FiLM in every conv inflation block
+      # (model.temporal.local_film: each (frame, row, column) reads the caption through a
+      # cross-attention, so two objects can get two motions), the new group and the
+      # adapter at 20x, 1200 steps at lr 1e-4 (docs/learning_record.md, "Stop 42").
+      t2v_data "$MIX_DATA" 8192 0.5 128
+      fine_tune t2v_local t2v_drop 1200 1e-4 t2v "$MIX_DATA" \
+          --config.model.temporal.text_adapter_layers=1 --config.model.temporal.local_film=True \
+          '--config.model.temporal.caption_drop_words=("circle","square","triangle")' \
+          '--config.train.trainable=("backbone","temporal","adapter","local_film")' \
+          '--config.train.learning_rate_scales=("adapter=20","local_film=20")'
       ;;
     t2v_low_mix)
       # The low-noise expert (what ships as shapes_t2v_low): t2v_low's EMA, backbone and

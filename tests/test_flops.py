@@ -64,6 +64,9 @@ def test_conv_counts_valid_taps_like_xla(size, kernel, stride):
                          "model.temporal.text_conditioning=False",
                          "model.temporal.conv_text_conditioning=False"]),
     ("shapes_tiny:t2v", ["model.temporal.spacetime_attention=True"]),
+    ("shapes_tiny:t2v", ["model.temporal.local_film=True",
+                         "model.temporal.conv_text_conditioning=True",
+                         "train.trainable=('temporal', 'local_film')"]),
     ("shapes_tiny:t2i", ["train.trainable=('backbone',)"]),
     ("shapes_tiny:ssr", ["train.trainable=('backbone', 'temporal')"]),
 ])

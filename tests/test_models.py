@@ -266,6 +266,44 @@ def test_temporal_layers_read_the_caption_without_the_dropped_words():
                          two_views(trained, x, timesteps, *views(0, 2)), atol=1e-4)
 
 
+def test_local_film_is_the_identity_at_init_and_modulates_each_position_apart():
+  """model.temporal.local_film: a new group 'local_film' whose zero-initialised output
+  leaves a trained model unchanged; trained, each (frame, row, column) gets its own scale
+  and shift from what it reads of the caption, where the pooled FiLM gives one per clip."""
+  config, params = _setup((True, True))
+  local = load_config("shapes_tiny:t2v", ["model.temporal.down_levels=(True, True)",
+                                          "model.temporal.local_film=True"])
+  local_params = jax.jit(lambda r: build.init_params(local, r))(jax.random.key(0))
+  assert set(local_params) == set(params) | {"local_film"}
+  assert build.param_groups(local.model) == build.param_groups(config.model) + ("local_film",)
+  x, timesteps = _inputs(config)
+  emb, mask = build.encode_text(config, params, ["a red circle moving left",
+                                                 "a blue square growing"])
+  trained = build.denoiser_params(trained_weights.perturbed(params, seed=7))
+  without = jax.jit(build.build_denoiser(config.model).apply)(
+      {"params": trained}, x, timesteps, emb, mask)
+  with_film = jax.jit(build.build_denoiser(local.model).apply)
+  np.testing.assert_array_equal(
+      with_film({"params": {**trained, "local_film": local_params["local_film"]}},
+                x, timesteps, emb, mask), without)
+  films = trained_weights.perturbed(local_params["local_film"], seed=3)
+  assert not np.allclose(with_film({"params": {**trained, "local_film": films}},
+                                   x, timesteps, emb, mask), without, atol=1e-4)
+  # One block on its own: two positions holding different features read the caption
+  # differently, and the same position reads two captions differently.
+  block = tl.LocalFiLM(heads=4)
+  red, blue = jax.random.normal(jax.random.key(2), (2, 32))
+  video = jnp.zeros((1, 2, 4, 4, 32)).at[:, :, 0, 0].set(red).at[:, :, 3, 3].set(blue)
+  block_params = block.init(jax.random.key(1), video, emb[:1], None)["params"]
+  block_params = trained_weights.perturbed(block_params, seed=5)
+  film = block.apply({"params": block_params}, video, emb[:1], None)
+  assert film.shape == (1, 2, 4, 4, 64)
+  assert not np.allclose(film[0, 0, 0, 0], film[0, 0, 3, 3], atol=1e-4)
+  np.testing.assert_allclose(film[0, 0, 1, 1], film[0, 1, 2, 2], rtol=1e-5, atol=1e-6)
+  other = block.apply({"params": block_params}, video, emb[1:], None)
+  assert not np.allclose(film[0, 0, 0, 0], other[0, 0, 0, 0], atol=1e-4)
+
+
 def test_identity_kernel_refuses_channel_change():
   with pytest.raises(ValueError, match="c_in == c_out"):
     tl.identity_temporal_kernel(None, (3, 4, 8))

@@ -44,7 +44,7 @@ import ml_collections
 from jax.extend import core as jax_core
 
 
-BACKBONE, TEMPORAL = "backbone", "temporal"
+BACKBONE, TEMPORAL, LOCAL_FILM = "backbone", "temporal", "local_film"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +133,7 @@ class _Walk:
     self.context_len = config.text.max_length
     self.context_dim = model.cross_attention_dim
     trainable = tuple(config.train.trainable)
-    self.trainable = {BACKBONE: BACKBONE in trainable, TEMPORAL: TEMPORAL in trainable}
+    self.trainable = {group: group in trainable for group in (BACKBONE, TEMPORAL, LOCAL_FILM)}
     self.context_grad = "text" in trainable
     self.ops: List[Op] = []
 
@@ -219,6 +219,11 @@ class _Walk:
     if self.model.temporal.conv_text_conditioning:  # FiLM from the pooled caption
       film = self.dense(TEMPORAL, self.batch, self.context_dim, 2 * a.channels,
                         self.context_grad)
+      h = dataclasses.replace(h, grad=h.grad or film)
+    if self.model.temporal.get("local_film", False):  # every position reads the caption
+      read = self.attention(LOCAL_FILM, self.batch, a.tokens // self.batch, a.channels,
+                            a.grad or self.trainable[LOCAL_FILM], context=True)
+      film = self.dense(LOCAL_FILM, a.tokens, a.channels, 2 * a.channels, read)
       h = dataclasses.replace(h, grad=h.grad or film)
     h = self.temporal_conv(h)
     grad = self.dense(TEMPORAL, h.tokens, a.channels, a.channels, h.grad)

@@ -92,6 +92,12 @@ def base_config() -> ml_collections.ConfigDict:
   # prompt a seen (colour, motion) pair to the temporal layers: one-object prompts gained,
   # two-object ones lost (docs/learning_record.md, "Stop 41"; not shipped).
   temporal.caption_drop_words = ()
+  # Each conv inflation block's FiLM also gets a per-position scale and shift: every
+  # (frame, row, column) cross-attends to the caption (the temporal layers' view of it) and
+  # a zero-initialised projection of what it reads modulates that position (parameter
+  # group 'local_film'; unchanged at init). Not in the paper: the pooled caption gives the
+  # two objects of a two-object prompt one FiLM, the mean of their two motions.
+  temporal.local_film = False
 
   config.text = text = ml_collections.ConfigDict()
   # A built-in word vocabulary by name ("shapes") or a word list file, one word per line;

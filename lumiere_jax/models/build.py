@@ -9,6 +9,7 @@ all use it instead of reading `model.kind` and `model.in_channels` themselves.
 The full parameter tree of a model is
   {'backbone': UNet2D params, 'temporal': STUNet temporal layers (STUNet only),
    'adapter': the STUNet's caption adapter (model.temporal.text_adapter_layers > 0 only),
+   'local_film': the conv blocks' per-position FiLMs (model.temporal.local_film only),
    'text': text encoder params}
 and a stage's `config.train.trainable` names the top-level entries it trains.
 """
@@ -54,7 +55,9 @@ def param_groups(model_config) -> tuple:
   """The top-level parameter groups of the model a config builds."""
   if model_config.kind != "stunet":
     return IMAGE_GROUPS
-  return VIDEO_GROUPS + (("adapter",) if model_config.temporal.text_adapter_layers else ())
+  t = model_config.temporal
+  return (VIDEO_GROUPS + (("adapter",) if t.text_adapter_layers else ())
+          + (("local_film",) if t.get("local_film", False) else ()))
 
 
 def build_text_encoder(config) -> text_lib.TextEncoder:

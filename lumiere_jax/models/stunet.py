@@ -1,8 +1,9 @@
 """The Space-Time U-Net: the frozen T2I backbone plus temporal layers.
 
 Parameters: {'backbone': <UNet2D params, unchanged>, 'temporal': <new layers>[, 'adapter':
-<caption adapter layers, model.temporal.text_adapter_layers>]}, so the frozen/trainable
-split is visible at the top of the tree (see models/build.py).
+<caption adapter layers, model.temporal.text_adapter_layers>][, 'local_film': <the conv
+blocks' per-position FiLMs, model.temporal.local_film>]}, so the frozen/trainable split is
+visible at the top of the tree (see models/build.py).
 
 Where the temporal layers go, per LUMIERE.md:
   * after every spatial down-sampling named in `model.temporal.down_levels`, a temporal
@@ -35,6 +36,7 @@ class TemporalSpec:
   spacetime_attention: bool
   text_adapter_layers: int = 0
   caption_views: int = 1  # 2: the temporal layers read a caption of their own
+  local_film: bool = False
 
   @classmethod
   def from_config(cls, temporal_config) -> "TemporalSpec":
@@ -46,7 +48,8 @@ class TemporalSpec:
                conv_text_conditioning=temporal_config.conv_text_conditioning,
                spacetime_attention=temporal_config.spacetime_attention,
                text_adapter_layers=temporal_config.text_adapter_layers,
-               caption_views=2 if temporal_config.get("caption_drop_words") else 1)
+               caption_views=2 if temporal_config.get("caption_drop_words") else 1,
+               local_film=bool(temporal_config.get("local_film", False)))
 
 
 class TemporalLayers(nn.Module):
@@ -84,12 +87,34 @@ class TemporalLayers(nn.Module):
                      for i, on in enumerate(s.down_levels) if on}
 
 
+def conv_block_names(unet: UNetSpec):
+  """The keys of the conv inflation blocks (every level but the coarsest)."""
+  return [f"{path}_{level}_{j}" for level in range(unet.levels - 1)
+          for path, count in (("down", unet.layers_per_block), ("up", unet.layers_per_block + 1))
+          for j in range(count)]
+
+
+class LocalFiLMs(nn.Module):
+  """One LocalFiLM per conv inflation block, keyed like them (model.temporal.local_film)."""
+
+  unet: UNetSpec
+  spec: TemporalSpec
+
+  def setup(self):
+    dtype = jnp.dtype(self.unet.dtype)
+    film = maybe_remat(tl.LocalFiLM, self.unet.remat)
+    self.blocks = {name: film(self.spec.heads, dtype=dtype)
+                   for name in conv_block_names(self.unet)}
+
+
 class _TemporalHooks(unet2d.Inflation):
   """Runs the temporal layers at the backbone's hook points, moving between the frame
   layout [B*T, H, W, C] and the video layout [B, T, H, W, C]."""
 
-  def __init__(self, temporal: TemporalLayers, batch: int, context, context_mask):
+  def __init__(self, temporal: TemporalLayers, batch: int, context, context_mask,
+               local_film=None):
     self.temporal = temporal
+    self.local_film = local_film
     self.batch = batch
     self.context = context
     self.context_bias = unet2d.layers.mask_to_bias(context_mask[:, None, None, :])
@@ -104,14 +129,17 @@ class _TemporalHooks(unet2d.Inflation):
   def _frames(self, v):
     return v.reshape(-1, *v.shape[2:])
 
-  def _inflate(self, block, level, h):
+  def _inflate(self, name, level, h):
     v = self._video(h)
+    block = self.temporal.blocks[name]
     if level == self.coarsest:
       return self._frames(block(v, self.context, self.context_bias))
-    return self._frames(block(v, self.pooled))
+    local = (self.local_film.blocks[name](v, self.context, self.context_bias)
+             if self.local_film is not None else None)
+    return self._frames(block(v, self.pooled, local))
 
   def after_block(self, level, path, index, h):
-    return self._inflate(self.temporal.blocks[f"{path}_{level}_{index}"], level, h)
+    return self._inflate(f"{path}_{level}_{index}", level, h)
 
   def after_downsample(self, level, h):
     if not self.temporal.spec.down_levels[level]:
@@ -125,7 +153,7 @@ class _TemporalHooks(unet2d.Inflation):
 
   def mid(self, h):
     for block in self.temporal.mid:
-      h = self._inflate(block, self.coarsest, h)
+      h = self._frames(block(self._video(h), self.context, self.context_bias))
     return h
 
 
@@ -143,6 +171,8 @@ class STUNet(nn.Module):
       self.adapter = text_lib.CaptionAdapter(self.temporal_spec.text_adapter_layers,
                                              self.temporal_spec.heads,
                                              dtype=jnp.dtype(self.unet.dtype))
+    if self.temporal_spec.local_film:
+      self.local_film = LocalFiLMs(self.unet, self.temporal_spec)
 
   def __call__(self, x, timesteps, context, context_mask, noise_level=None):
     b, t = x.shape[:2]
@@ -156,7 +186,8 @@ class STUNet(nn.Module):
     x = sharding.constrain(x, tl.VIDEO_AXES)
     frames = x.reshape(b * t, *x.shape[2:])
     hooks = _TemporalHooks(self.temporal, b, views[-1].astype(jnp.dtype(self.unet.dtype)),
-                           masks[-1])
+                           masks[-1],
+                           self.local_film if self.temporal_spec.local_film else None)
     out = unet2d.unet_forward(self.backbone, frames, timesteps, context, context_mask, hooks,
                               noise_level)
     return out.reshape(b, t, *out.shape[1:])

@@ -10,8 +10,9 @@ All of them act on videos [B, T, H, W, C] and start as exact identities, per LUM
     attention-based (temporal self-attention, stackable) at the coarsest.
 
 Text reaches the temporal layers, where enabled, through cross-attention in the attention
-blocks and (an extension, off in the paper's layout) a FiLM of the conv blocks by the
-pooled caption embedding, zero-initialised so it changes nothing at init.
+blocks and (extensions, off in the paper's layout) a FiLM of the conv blocks by the
+pooled caption embedding and, per position, by what each (frame, row, column) reads of the
+caption (LocalFiLM), both zero-initialised so they change nothing at init.
 """
 
 import flax.linen as nn
@@ -95,7 +96,8 @@ class ConvInflationBlock(nn.Module):
 
   With `text_conditioning`, the second norm's output is modulated by the pooled caption,
   h * (1 + scale) + shift (FiLM), scale and shift from a zero-initialised projection: a
-  per-clip signal ("moving left") that chooses what the (2+1)D convolution does."""
+  per-clip signal ("moving left") that chooses what the (2+1)D convolution does. `local`
+  ([B, T, H, W, 2 C], a LocalFiLM's output) adds a per-position scale and shift."""
 
   groups: int
   kernel_size: int = 3
@@ -103,7 +105,7 @@ class ConvInflationBlock(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, text=None):
+  def __call__(self, x, text=None, local=None):
     b, t, hh, ww, c = x.shape
     frames = x.reshape(b * t, hh, ww, c)
     h = nn.silu(layers.GroupNorm(num_groups=self.groups, name="norm1")(frames))
@@ -114,11 +116,38 @@ class ConvInflationBlock(nn.Module):
                           kernel_init=nn.initializers.zeros, name="text_film")(text)
       scale, shift = jnp.split(film[:, None, None, None, :], 2, axis=-1)
       h = h * (1 + scale) + shift
+    if local is not None:
+      scale, shift = jnp.split(local.astype(h.dtype), 2, axis=-1)
+      h = h * (1 + scale) + shift
     h = nn.silu(h)
     h = TemporalConv(c, self.kernel_size, dtype=self.dtype, name="temporal_conv")(h)
     h = layers.Dense(c, ("conv_in", "conv_out"), dtype=self.dtype,
                      kernel_init=nn.initializers.zeros, name="proj_out")(h)
     return x + h.astype(x.dtype)
+
+
+class LocalFiLM(nn.Module):
+  """A per-position FiLM of a conv inflation block: every (frame, row, column) of the
+  block's input cross-attends to the caption, and a zero-initialised projection of what it
+  reads gives that position's scale and shift ([B, T, H, W, C] -> [B, T, H, W, 2 C]).
+
+  An extension (model.temporal.local_film): the pooled caption gives both objects of "a red
+  circle moving left and a blue square moving up" one FiLM, the mean of two motions; here
+  the red object's pixels can read the motion bound to "red"."""
+
+  heads: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, context, context_bias):
+    b, t, hh, ww, c = x.shape
+    q = layers.LayerNorm(name="norm")(x).reshape(b, t * hh * ww, c)
+    sequences = lambda y: sharding.constrain(y, SEQUENCE_AXES)
+    read = sequences(layers.Attention(self.heads, c // self.heads, dtype=self.dtype,
+                                      name="attn")(sequences(q), context, context_bias))
+    film = layers.Dense(2 * c, ("embed", "mlp"), dtype=self.dtype,
+                        kernel_init=nn.initializers.zeros, name="proj")(read)
+    return film.reshape(b, t, hh, ww, 2 * c)
 
 
 def spacetime_position_embedding(t: int, hh: int, ww: int, c: int):
