@@ -96,7 +96,9 @@ def base_config() -> ml_collections.ConfigDict:
   # (frame, row, column) cross-attends to the caption (the temporal layers' view of it) and
   # a zero-initialised projection of what it reads modulates that position (parameter
   # group 'local_film'; unchanged at init). Not in the paper: the pooled caption gives the
-  # two objects of a two-object prompt one FiLM, the mean of their two motions.
+  # two objects of a two-object prompt one FiLM, the mean of their two motions. The
+  # recipe's t2v_local trial: two-object colour back to the shipped pair's, two-object
+  # motion not (docs/learning_record.md, "Stop 42"; not shipped).
   temporal.local_film = False
 
   config.text = text = ml_collections.ConfigDict()
