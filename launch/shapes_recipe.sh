@@ -7,7 +7,8 @@
 # t2v_two t2v_mix t2v_low_mix export eval (t2v starts from t2i, as the shipped shapes_t2v did; t2v_graft, a trial, from
 # t2i_more and t2v_last, t2v_graft_full from t2v_graft, t2v_bind, a trial with a caption
 # adapter, from t2v_two, t2v_drop, a trial with the temporal layers' own caption view,
-# from t2v_mix, and t2v_local, a trial with per-position FiLMs, from t2v_drop). The applications'
+# from t2v_mix, t2v_local, a trial with per-position FiLMs, from t2v_drop, and t2v_scratch, a trial with all
+# of those from t2i_more). The applications'
 # models are stages of their own, run after those (not by default): cond (the
 # conditional <J, C, M> model, from t2v_last), style (a backbone fine-tuned on outlined
 # shapes, from t2v_last; it builds its dataset first), keyframes (the keyframe model of
@@ -62,15 +63,16 @@ ssr_data() {
       --frames 16 --two-object-fraction 0.3 --held-out-videos 64 "${held_out[@]}"
 }
 
-# first_stage VARIANT WORKDIR: the temporal layers on video from t2i (backbone frozen).
+# first_stage VARIANT WORKDIR [INIT [DATA_DIR [OVERRIDE...]]]: the temporal layers on video
+# from INIT (default t2i; backbone frozen); OVERRIDEs (--config.a.b=v) come last and win.
 first_stage() {
   staged lumiere train --config "shapes_tiny:$1" --workdir "$RUNS/$2" \
-      --config.train.data_dir="$DATA" --config.train.init_checkpoint="$RUNS/t2i" \
+      --config.train.data_dir="${4:-$DATA}" --config.train.init_checkpoint="$RUNS/${3:-t2i}" \
       --config.train.num_steps=3000 --config.data.batch_size=4 \
       --config.train.learning_rate=1e-3 --config.train.warmup_steps=50 \
       --config.train.ema_decay=0.998 --config.train.checkpoint_every=100 \
       --config.train.log_every=10 --config.diffusion.train_logsnr_shift=-5.545 \
-      --config.model.temporal.spacetime_attention=True
+      --config.model.temporal.spacetime_attention=True "${@:5}"
 }
 
 # fine_tune WORKDIR INIT STEPS LR [VARIANT [DATA_DIR [OVERRIDE...]]]: the whole STUNet but
@@ -213,6 +215,17 @@ for stage in $STAGES; do
           '--config.model.temporal.caption_drop_words=("circle","square","triangle")' \
           '--config.train.trainable=("backbone","temporal","adapter","local_film")' \
           '--config.train.learning_rate_scales=("adapter=20","local_film=20")'
+      ;;
+    t2v_scratch)
+      # A trial (stop 43): the t2v stage again, from t2i_more, with what stops 37-42 added
+      # from the start instead of as fine-tunes: the 50% two-object mix, the caption adapter,
+      # the temporal layers' caption without the shape names, and per-position FiLMs
+      # (docs/learning_record.md, "Stop 43").
+      t2v_data "$MIX_DATA" 8192 0.5 128
+      first_stage t2v t2v_scratch t2i_more "$MIX_DATA" \
+          --config.model.temporal.text_adapter_layers=1 --config.model.temporal.local_film=True \
+          '--config.model.temporal.caption_drop_words=("circle","square","triangle")' \
+          '--config.train.trainable=("temporal","adapter","local_film")'
       ;;
     t2v_low_mix)
       # The low-noise expert (what ships as shapes_t2v_low): t2v_low's EMA, backbone and
