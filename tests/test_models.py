@@ -75,6 +75,70 @@ def test_group_norm_is_the_textbook_formula_and_so_are_its_gradients(shape, grou
   np.testing.assert_allclose(ours[1]["params"]["bias"], ref[2], atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("frames", [1, 3])
+def test_group_norm_folds_a_per_video_film_exactly(frames):
+  """GroupNorm(x, (scale, shift)) with one FiLM row per video of `frames` frames is the
+  textbook GroupNorm followed by y (1 + scale) + shift, values and gradients."""
+  from lumiere_jax.models import layers
+  videos, groups, shape = 2, 4, (2 * frames, 5, 6, 16)
+  keys = jax.random.split(jax.random.key(4), 4)
+  x = jax.random.normal(keys[0], shape) * 2.0 - 0.5
+  film = 0.3 * jax.random.normal(keys[1], (videos, 32))
+  norm = layers.GroupNorm(num_groups=groups)
+  params = jax.tree_util.tree_map(lambda p: p + 0.1 * jax.random.normal(keys[2], p.shape),
+                                  nn.meta.unbox(norm.init(keys[3], x)))
+
+  def ours(x, p, film):
+    return norm.apply(p, x, (film[:, :16], film[:, 16:]))
+
+  def textbook(x, p, film):
+    g = x.reshape(x.shape[0], -1, groups, 16 // groups)
+    mean = g.mean(axis=(1, 3), keepdims=True)
+    var = jnp.square(g - mean).mean(axis=(1, 3), keepdims=True)
+    y = ((g - mean) / jnp.sqrt(var + 1e-5)).reshape(shape) * p["params"]["scale"]
+    y = (y + p["params"]["bias"]).reshape(videos, frames, *shape[1:])
+    y = y * (1 + film[:, None, None, None, :16]) + film[:, None, None, None, 16:]
+    return y.reshape(shape)
+
+  np.testing.assert_allclose(ours(x, params, film), textbook(x, params, film), atol=3e-6,
+                             rtol=0)
+  weights = jax.random.normal(jax.random.key(5), shape)
+  grad = lambda f: jax.grad(lambda *a: jnp.sum(weights * f(*a)), argnums=(0, 1, 2))(
+      x, params, film)
+  for a, b in zip(jax.tree_util.tree_leaves(grad(ours)), jax.tree_util.tree_leaves(grad(textbook))):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
+
+
+def test_repeat_rows_is_a_repeat_whose_gradient_sums_per_sample_first():
+  """layers.repeat_rows equals jnp.repeat in value, gradient, forward mode and second
+  order; and in the compiled gradient of a conv bias (layers.add_channel_bias) no sum goes
+  from the activation straight to [C] (XLA merged the per-sample and batch sums into one
+  single-core loop before; the plain broadcast still does, which keeps this test honest)."""
+  import re
+  from lumiere_jax.models import layers
+  v = jax.random.normal(jax.random.key(0), (3, 5))
+  w = jax.random.normal(jax.random.key(1), (12, 5))
+  np.testing.assert_array_equal(layers.repeat_rows(v, 12), jnp.repeat(v, 4, axis=0))
+  ours = lambda v: jnp.sum(w * jnp.sin(layers.repeat_rows(v, 12)))
+  ref = lambda v: jnp.sum(w * jnp.sin(jnp.repeat(v, 4, axis=0)))
+  np.testing.assert_allclose(jax.grad(ours)(v), jax.grad(ref)(v), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(jax.jacfwd(ours)(v), jax.jacfwd(ref)(v), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(jax.hessian(ours)(v), jax.hessian(ref)(v), rtol=1e-5, atol=1e-6)
+
+  y = jax.random.normal(jax.random.key(2), (8, 16, 16, 32))
+  bias = jnp.zeros((32,))
+
+  def merged_sums(add):  # reduces of >= 2 axes straight to a rank-1 result
+    grad = jax.jit(jax.grad(lambda b: jnp.sum(jnp.sin(add(y, b)))))
+    hlo = grad.lower(bias).compile().as_text()
+    return [line for line in hlo.splitlines()
+            if re.search(r"= f32\[\d+\]\S* reduce\(", line)
+            and len(re.search(r"dimensions=\{([\d,]*)\}", line).group(1).split(",")) >= 2]
+
+  assert merged_sums(lambda y, b: y + b), "the plain broadcast's gradient was not merged"
+  assert not merged_sums(layers.add_channel_bias)
+
+
 def test_stunet_equals_backbone_on_every_frame_without_temporal_downsampling():
   config, params = _setup((False, False))
   assert temporal_factor(config.model) == 1

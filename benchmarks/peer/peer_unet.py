@@ -129,15 +129,7 @@ class ScaledRMSNorm(nn.Module):
     c = x.shape[-1]
     gain = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
                       (c,))
-    return rms_normalize(x, self.axis) * (math.sqrt(c) * gain)
-
-
-def per_video(h, values):
-  """Views frames h [B*T, ...] as [B, T, ...] and returns (grouped h, values [B, C]
-  broadcast to it)."""
-  b = values.shape[0]
-  grouped = h.reshape(b, h.shape[0] // b, *h.shape[1:])
-  return grouped, values.reshape(b, *([1] * (grouped.ndim - 2)), values.shape[-1])
+    return rms_normalize(x, self.axis) * (math.sqrt(c) * layers.per_sample(gain, x))
 
 
 def attention_core(q, k, v, heads: int):
@@ -165,10 +157,7 @@ class ResBlock(nn.Module):
     h = layers.Conv2D(c, name="conv1")(nn.silu(layers.GroupNorm(num_groups=self.groups,
                                                                 name="norm1")(x)))
     film = layers.Dense(2 * c, ("embed", "conv_out"), name="time_mlp")(nn.silu(temb))
-    h = layers.GroupNorm(num_groups=self.groups, name="norm2")(h)
-    grouped, scale = per_video(h, film[:, :c])
-    _, shift = per_video(h, film[:, c:])
-    h = (grouped * (1 + scale) + shift).reshape(h.shape)
+    h = layers.GroupNorm(num_groups=self.groups, name="norm2")(h, (film[:, :c], film[:, c:]))
     h = layers.Conv2D(c, name="conv2")(nn.silu(h))
     if x.shape[-1] != c:
       x = layers.Conv2D(c, kernel_size=1, name="skip")(x)
@@ -324,7 +313,7 @@ def transposed_temporal_conv(video, kernel, bias):
   even = taps[1]
   odd = taps[2] + jnp.pad(taps[0][:, 1:], ((0, 0), (0, 1), (0, 0), (0, 0), (0, 0)))
   out = jnp.stack([even, odd], axis=2)
-  return out.reshape(out.shape[0], -1, *out.shape[3:]) + bias
+  return layers.add_channel_bias(out.reshape(out.shape[0], -1, *out.shape[3:]), bias)
 
 
 class TemporalUpsample(nn.Module):

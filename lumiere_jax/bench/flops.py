@@ -42,6 +42,7 @@ from typing import Dict, List, Sequence
 import jax
 import ml_collections
 from jax.extend import core as jax_core
+from lumiere_jax.models import layers
 
 
 BACKBONE, TEMPORAL, LOCAL_FILM = "backbone", "temporal", "local_film"
@@ -309,12 +310,17 @@ def traced_flops(fn, *args) -> int:
 def _jaxpr_flops(jaxpr) -> int:
   total = 0
   for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "dot_general":
+    if eqn.primitive.name == "dot_general" and not _is_selection(eqn):
       total += _dot_general_flops(eqn)
     elif eqn.primitive.name == "conv_general_dilated":
       total += _conv_flops(eqn)
     total += sum(_jaxpr_flops(sub) for sub in jax_core.jaxprs_in_params(eqn.params))
   return total
+
+
+def _is_selection(eqn) -> bool:
+  """The 0/1 matmul of layers.repeat_rows' derivative: data movement, not model FLOPs."""
+  return layers.SELECTION_SCOPE in str(eqn.source_info.name_stack)
 
 
 def _dot_general_flops(eqn) -> int:

@@ -5,6 +5,8 @@ weights), so that converted weights land by a mechanical rename. Normalisation s
 and softmax are computed in float32 whatever the compute dtype.
 """
 
+import functools
+import math
 from typing import Optional, Tuple
 
 import flax.linen as nn
@@ -23,6 +25,57 @@ def mask_to_bias(mask, dtype=jnp.float32):
   return jnp.where(mask, 0.0, jnp.finfo(dtype).min / 2).astype(dtype)
 
 
+SELECTION_SCOPE = "repeat_rows_selection"
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def repeat_rows(v, n: int):
+  """v [M, C] -> [n, C], row i = v[i // (n // M)] (jnp.repeat over axis 0), whose
+  derivative is a matmul with a 0/1 matrix.
+
+  Why: the gradient of a repeat or broadcast is a sum, and XLA merges it with the sum
+  before it (the per-sample sum of an activation's gradient, [B, C]) into one sum of the
+  whole activation into [C], which XLA:CPU runs as a single loop on one core (10-20 ms
+  for a [32, 32, 32, 32] gradient on a 2-core AVX2 EPYC; benchmarks/RESULTS.md). Behind a
+  matmul the per-sample sums stay (split across the cores), then one tiny matmul. The
+  value is a plain repeat, so forward passes do not change; the derivative is exact (each
+  output sums one product with 1, HIGHEST precision so also on TPU)."""
+  if n % v.shape[0]:
+    raise ValueError(f"repeat_rows: {n} rows is not a multiple of {v.shape[0]}")
+  return jnp.repeat(v, n // v.shape[0], axis=0)
+
+
+@repeat_rows.defjvp
+def _repeat_rows_jvp(n, primals, tangents):
+  (v,), (dv,) = primals, tangents
+  m = v.shape[0]
+  pick = (jnp.arange(n)[:, None] // (n // m) == jnp.arange(m)[None, :]).astype(dv.dtype)
+  with jax.named_scope(SELECTION_SCOPE):  # bench/flops.py leaves it out of the model's FLOPs
+    return repeat_rows(v, n), jnp.dot(pick, dv, precision=jax.lax.Precision.HIGHEST)
+
+
+def per_sample(p, x):
+  """A per-channel parameter p [C] broadcast against x [N, ..., C] as [N, 1, ..., C]
+  rows (repeat_rows), so that its gradient is summed per sample first."""
+  rows = repeat_rows(p[None], x.shape[0])
+  return rows.reshape((x.shape[0],) + (1,) * (x.ndim - 2) + p.shape)
+
+
+# per_sample pays where each sample holds many positions (an image's pixels, a video's):
+# for token arrays whose batch is pixels ([B H W, T, C]) the per-sample sum is nearly as
+# large as the gradient itself, so it would only add a pass (RESULTS.md, stop 44).
+PER_SAMPLE_MIN_POSITIONS = 64
+
+
+def per_sample_pays(x) -> bool:
+  return x.ndim >= 3 and math.prod(x.shape[1:-1]) >= PER_SAMPLE_MIN_POSITIONS
+
+
+def add_channel_bias(y, bias):
+  """y [N, ..., C] + bias [C], per_sample where that pays (per_sample_pays)."""
+  return y + (per_sample(bias, y) if per_sample_pays(y) else bias)
+
+
 class Dense(nn.Module):
   features: int
   axes: Axes = ("embed", "mlp")
@@ -38,7 +91,7 @@ class Dense(nn.Module):
     if self.use_bias:
       bias = self.param("bias", _logical(nn.initializers.zeros, self.axes[-1:]),
                         (self.features,))
-      y = y + bias.astype(self.dtype)
+      y = add_channel_bias(y, bias.astype(self.dtype))
     return y
 
 
@@ -62,7 +115,7 @@ class Conv2D(nn.Module):
     y = jax.lax.conv_general_dilated(
         x.astype(self.dtype), kernel.astype(self.dtype), (self.stride, self.stride),
         ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y + bias.astype(self.dtype)
+    return add_channel_bias(y, bias.astype(self.dtype))
 
 
 def _normalize(x, reduce_axes, epsilon):
@@ -72,53 +125,60 @@ def _normalize(x, reduce_axes, epsilon):
   return (x - mean) * jax.lax.rsqrt(var + epsilon)
 
 
-class _Norm(nn.Module):
-  """A per-channel affine normalisation; subclasses say which axes the statistics span."""
-
-  epsilon: float = 1e-5
-
-  def normalize(self, x32):
-    raise NotImplementedError
-
-  @nn.compact
-  def __call__(self, x):
-    c = x.shape[-1]
-    scale = self.param("scale", _logical(nn.initializers.ones, ("norm",)), (c,))
-    bias = self.param("bias", _logical(nn.initializers.zeros, ("norm",)), (c,))
-    return (self.normalize(x.astype(jnp.float32)) * scale + bias).astype(x.dtype)
-
-
-class GroupNorm(_Norm):
+class GroupNorm(nn.Module):
   """GroupNorm over the channel axis (last), statistics over all other non-batch axes.
 
   The statistics are sums over the rows of x viewed as [B, N, C] per channel, grouped
   on the small [B, C] result: XLA:CPU emits these channels-minor column sums (and their
   gradients) as vector loops, where a [B, N, G, C/G] reduction and its gradients became
   scalar loops (peer-matched train step 12% faster on an AVX2 EPYC, benchmarks/RESULTS.md).
-  The same mean and variance, summed in another order."""
+  The affine parameters go through per_sample, so their gradients are summed per sample
+  first (see repeat_rows).
+
+  `modulation`: an optional FiLM (scale, shift), each [B', C] with B' dividing B (e.g. one
+  per video of B = B' T frames): the output is y (1 + scale) + shift, computed in float32,
+  sample i reading row i // (B / B')."""
 
   num_groups: int = 32
+  epsilon: float = 1e-5
 
-  def normalize(self, x32):
-    c = x32.shape[-1]
+  @nn.compact
+  def __call__(self, x, modulation=None):
+    c = x.shape[-1]
+    scale = self.param("scale", _logical(nn.initializers.ones, ("norm",)), (c,))
+    bias = self.param("bias", _logical(nn.initializers.zeros, ("norm",)), (c,))
+    rows = x.astype(jnp.float32).reshape(x.shape[0], -1, c)
     per_group = c // self.num_groups
-    rows = x32.reshape(x32.shape[0], -1, c)
     count = rows.shape[1] * per_group
 
-    def group_mean(v):  # [B, N, C] -> [B, 1, C]: each channel's group mean
+    def group_mean(v):  # [B, N, C] -> [B, C]: each channel's group mean
       sums = v.sum(axis=1).reshape(-1, self.num_groups, per_group).sum(axis=-1)
-      return jnp.repeat(sums / count, per_group, axis=-1)[:, None]
+      return jnp.repeat(sums / count, per_group, axis=-1)
 
-    centred = rows - group_mean(rows)
-    variance = group_mean(jnp.square(centred))
-    return (centred * jax.lax.rsqrt(variance + self.epsilon)).reshape(x32.shape)
+    centred = rows - group_mean(rows)[:, None]
+    y = centred * jax.lax.rsqrt(group_mean(jnp.square(centred)) + self.epsilon)[:, None]
+    y = y * per_sample(scale, rows) + per_sample(bias, rows)
+    if modulation is not None:
+      film_scale, film_shift = (repeat_rows(m.astype(jnp.float32), x.shape[0])
+                                for m in modulation)
+      y = y * (1 + film_scale[:, None]) + film_shift[:, None]
+    return y.reshape(x.shape).astype(x.dtype)
 
 
-class LayerNorm(_Norm):
-  """LayerNorm over the channel axis (last)."""
+class LayerNorm(nn.Module):
+  """LayerNorm over the channel axis (last); its affine per sample where that pays."""
 
-  def normalize(self, x32):
-    return _normalize(x32, -1, self.epsilon)
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    scale = self.param("scale", _logical(nn.initializers.ones, ("norm",)), (c,))
+    bias = self.param("bias", _logical(nn.initializers.zeros, ("norm",)), (c,))
+    y = _normalize(x.astype(jnp.float32), -1, self.epsilon)
+    if per_sample_pays(x):
+      scale, bias = per_sample(scale, x), per_sample(bias, x)
+    return (y * scale + bias).astype(x.dtype)
 
 
 class Attention(nn.Module):

@@ -56,7 +56,7 @@ class TemporalConv(nn.Module):
     y = jax.lax.conv_general_dilated(
         x.astype(self.dtype), kernel[:, None, None].astype(self.dtype), (self.stride, 1, 1),
         ((pad, pad), (0, 0), (0, 0)), dimension_numbers=("NTHWC", "THWIO", "NTHWC"))
-    return y + bias.astype(self.dtype)
+    return layers.add_channel_bias(y, bias.astype(self.dtype))
 
 
 class TemporalDownsample(nn.Module):
@@ -110,12 +110,12 @@ class ConvInflationBlock(nn.Module):
     frames = x.reshape(b * t, hh, ww, c)
     h = nn.silu(layers.GroupNorm(num_groups=self.groups, name="norm1")(frames))
     h = layers.Conv2D(c, dtype=self.dtype, name="spatial_conv")(h).reshape(b, t, hh, ww, c)
-    h = layers.GroupNorm(num_groups=self.groups, name="norm2")(h)
+    film = None
     if self.text_conditioning:
-      film = layers.Dense(2 * c, ("embed", "mlp"), dtype=self.dtype,
-                          kernel_init=nn.initializers.zeros, name="text_film")(text)
-      scale, shift = jnp.split(film[:, None, None, None, :], 2, axis=-1)
-      h = h * (1 + scale) + shift
+      film = jnp.split(layers.Dense(2 * c, ("embed", "mlp"), dtype=self.dtype,
+                                    kernel_init=nn.initializers.zeros, name="text_film")(text),
+                       2, axis=-1)
+    h = layers.GroupNorm(num_groups=self.groups, name="norm2")(h, film)
     if local is not None:
       scale, shift = jnp.split(local.astype(h.dtype), 2, axis=-1)
       h = h * (1 + scale) + shift

@@ -26,11 +26,10 @@ TOKEN_AXES = ("batch", "length", "embed")
 
 
 def add_per_video(h, per_video):
-  """h [B*T, ...C] + per_video [B, C], broadcast over each video's frames."""
-  b = per_video.shape[0]
-  grouped = h.reshape(b, h.shape[0] // b, *h.shape[1:])
-  expand = (slice(None), None) + (None,) * (h.ndim - 2)
-  return (grouped + per_video[expand]).reshape(h.shape)
+  """h [B*T, ...C] + per_video [B, C], repeated to each video's frames (layers.repeat_rows,
+  so that its gradient is summed per frame first)."""
+  rows = layers.repeat_rows(per_video, h.shape[0])
+  return h + rows.reshape((h.shape[0],) + (1,) * (h.ndim - 2) + rows.shape[-1:])
 
 
 class ResnetBlock2D(nn.Module):
