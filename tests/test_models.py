@@ -484,6 +484,32 @@ def _reference_temporal_conv(x, kernel, bias, stride):
   return np.stack(out, axis=1)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_temporal_conv_equals_the_3d_convolution_in_value_and_gradients(stride):
+  # TemporalConv runs as a 2D convolution over (time, rows x columns) with a (k, 1)
+  # kernel; it must equal the 3D convolution with a (k, 1, 1) kernel it replaces, in
+  # value and in both gradients (rows != columns, so a wrong reshape shows).
+  x = jax.random.normal(jax.random.key(3), (2, 6, 3, 5, 4))
+  conv = tl.TemporalConv(6, 3, stride=stride)
+  params = nn.meta.unbox(jax.jit(conv.init)(jax.random.key(0), x))
+  params = trained_weights.perturbed(params, seed=2, scale=0.5)
+
+  def conv3d(p, x):
+    y = jax.lax.conv_general_dilated(
+        x, p["params"]["kernel"][:, None, None], (stride, 1, 1), ((1, 1), (0, 0), (0, 0)),
+        dimension_numbers=("NTHWC", "THWIO", "NTHWC"))
+    return y + p["params"]["bias"]
+
+  cotangent = jax.random.normal(jax.random.key(4), (2, 6 // stride, 3, 5, 6))
+  results = []
+  for fn in (conv.apply, conv3d):
+    y, vjp = jax.vjp(fn, params, x)
+    results.append((y, *vjp(cotangent)))
+  for got, want in zip(jax.tree_util.tree_leaves(results[0]),
+                       jax.tree_util.tree_leaves(results[1])):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("kernel_size,stride", [(3, 1), (3, 2), (5, 2)])
 def test_temporal_conv_with_trained_weights_convolves_over_frames(kernel_size, stride):
   x = jax.random.normal(jax.random.key(6), (2, 6, 3, 2, 4))
