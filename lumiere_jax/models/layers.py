@@ -55,10 +55,11 @@ def _repeat_rows_jvp(n, primals, tangents):
 
 
 def per_sample(p, x):
-  """A per-channel parameter p [C] broadcast against x [N, ..., C] as [N, 1, ..., C]
-  rows (repeat_rows), so that its gradient is summed per sample first."""
-  rows = repeat_rows(p[None], x.shape[0])
-  return rows.reshape((x.shape[0],) + (1,) * (x.ndim - 2) + p.shape)
+  """p, a per-channel [C] or rows [M, C] with M dividing N, broadcast against x
+  [N, ..., C] as [N, 1, ..., C] (repeat_rows: sample i reads row i // (N / M)), so that
+  its gradient is summed per sample first."""
+  rows = repeat_rows(p if p.ndim == 2 else p[None], x.shape[0])
+  return rows.reshape((x.shape[0],) + (1,) * (x.ndim - 2) + rows.shape[-1:])
 
 
 # per_sample pays where each sample holds many positions (an image's pixels, a video's):
@@ -159,9 +160,8 @@ class GroupNorm(nn.Module):
     y = centred * jax.lax.rsqrt(group_mean(jnp.square(centred)) + self.epsilon)[:, None]
     y = y * per_sample(scale, rows) + per_sample(bias, rows)
     if modulation is not None:
-      film_scale, film_shift = (repeat_rows(m.astype(jnp.float32), x.shape[0])
-                                for m in modulation)
-      y = y * (1 + film_scale[:, None]) + film_shift[:, None]
+      film_scale, film_shift = (per_sample(m.astype(jnp.float32), rows) for m in modulation)
+      y = y * (1 + film_scale) + film_shift
     return y.reshape(x.shape).astype(x.dtype)
 
 

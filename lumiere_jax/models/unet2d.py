@@ -26,10 +26,9 @@ TOKEN_AXES = ("batch", "length", "embed")
 
 
 def add_per_video(h, per_video):
-  """h [B*T, ...C] + per_video [B, C], repeated to each video's frames (layers.repeat_rows,
+  """h [B*T, ...C] + per_video [B, C], repeated to each video's frames (layers.per_sample,
   so that its gradient is summed per frame first)."""
-  rows = layers.repeat_rows(per_video, h.shape[0])
-  return h + rows.reshape((h.shape[0],) + (1,) * (h.ndim - 2) + rows.shape[-1:])
+  return h + layers.per_sample(per_video, h)
 
 
 class ResnetBlock2D(nn.Module):
