@@ -47,12 +47,15 @@ def _stunet_and_per_frame(config, params):
   return np.asarray(video_out), np.asarray(per_frame)
 
 
-@pytest.mark.parametrize("shape, groups", [((3, 40), 4), ((2, 5, 6, 32), 8),
-                                           ((2, 3, 4, 4, 16), 16), ((1, 7, 8), 1)])
-def test_group_norm_is_the_textbook_formula_and_so_are_its_gradients(shape, groups):
+@pytest.mark.parametrize("shape, groups, silu", [((3, 40), 4, False), ((2, 5, 6, 32), 8, False),
+                                                 ((2, 5, 6, 32), 8, True),
+                                                 ((2, 3, 4, 4, 16), 16, True), ((1, 7, 8), 1, False)])
+def test_group_norm_is_the_textbook_formula_and_so_are_its_gradients(shape, groups, silu):
+  """Values and every gradient of GroupNorm (its gradient is written out, a custom VJP)
+  against autodiff of the textbook formula, with and without the SiLU after it."""
   from lumiere_jax.models import layers
   x = jax.random.normal(jax.random.key(0), shape) * 3.0 + 1.5
-  norm = layers.GroupNorm(num_groups=groups)
+  norm = layers.GroupNorm(num_groups=groups, silu=silu)
   params = nn.meta.unbox(norm.init(jax.random.key(1), x))
   params = jax.tree_util.tree_map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(2),
                                                                         p.shape), params)
@@ -62,7 +65,8 @@ def test_group_norm_is_the_textbook_formula_and_so_are_its_gradients(shape, grou
     g = x.reshape(x.shape[0], -1, groups, shape[-1] // groups)
     mean = g.mean(axis=(1, 3), keepdims=True)
     var = jnp.square(g - mean).mean(axis=(1, 3), keepdims=True)
-    return ((g - mean) / jnp.sqrt(var + 1e-5)).reshape(shape) * scale + bias
+    y = ((g - mean) / jnp.sqrt(var + 1e-5)).reshape(shape) * scale + bias
+    return nn.silu(y) if silu else y
 
   np.testing.assert_allclose(norm.apply(params, x), textbook(x, scale, bias), atol=2e-6,
                              rtol=0)
@@ -75,16 +79,16 @@ def test_group_norm_is_the_textbook_formula_and_so_are_its_gradients(shape, grou
   np.testing.assert_allclose(ours[1]["params"]["bias"], ref[2], atol=1e-4, rtol=1e-5)
 
 
-@pytest.mark.parametrize("frames", [1, 3])
-def test_group_norm_folds_a_per_video_film_exactly(frames):
+@pytest.mark.parametrize("frames, silu", [(1, False), (3, False), (3, True)])
+def test_group_norm_folds_a_per_video_film_exactly(frames, silu):
   """GroupNorm(x, (scale, shift)) with one FiLM row per video of `frames` frames is the
-  textbook GroupNorm followed by y (1 + scale) + shift, values and gradients."""
+  textbook GroupNorm followed by y (1 + scale) + shift (and SiLU), values and gradients."""
   from lumiere_jax.models import layers
   videos, groups, shape = 2, 4, (2 * frames, 5, 6, 16)
   keys = jax.random.split(jax.random.key(4), 4)
   x = jax.random.normal(keys[0], shape) * 2.0 - 0.5
   film = 0.3 * jax.random.normal(keys[1], (videos, 32))
-  norm = layers.GroupNorm(num_groups=groups)
+  norm = layers.GroupNorm(num_groups=groups, silu=silu)
   params = jax.tree_util.tree_map(lambda p: p + 0.1 * jax.random.normal(keys[2], p.shape),
                                   nn.meta.unbox(norm.init(keys[3], x)))
 
@@ -98,7 +102,7 @@ def test_group_norm_folds_a_per_video_film_exactly(frames):
     y = ((g - mean) / jnp.sqrt(var + 1e-5)).reshape(shape) * p["params"]["scale"]
     y = (y + p["params"]["bias"]).reshape(videos, frames, *shape[1:])
     y = y * (1 + film[:, None, None, None, :16]) + film[:, None, None, None, 16:]
-    return y.reshape(shape)
+    return nn.silu(y.reshape(shape)) if silu else y.reshape(shape)
 
   np.testing.assert_allclose(ours(x, params, film), textbook(x, params, film), atol=3e-6,
                              rtol=0)
@@ -107,6 +111,33 @@ def test_group_norm_folds_a_per_video_film_exactly(frames):
       x, params, film)
   for a, b in zip(jax.tree_util.tree_leaves(grad(ours)), jax.tree_util.tree_leaves(grad(textbook))):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_group_norm_with_silu_is_silu_after_group_norm_bit_for_bit(dtype):
+  """GroupNorm(silu=True) computes nn.silu(GroupNorm(x)) exactly (so the shipped models'
+  samples do not change), in x's dtype, and its gradients in bfloat16 are those of the
+  float32 composition rounded."""
+  from lumiere_jax.models import layers
+  keys = jax.random.split(jax.random.key(6), 4)
+  x = (jax.random.normal(keys[0], (4, 6, 6, 16)) * 2.0 + 0.7).astype(dtype)
+  film = (0.3 * jax.random.normal(keys[1], (2, 16)), 0.2 * jax.random.normal(keys[2], (2, 16)))
+  params = nn.meta.unbox(layers.GroupNorm(num_groups=4).init(keys[3], x))
+  fused = lambda x, p: layers.GroupNorm(num_groups=4, silu=True).apply(p, x, film)
+  plain = lambda x, p: nn.silu(layers.GroupNorm(num_groups=4).apply(p, x, film))
+  out = jax.jit(fused)(x, params)
+  assert out.dtype == dtype
+  np.testing.assert_array_equal(np.asarray(out, np.float32),
+                                np.asarray(jax.jit(plain)(x, params), np.float32))
+  weights = jax.random.normal(jax.random.key(7), x.shape)
+  grad = lambda f, x: jax.grad(lambda x, p: jnp.sum(weights * f(x, p).astype(jnp.float32)),
+                               argnums=(0, 1))(x, params)
+  ours, ref = grad(fused, x), grad(plain, x.astype(jnp.float32))
+  assert ours[0].dtype == dtype
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(ref)):
+    np.testing.assert_allclose(np.asarray(a, np.float32), b, atol=tol * float(jnp.abs(b).max()),
+                               rtol=0)
 
 
 def test_repeat_rows_is_a_repeat_whose_gradient_sums_per_sample_first():

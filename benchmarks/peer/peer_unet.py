@@ -154,11 +154,12 @@ class ResBlock(nn.Module):
   @nn.compact
   def __call__(self, x, temb):
     c = self.out_channels
-    h = layers.Conv2D(c, name="conv1")(nn.silu(layers.GroupNorm(num_groups=self.groups,
-                                                                name="norm1")(x)))
+    h = layers.Conv2D(c, name="conv1")(layers.GroupNorm(num_groups=self.groups, silu=True,
+                                                        name="norm1")(x))
     film = layers.Dense(2 * c, ("embed", "conv_out"), name="time_mlp")(nn.silu(temb))
-    h = layers.GroupNorm(num_groups=self.groups, name="norm2")(h, (film[:, :c], film[:, c:]))
-    h = layers.Conv2D(c, name="conv2")(nn.silu(h))
+    h = layers.GroupNorm(num_groups=self.groups, silu=True, name="norm2")(
+        h, (film[:, :c], film[:, c:]))
+    h = layers.Conv2D(c, name="conv2")(h)
     if x.shape[-1] != c:
       x = layers.Conv2D(c, kernel_size=1, name="skip")(x)
     return h + x

@@ -113,18 +113,17 @@ class ConvInflationBlock(nn.Module):
   def __call__(self, x, text=None, local=None):
     b, t, hh, ww, c = x.shape
     frames = x.reshape(b * t, hh, ww, c)
-    h = nn.silu(layers.GroupNorm(num_groups=self.groups, name="norm1")(frames))
+    h = layers.GroupNorm(num_groups=self.groups, silu=True, name="norm1")(frames)
     h = layers.Conv2D(c, dtype=self.dtype, name="spatial_conv")(h).reshape(b, t, hh, ww, c)
     film = None
     if self.text_conditioning:
       film = jnp.split(layers.Dense(2 * c, ("embed", "mlp"), dtype=self.dtype,
                                     kernel_init=nn.initializers.zeros, name="text_film")(text),
                        2, axis=-1)
-    h = layers.GroupNorm(num_groups=self.groups, name="norm2")(h, film)
+    h = layers.GroupNorm(num_groups=self.groups, silu=local is None, name="norm2")(h, film)
     if local is not None:
       scale, shift = jnp.split(local.astype(h.dtype), 2, axis=-1)
-      h = h * (1 + scale) + shift
-    h = nn.silu(h)
+      h = nn.silu(h * (1 + scale) + shift)
     h = TemporalConv(c, self.kernel_size, dtype=self.dtype, name="temporal_conv")(h)
     h = layers.Dense(c, ("conv_in", "conv_out"), dtype=self.dtype,
                      kernel_init=nn.initializers.zeros, name="proj_out")(h)

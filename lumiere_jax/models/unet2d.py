@@ -39,12 +39,12 @@ class ResnetBlock2D(nn.Module):
 
   @nn.compact
   def __call__(self, x, temb):
-    h = nn.silu(layers.GroupNorm(num_groups=self.groups, epsilon=self.eps, name="norm1")(x))
+    h = layers.GroupNorm(num_groups=self.groups, epsilon=self.eps, silu=True, name="norm1")(x)
     h = layers.Conv2D(self.out_channels, dtype=self.dtype, name="conv1")(h)
     t = layers.Dense(self.out_channels, ("embed", "conv_out"), dtype=self.dtype,
                      name="time_emb_proj")(nn.silu(temb))
     h = add_per_video(h, t)
-    h = nn.silu(layers.GroupNorm(num_groups=self.groups, epsilon=self.eps, name="norm2")(h))
+    h = layers.GroupNorm(num_groups=self.groups, epsilon=self.eps, silu=True, name="norm2")(h)
     h = layers.Conv2D(self.out_channels, dtype=self.dtype, name="conv2")(h)
     if x.shape[-1] != self.out_channels:
       x = layers.Conv2D(self.out_channels, kernel_size=1, dtype=self.dtype,
@@ -281,7 +281,7 @@ class UNet2D(nn.Module):
     self.down_blocks = [LevelBlock(s, level, "down") for level in range(s.levels)]
     self.mid_block = MidBlock(s)
     self.up_blocks = [LevelBlock(s, s.levels - 1 - k, "up") for k in range(s.levels)]
-    self.conv_norm_out = layers.GroupNorm(num_groups=s.groups, epsilon=s.eps)
+    self.conv_norm_out = layers.GroupNorm(num_groups=s.groups, epsilon=s.eps, silu=True)
     self.conv_out = layers.Conv2D(s.out_channels, dtype=dtype)
 
   def __call__(self, x, timesteps, context, context_mask, noise_level=None):
@@ -363,5 +363,5 @@ def unet_forward(unet: UNet2D, x, timesteps, context, context_mask, inflation: I
     if level > 0:
       h = inflation.after_upsample(level - 1, block.upsamplers[0](h))
 
-  h = nn.silu(unet.conv_norm_out(h))
+  h = unet.conv_norm_out(h)
   return unet.conv_out(h).astype(jnp.float32)
