@@ -129,3 +129,24 @@ def test_temporal_layers_start_as_identity_where_lumiere_pytorch_does():
   for block in (peer_unet.ConvInflation(), peer_unet.AttentionInflation(4, 4)):
     variables = block.init(jax.random.key(2), frames, 2)
     np.testing.assert_array_equal(block.apply(variables, frames, 2), frames)
+
+
+@pytest.mark.parametrize("shape, axis, silu", [((2, 6, 4, 4, 8), 1, True), ((6, 4, 5, 8), 2, True),
+                                               ((12, 3, 8), -1, False)])
+def test_scaled_rms_norm_gradient_is_autodiffs(shape, axis, silu):
+  """peer_unet.scaled_rms_norm (its gradient written out) equals torch's F.normalize over
+  `axis` times sqrt(C) gain, then SiLU, in value bit for bit and in both gradients."""
+  x = jax.random.normal(jax.random.key(0), shape)
+  gain = 1 + 0.1 * jax.random.normal(jax.random.key(1), shape[-1:])
+  weights = jax.random.normal(jax.random.key(2), shape)
+
+  def textbook(x, gain):
+    norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
+    y = x / jnp.maximum(norm, 1e-12) * (math.sqrt(shape[-1]) * gain)
+    return jax.nn.silu(y) if silu else y
+
+  ours = lambda x, gain: peer_unet.scaled_rms_norm(x, gain, axis, silu)
+  np.testing.assert_array_equal(jax.jit(ours)(x, gain), jax.jit(textbook)(x, gain))
+  grad = lambda f: jax.grad(lambda x, g: jnp.sum(weights * f(x, g)), argnums=(0, 1))(x, gain)
+  for a, b in zip(grad(ours), grad(textbook)):
+    np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.abs(b).max()), rtol=0)

@@ -112,24 +112,54 @@ class PeerSpec:
 
 # -- small pieces ------------------------------------------------------------------------
 
-def rms_normalize(x, axis: int, eps: float = 1e-12):
-  """torch.nn.functional.normalize: x / max(||x||_2 over axis, eps)."""
+def _scaled_rms_forward(x, gain, axis, silu):
   norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
-  return x / jnp.maximum(norm, eps)
+  y = x / jnp.maximum(norm, 1e-12) * (math.sqrt(x.shape[-1]) * gain)
+  return (nn.silu(y) if silu else y), (x, gain, norm)
+
+
+def _scaled_rms_backward(axis, silu, residuals, dy):
+  x, gain, norm = residuals
+  safe = jnp.maximum(norm, 1e-12)
+  unit = x / safe
+  g = math.sqrt(x.shape[-1]) * gain
+  if silu:
+    z = unit * g
+    s = jax.nn.sigmoid(z)
+    dy = dy * s * (1 + z * (1 - s))
+  du = dy * g
+  along = jnp.where(norm > 1e-12, jnp.sum(du * unit, axis=axis, keepdims=True), 0.0)
+  dx = (du - unit * along) / safe
+  per_sample = (dy * unit).reshape(x.shape[0], -1, x.shape[-1]).sum(1)
+  return dx, math.sqrt(x.shape[-1]) * per_sample.sum(0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def scaled_rms_norm(x, gain, axis: int, silu: bool):
+  """normalize(x, axis) * sqrt(C) * gain[C] (lumiere-pytorch / x-transformers RMS-norm,
+  torch's F.normalize: x / max(||x||_2 over axis, 1e-12)), then SiLU when `silu`. Its
+  gradient is written out, as for layers.group_norm: the pass over the activation for the
+  per-sample sums, one for dx."""
+  return _scaled_rms_forward(x, gain, axis, silu)[0]
+
+
+scaled_rms_norm.defvjp(_scaled_rms_forward, _scaled_rms_backward)
 
 
 class ScaledRMSNorm(nn.Module):
   """lumiere-pytorch / x-transformers RMS-norm: normalize(x, axis) * sqrt(C) * gain[C],
-  the gain per channel (the last axis here) whichever axis the statistics span."""
+  the gain per channel (the last axis here) whichever axis the statistics span; SiLU after
+  it when `silu`."""
 
   axis: int = -1
+  silu: bool = False
 
   @nn.compact
   def __call__(self, x):
     c = x.shape[-1]
     gain = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
                       (c,))
-    return rms_normalize(x, self.axis) * (math.sqrt(c) * layers.per_sample(gain, x))
+    return scaled_rms_norm(x, gain, self.axis, self.silu)
 
 
 def attention_core(q, k, v, heads: int):
@@ -273,9 +303,9 @@ class ConvInflation(nn.Module):
   def __call__(self, x, batch: int):
     c = x.shape[-1]
     h = layers.Conv2D(c, name="spatial_conv")(x)
-    h = nn.silu(ScaledRMSNorm(axis=2, name="spatial_norm")(h))  # over width (see above)
+    h = ScaledRMSNorm(axis=2, silu=True, name="spatial_norm")(h)  # over width (see above)
     h = temporal_lib.TemporalConv(c, name="temporal_conv")(to_video(h, batch))
-    h = nn.silu(ScaledRMSNorm(axis=1, name="temporal_norm")(h))  # over time
+    h = ScaledRMSNorm(axis=1, silu=True, name="temporal_norm")(h)  # over time
     h = layers.Dense(c, ("conv_in", "conv_out"), kernel_init=nn.initializers.zeros,
                      name="proj_out")(h)
     return x + to_frames(h)
