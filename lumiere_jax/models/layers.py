@@ -202,7 +202,7 @@ def group_norm(x, scale, bias, modulation, num_groups: int, epsilon: float, silu
   forward is the textbook one. The gradient is written out (a custom VJP): autodiff's
   spread over many fusions that each re-read the activation and recomputed the chain
   before them, where this one makes two passes (GroupNorm + FiLM + SiLU forward and all
-  gradients of a [32, 32, 32, 32] activation 2-3x faster on a 2-core AVX2 EPYC;
+  gradients of a [32, 32, 32, 32] activation about twice as fast on a 2-core AVX2 EPYC;
   benchmarks/RESULTS.md). Its parameter gradients are summed per sample first, on [B, C]."""
   return _group_norm_forward(x, scale, bias, modulation, num_groups, epsilon, silu)[0]
 
