@@ -113,6 +113,22 @@ def test_group_norm_folds_a_per_video_film_exactly(frames, silu):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("channels, groups", [(32, 8), (64, 32), (16, 16), (12, 1)])
+def test_group_sums_spread_by_matmul_equal_the_repeat_bit_for_bit(channels, groups):
+  """GroupNorm spreads each group's sum back to its channels with a 0/1 matmul (so XLA:CPU
+  does not fuse a per-element group index into the pass over the activation); the result
+  is the repeat of the group sums exactly, eagerly and compiled, across magnitudes."""
+  from lumiere_jax.models import layers
+  keys = jax.random.split(jax.random.key(9), 2)
+  v = (jax.random.normal(keys[0], (5, channels))
+       * jnp.exp(4.0 * jax.random.normal(keys[1], (5, channels))))
+  v = v.at[0, 0].set(-0.0)
+  sums = v.reshape(5, groups, channels // groups).sum(-1)
+  expected = np.asarray(jnp.repeat(sums, channels // groups, axis=-1))
+  for f in (layers._group_sums, jax.jit(layers._group_sums, static_argnums=1)):
+    np.testing.assert_array_equal(np.asarray(f(v, groups)), expected)
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_group_norm_with_silu_is_silu_after_group_norm_bit_for_bit(dtype):
   """GroupNorm(silu=True) computes nn.silu(GroupNorm(x)) exactly (so the shipped models'
