@@ -156,6 +156,29 @@ def test_group_norm_with_silu_is_silu_after_group_norm_bit_for_bit(dtype):
                                rtol=0)
 
 
+def test_per_sample_on_a_video_layout_sums_per_frame_first():
+  """A per-channel or per-video parameter on [B, T, H, W, C] with B = 2 is repeated over
+  B*T rows (its gradient summed per frame, 32 rows, not 2); value and gradient equal the
+  plain broadcast, and the compiled gradient sums the activation into [B*T, C] first."""
+  import re
+  from lumiere_jax.models import layers
+  assert layers.leading_rows((2, 16, 8, 8, 32)) == 2
+  assert layers.leading_rows((32, 8, 8, 32)) == 1
+  assert layers.leading_rows((2, 3, 5)) == 1  # never the position or channel axes
+  x = jax.random.normal(jax.random.key(0), (2, 16, 8, 8, 32))
+  for p in (jax.random.normal(jax.random.key(1), (32,)),
+            jax.random.normal(jax.random.key(2), (2, 32))):
+    plain = p if p.ndim == 1 else p[:, None, None, None, :]
+    np.testing.assert_array_equal(x + layers.per_sample(p, x), x + plain)
+    loss = lambda p, add: jnp.sum(jnp.sin(add(x, p)))
+    ours = jax.jit(jax.grad(lambda p: loss(p, lambda x, p: x + layers.per_sample(p, x))))
+    np.testing.assert_allclose(ours(p), jax.grad(lambda p: loss(
+        p, lambda x, p: x + (p if p.ndim == 1 else p[:, None, None, None, :])))(p),
+                               rtol=1e-5, atol=1e-4)
+    hlo = ours.lower(p).compile().as_text()
+    assert re.search(r"f32\[2,16,32\]|f32\[32,32\]", hlo), "no per-frame partial sums"
+
+
 def test_repeat_rows_is_a_repeat_whose_gradient_sums_per_sample_first():
   """layers.repeat_rows equals jnp.repeat in value, gradient, forward mode and second
   order; and in the compiled gradient of a conv bias (layers.add_channel_bias) no sum goes

@@ -60,11 +60,12 @@ def programs():
 
 def _every_tap_flops(jaxpr) -> int:
   """Like flops.traced_flops, but a convolution counts every kernel tap at every output
-  position, padding included (torch's FlopCounterMode convention)."""
+  position, padding included (torch's FlopCounterMode convention); 0/1 selection matmuls
+  (GroupNorm's group sums, repeat_rows' derivative) are data movement, as there."""
   total = 0
   for eqn in jaxpr.eqns:
     out = math.prod(eqn.outvars[0].aval.shape) if eqn.outvars else 0
-    if eqn.primitive.name == "dot_general":
+    if eqn.primitive.name == "dot_general" and not flops._is_selection(eqn):
       (contracting, _), _ = eqn.params["dimension_numbers"]
       total += 2 * out * math.prod(eqn.invars[0].aval.shape[d] for d in contracting)
     elif eqn.primitive.name == "conv_general_dilated":

@@ -130,7 +130,8 @@ def _scaled_rms_backward(axis, silu, residuals, dy):
   du = dy * g
   along = jnp.where(norm > 1e-12, jnp.sum(du * unit, axis=axis, keepdims=True), 0.0)
   dx = (du - unit * along) / safe
-  per_sample = (dy * unit).reshape(x.shape[0], -1, x.shape[-1]).sum(1)
+  rows = math.prod(x.shape[:layers.leading_rows(x.shape)])
+  per_sample = (dy * unit).reshape(rows, -1, x.shape[-1]).sum(1)
   return dx, math.sqrt(x.shape[-1]) * per_sample.sum(0)
 
 

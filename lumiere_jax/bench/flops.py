@@ -319,7 +319,8 @@ def _jaxpr_flops(jaxpr) -> int:
 
 
 def _is_selection(eqn) -> bool:
-  """The 0/1 matmul of layers.repeat_rows' derivative: data movement, not model FLOPs."""
+  """A 0/1 matmul (layers.repeat_rows' derivative, GroupNorm's group sums): data movement,
+  not model FLOPs."""
   return layers.SELECTION_SCOPE in str(eqn.source_info.name_stack)
 
 

@@ -54,12 +54,29 @@ def _repeat_rows_jvp(n, primals, tangents):
     return repeat_rows(v, n), jnp.dot(pick, dv, precision=jax.lax.Precision.HIGHEST)
 
 
+# The per-sample sums are over at least this many rows: a video layout [B, T, ..., C] with
+# B = 2 gave two rows, each a sum over a whole video in one loop (11 ms for a
+# [2, 16, 32, 32, 32] gradient on one AVX2 core, benchmarks/RESULTS.md, stop 47).
+PER_SAMPLE_MIN_ROWS = 16
+
+
+def leading_rows(shape) -> int:
+  """How many leading axes of `shape` [N, ..., C] make the rows of a per-sample sum: the
+  first, then more (never the last two) until they hold PER_SAMPLE_MIN_ROWS rows."""
+  axes, rows = 1, shape[0]
+  while rows < PER_SAMPLE_MIN_ROWS and axes < len(shape) - 2:
+    rows, axes = rows * shape[axes], axes + 1
+  return axes
+
+
 def per_sample(p, x):
   """p, a per-channel [C] or rows [M, C] with M dividing N, broadcast against x
-  [N, ..., C] as [N, 1, ..., C] (repeat_rows: sample i reads row i // (N / M)), so that
-  its gradient is summed per sample first."""
-  rows = repeat_rows(p if p.ndim == 2 else p[None], x.shape[0])
-  return rows.reshape((x.shape[0],) + (1,) * (x.ndim - 2) + rows.shape[-1:])
+  [N, ..., C] (repeat_rows: sample i reads row i // (N / M)), repeated over the leading
+  axes that leading_rows picks, so that its gradient is summed per sample (or per frame
+  of a video) first."""
+  axes = leading_rows(x.shape)
+  rows = repeat_rows(p if p.ndim == 2 else p[None], math.prod(x.shape[:axes]))
+  return rows.reshape(x.shape[:axes] + (1,) * (x.ndim - axes - 1) + rows.shape[-1:])
 
 
 # per_sample pays where each sample holds many positions (an image's pixels, a video's):
@@ -143,7 +160,8 @@ def _group_sums(v, num_groups: int):
   b, c = v.shape
   sums = v.reshape(b, num_groups, c // num_groups).sum(-1)
   spread = jnp.repeat(jnp.eye(num_groups, dtype=v.dtype), c // num_groups, axis=1)
-  return jnp.dot(sums, spread, precision=jax.lax.Precision.HIGHEST)
+  with jax.named_scope(SELECTION_SCOPE):  # bench/flops.py leaves it out of the model's FLOPs
+    return jnp.dot(sums, spread, precision=jax.lax.Precision.HIGHEST)
 
 
 def _group_norm_forward(x, scale, bias, modulation, num_groups, epsilon, silu):
