@@ -175,7 +175,18 @@ def _compile_abstract(config, batch, rng):
   return layout, compiled
 
 
-def test_compiled_t2v_step_computes_no_frozen_weight_gradients():
+@pytest.fixture
+def uncached_compiles():
+  """Compiles from scratch: the persistent compilation cache does not key on op names, so a
+  cached executable's HLO text can carry the names of the version that compiled it (a
+  renamed named scope would then go unseen)."""
+  before = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  yield
+  jax.config.update("jax_enable_compilation_cache", before)
+
+
+def test_compiled_t2v_step_computes_no_frozen_weight_gradients(uncached_compiles):
   config = _sharded_config((1, 1, 1))
   everything = _sharded_config((1, 1, 1), "train.trainable=('backbone','temporal','text')")
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in _batch(config).items()}

@@ -25,7 +25,9 @@ def mask_to_bias(mask, dtype=jnp.float32):
   return jnp.where(mask, 0.0, jnp.finfo(dtype).min / 2).astype(dtype)
 
 
-SELECTION_SCOPE = "repeat_rows_selection"
+# The named scope of the exact 0/1 matmuls that move data (repeat_rows' derivative,
+# GroupNorm's group sums): bench/flops.py leaves them out of the model's FLOPs.
+SELECTION_SCOPE = "selection_matmul"
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
@@ -50,7 +52,7 @@ def _repeat_rows_jvp(n, primals, tangents):
   (v,), (dv,) = primals, tangents
   m = v.shape[0]
   pick = (jnp.arange(n)[:, None] // (n // m) == jnp.arange(m)[None, :]).astype(dv.dtype)
-  with jax.named_scope(SELECTION_SCOPE):  # bench/flops.py leaves it out of the model's FLOPs
+  with jax.named_scope(SELECTION_SCOPE):
     return repeat_rows(v, n), jnp.dot(pick, dv, precision=jax.lax.Precision.HIGHEST)
 
 
@@ -160,7 +162,7 @@ def _group_sums(v, num_groups: int):
   b, c = v.shape
   sums = v.reshape(b, num_groups, c // num_groups).sum(-1)
   spread = jnp.repeat(jnp.eye(num_groups, dtype=v.dtype), c // num_groups, axis=1)
-  with jax.named_scope(SELECTION_SCOPE):  # bench/flops.py leaves it out of the model's FLOPs
+  with jax.named_scope(SELECTION_SCOPE):
     return jnp.dot(sums, spread, precision=jax.lax.Precision.HIGHEST)
 
 
@@ -188,8 +190,7 @@ def _group_norm_backward(num_groups, epsilon, silu, residuals, dy):
   b, c = x.shape[0], x.shape[-1]
   rows = x.astype(jnp.float32).reshape(b, -1, c)
   count = rows.shape[1] * (c // num_groups)
-  film = 1.0
-  shift = jnp.zeros((b, c), jnp.float32)
+  film, shift = 1.0, 0.0
   if modulation is not None:
     film = 1 + _rows_per_sample(modulation[0].astype(jnp.float32), b)
     shift = _rows_per_sample(modulation[1].astype(jnp.float32), b)
