@@ -7,8 +7,9 @@
 # t2v_two t2v_mix t2v_low_mix export eval (t2v starts from t2i, as the shipped shapes_t2v did; t2v_graft, a trial, from
 # t2i_more and t2v_last, t2v_graft_full from t2v_graft, t2v_bind, a trial with a caption
 # adapter, from t2v_two, t2v_drop, a trial with the temporal layers' own caption view,
-# from t2v_mix, t2v_local, a trial with per-position FiLMs, from t2v_drop, and t2v_scratch, a trial with all
-# of those from t2i_more). The applications'
+# from t2v_mix, t2v_local, a trial with per-position FiLMs, from t2v_drop, t2v_scratch, a trial with all
+# of those from t2i_more, and t2v_parts, a trial with per-position FiLMs reading one token per
+# object, from t2v_mix). The applications'
 # models are stages of their own, run after those (not by default): cond (the
 # conditional <J, C, M> model, from t2v_last), style (a backbone fine-tuned on outlined
 # shapes, from t2v_last; it builds its dataset first), keyframes (the keyframe model of
@@ -213,6 +214,20 @@ for stage in $STAGES; do
       fine_tune t2v_local t2v_drop 1200 1e-4 t2v "$MIX_DATA" \
           --config.model.temporal.text_adapter_layers=1 --config.model.temporal.local_film=True \
           '--config.model.temporal.caption_drop_words=("circle","square","triangle")' \
+          '--config.train.trainable=("backbone","temporal","adapter","local_film")' \
+          '--config.train.learning_rate_scales=("adapter=20","local_film=20")'
+      ;;
+    t2v_parts)
+      # A trial (stop 49): stage 6 with per-position FiLMs (model.temporal.local_film) and
+      # the temporal layers' caption followed by one pooled token per part of it, cut at
+      # "and" (model.temporal.caption_parts): each token holds one object's words, so a
+      # position that finds its object's colour there reads its motion in the same
+      # cross-attention. 900 steps at lr 1e-4, adapter and local FiLMs at 20x
+      # (docs/learning_record.md, "Stop 49").
+      t2v_data "$MIX_DATA" 8192 0.5 128
+      fine_tune t2v_parts t2v_mix 900 1e-4 t2v "$MIX_DATA" \
+          --config.model.temporal.text_adapter_layers=1 --config.model.temporal.local_film=True \
+          --config.model.temporal.caption_parts=2 \
           '--config.train.trainable=("backbone","temporal","adapter","local_film")' \
           '--config.train.learning_rate_scales=("adapter=20","local_film=20")'
       ;;

@@ -36,6 +36,9 @@ INVALID = [
     ("model.temporal.kernel_size=4", "model.temporal.kernel_size", "odd integer"),
     ("model.temporal.caption_drop_words=('circle', 'hexagon')",
      "model.temporal.caption_drop_words", "words of text.vocabulary"),
+    ("model.temporal.caption_parts=1", "model.temporal.caption_parts", "integer >= 2"),
+    ("model.temporal.caption_parts=2;model.temporal.caption_split_word='with'",
+     "model.temporal.caption_split_word", "a word of text.vocabulary"),
     ("model.in_channels=4", "model.in_channels", "7 (conditional"),
     ("model.cross_attention_dim=32", "model.cross_attention_dim", "text.width=64"),
     ("text.num_heads=5", "text.num_heads", "divisor of text.width=64"),
@@ -55,7 +58,7 @@ def test_invalid_shapes_name_the_field_before_any_compile(override, field, allow
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
     with pytest.raises(ConfigError) as error:
-      load_config("shapes_tiny:t2v", [override])
+      load_config("shapes_tiny:t2v", override.split(";"))
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
   message = str(error.value)

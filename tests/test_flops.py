@@ -67,6 +67,8 @@ def test_conv_counts_valid_taps_like_xla(size, kernel, stride):
     ("shapes_tiny:t2v", ["model.temporal.local_film=True",
                          "model.temporal.conv_text_conditioning=True",
                          "train.trainable=('temporal', 'local_film')"]),
+    ("shapes_tiny:t2v", ["model.temporal.local_film=True", "model.temporal.caption_parts=2",
+                         "model.temporal.spacetime_attention=True"]),
     ("shapes_tiny:t2i", ["train.trainable=('backbone',)"]),
     ("shapes_tiny:ssr", ["train.trainable=('backbone', 'temporal')"]),
 ])

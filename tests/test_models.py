@@ -11,6 +11,7 @@ import pytest
 import trained_weights
 from lumiere_jax.config import load_config, temporal_factor
 from lumiere_jax.models import build
+from lumiere_jax.models import stunet
 from lumiere_jax.models import temporal as tl
 from lumiere_jax.models import text as text_lib
 
@@ -398,6 +399,65 @@ def test_temporal_layers_read_the_caption_without_the_dropped_words():
   # Trained, the temporal layers follow their own caption.
   assert not np.allclose(two_views(trained, x, timesteps, *views(0, 1)),
                          two_views(trained, x, timesteps, *views(0, 2)), atol=1e-4)
+
+
+def test_caption_parts_give_each_object_a_token_of_its_own():
+  """model.temporal.caption_parts: the ids hold the caption, then each part of it (cut at
+  "and") as a caption of its own, a missing part all PAD; the temporal layers read the
+  caption plus one pooled token per part. A part token is exactly the one-object caption's
+  pooled encoding, so swapping two objects' motions changes the tokens (the mean-pooled
+  caption hardly changes); one-object captions read as the one-view model does."""
+  config, params = _setup((True, True))
+  parts = load_config("shapes_tiny:t2v", ["model.temporal.down_levels=(True, True)",
+                                          "model.temporal.caption_parts=2"])
+  base, tok = build.tokenizer(config), build.tokenizer(parts)
+  length = config.text.max_length
+  two, swapped = ("a red circle moving left and a blue square moving up",
+                  "a red circle moving up and a blue square moving left")
+  ids = tok.encode([two, "a red circle growing", ""]).reshape(3, 3, length)
+  assert tok.views == 3 and build.context_length(parts) == 3 * length
+  np.testing.assert_array_equal(ids[:, 0], base.encode([two, "a red circle growing", ""]))
+  np.testing.assert_array_equal(ids[0, 1:], base.encode(["a red circle moving left",
+                                                         "a blue square moving up"]))
+  np.testing.assert_array_equal(ids[1:, 1], base.encode(["a red circle growing", ""]))
+  assert (ids[1:, 2] == text_lib.PAD).all()  # no second part: nothing to read
+
+  emb, mask = build.encode_text(parts, params, [two, swapped])
+  views = lambda a: text_lib.split_views(a, 3)
+  context, context_mask = stunet.with_part_tokens(views(emb)[0], views(mask)[0],
+                                                  views(emb)[1:], views(mask)[1:])
+  assert context.shape[1] == length + 2 and bool(context_mask[:, length:].all())
+  one, one_mask = build.encode_text(config, params, ["a red circle moving left"])
+  np.testing.assert_allclose(context[0, length], tl.pooled_text(one, one_mask)[0],
+                             rtol=1e-6, atol=1e-6)
+  pooled = tl.pooled_text(views(emb)[0], views(mask)[0])
+  assert float(jnp.linalg.norm(context[0, length:] - context[1, length:])) > 5 * float(
+      jnp.linalg.norm(pooled[0] - pooled[1]))
+
+  # One object: its part tokens are masked, so the model is the one-view model (to
+  # rounding); two objects at init: the temporal layers are the identity, so only the
+  # backbone's caption matters, bit for bit.
+  x, timesteps = _inputs(config)
+  one_view = jax.jit(build.build_denoiser(config.model).apply)
+  with_parts = jax.jit(build.build_denoiser(parts.model).apply)
+  trained = {"params": build.denoiser_params(trained_weights.perturbed(params, seed=7))}
+  at_init = {"params": build.denoiser_params(params)}
+  captions = ["a red circle moving left", "a blue square growing"]
+  np.testing.assert_allclose(
+      with_parts(trained, x, timesteps, *build.encode_text(parts, params, captions)),
+      one_view(trained, x, timesteps, *build.encode_text(config, params, captions)),
+      rtol=1e-5, atol=1e-5)
+  pair = [two, two]
+  np.testing.assert_array_equal(
+      with_parts(at_init, x, timesteps, *build.encode_text(parts, params, pair)),
+      one_view(at_init, x, timesteps, *build.encode_text(config, params, pair)))
+  # Trained, the parts are read: the same caption with the parts of the one whose motions
+  # are swapped (the same words, so the same pooled part-free reading) differs.
+  emb_p, mask_p = build.encode_text(parts, params, [two, swapped])
+  mixed = lambda a: jnp.concatenate([a[0, :length], a[1, length:]])[None].repeat(2, 0)
+  assert not np.allclose(with_parts(trained, x, timesteps, emb_p[jnp.array([0, 0])], mask_p[jnp.array([0, 0])]),
+                         with_parts(trained, x, timesteps, mixed(emb_p), mixed(mask_p)),
+                         atol=1e-4)
 
 
 def test_local_film_is_the_identity_at_init_and_modulates_each_position_apart():

@@ -132,6 +132,9 @@ class _Walk:
     self.resolution = config.data.resolution
     self.channels = tuple(model.block_out_channels)
     self.context_len = config.text.max_length
+    # The temporal layers read one more token per caption part (model.temporal.caption_parts).
+    self.temporal_context_len = self.context_len + (
+        model.temporal.get("caption_parts", 0) if self.stunet else 0)
     self.context_dim = model.cross_attention_dim
     trainable = tuple(config.train.trainable)
     self.trainable = {group: group in trainable for group in (BACKBONE, TEMPORAL, LOCAL_FILM)}
@@ -171,7 +174,8 @@ class _Walk:
     values projected once per video, as layers.Attention does)."""
     q_grad = self.dense(group, rows * queries, width, width, x_grad)
     if context:
-      kv_rows, keys = self.batch * self.context_len, self.context_len
+      keys = self.context_len if group == BACKBONE else self.temporal_context_len
+      kv_rows = self.batch * keys
       k_grad = self.dense(group, kv_rows, self.context_dim, width, self.context_grad)
       self.dense(group, kv_rows, self.context_dim, width, self.context_grad)
     else:

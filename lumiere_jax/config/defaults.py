@@ -100,6 +100,15 @@ def base_config() -> ml_collections.ConfigDict:
   # recipe's t2v_local trial: two-object colour back to the shipped pair's, two-object
   # motion not (docs/learning_record.md, "Stop 42"; not shipped).
   temporal.local_film = False
+  # The temporal layers' caption cut at `caption_split_word` into `caption_parts` parts,
+  # each encoded on its own and pooled into one more token they read (0: off, as in the
+  # paper). A part token holds one object's words only ("a red circle moving left"), so a
+  # position that finds its object's colour in it reads that object's motion in the same
+  # cross-attention: binding in one hop, where the frozen random encoder's tokens would
+  # need two (StructureDiffusion, Feng et al. 2023, encodes noun phrases apart for the
+  # same reason). One-part captions read as before. Not in the paper, whose T5 binds.
+  temporal.caption_parts = 0
+  temporal.caption_split_word = "and"
 
   config.text = text = ml_collections.ConfigDict()
   # A built-in word vocabulary by name ("shapes") or a word list file, one word per line;

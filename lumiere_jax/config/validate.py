@@ -88,6 +88,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(all(isinstance(w, str) and w in words for w in dropped),
            "model.temporal.caption_drop_words", dropped,
            "words of text.vocabulary (or empty)")
+    parts = temporal.get("caption_parts", 0)
+    _check(isinstance(parts, int) and parts >= 0 and parts != 1, "model.temporal.caption_parts",
+           parts, "0 (off) or an integer >= 2")
+    if parts:
+      split = temporal.get("caption_split_word", "and")
+      _check(isinstance(split, str) and split in words, "model.temporal.caption_split_word",
+             split, "a word of text.vocabulary")
     _check(channels[-1] % temporal.num_heads == 0, "model.temporal.num_heads",
            temporal.num_heads, f"a divisor of the coarsest width {channels[-1]}")
     factor = temporal_factor(model)

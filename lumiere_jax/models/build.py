@@ -71,15 +71,25 @@ def caption_drop_words(config) -> tuple:
   return tuple(config.model.temporal.get("caption_drop_words", ()))
 
 
+def caption_parts(config) -> tuple:
+  """(split word, parts) of the temporal layers' caption (model.temporal.caption_parts);
+  ("", 0) where they read it whole."""
+  if config.model.kind != "stunet" or not config.model.temporal.get("caption_parts", 0):
+    return "", 0
+  temporal = config.model.temporal
+  return temporal.get("caption_split_word", "and"), int(temporal.caption_parts)
+
+
 def tokenizer(config):
-  """The caption tokenizer: ids [N, L], or [N, 2 L] (text_lib.CaptionViews) where the
-  temporal layers read a caption of their own."""
-  return text_lib.tokenizer_from_config(config.text, caption_drop_words(config))
+  """The caption tokenizer: ids [N, L], or [N, V L] (text_lib.CaptionViews) where the
+  temporal layers read a caption of their own or its parts."""
+  return text_lib.tokenizer_from_config(config.text, caption_drop_words(config),
+                                        *caption_parts(config))
 
 
 def context_length(config) -> int:
   """Tokens of the conditioning the denoiser reads: text.max_length per caption view."""
-  return config.text.max_length * (2 if caption_drop_words(config) else 1)
+  return config.text.max_length * tokenizer(config).views
 
 
 def denoiser_input_shape(config, batch: int) -> tuple:

@@ -37,6 +37,7 @@ class TemporalSpec:
   text_adapter_layers: int = 0
   caption_views: int = 1  # 2: the temporal layers read a caption of their own
   local_film: bool = False
+  caption_parts: int = 0  # > 0: and one pooled token per part of their caption
 
   @classmethod
   def from_config(cls, temporal_config) -> "TemporalSpec":
@@ -49,7 +50,8 @@ class TemporalSpec:
                spacetime_attention=temporal_config.spacetime_attention,
                text_adapter_layers=temporal_config.text_adapter_layers,
                caption_views=2 if temporal_config.get("caption_drop_words") else 1,
-               local_film=bool(temporal_config.get("local_film", False)))
+               local_film=bool(temporal_config.get("local_film", False)),
+               caption_parts=int(temporal_config.get("caption_parts", 0)))
 
 
 class TemporalLayers(nn.Module):
@@ -157,6 +159,20 @@ class _TemporalHooks(unet2d.Inflation):
     return h
 
 
+def with_part_tokens(context, mask, parts, part_masks):
+  """The temporal layers' caption [B, L, D] followed by one token per part, the mean of
+  that part encoded on its own ([B, L + P, D], mask [B, L + P]; a part without words is
+  masked, and so are both of a caption with one part, which reads exactly as without the
+  option). Each part token holds one object's words only, so a position that reads an
+  object's colour in it reads that object's motion too: one cross-attention binds them
+  (model.temporal.caption_parts)."""
+  tokens = jnp.stack([tl.pooled_text(c, m) for c, m in zip(parts, part_masks)], axis=1)
+  present = jnp.stack([m.any(axis=-1) for m in part_masks], axis=1)
+  present &= jnp.sum(present, axis=1, keepdims=True) >= 2
+  return (jnp.concatenate([context, tokens.astype(context.dtype)], axis=1),
+          jnp.concatenate([mask, present], axis=1))
+
+
 class STUNet(nn.Module):
   """Space-Time U-Net. x [B, T, H, W, Cin], timesteps [B], context [B, L, D],
   context_mask [B, L] (SSR: noise_level [B]) -> [B, T, H, W, Cout] (float32)."""
@@ -176,17 +192,23 @@ class STUNet(nn.Module):
 
   def __call__(self, x, timesteps, context, context_mask, noise_level=None):
     b, t = x.shape[:2]
-    # Two caption views side by side (model.temporal.caption_drop_words): the backbone
-    # reads the first, the temporal layers the second; one view: both read it.
-    views = text_lib.split_views(context, self.temporal_spec.caption_views)
-    masks = text_lib.split_views(context_mask, self.temporal_spec.caption_views)
-    if self.temporal_spec.text_adapter_layers:
+    # Caption views side by side (text_lib.CaptionViews): the backbone reads the first, the
+    # temporal layers the second where there is one (model.temporal.caption_drop_words),
+    # followed by one pooled token per part of their caption (model.temporal.caption_parts).
+    spec = self.temporal_spec
+    views = text_lib.split_views(context, spec.caption_views + spec.caption_parts)
+    masks = text_lib.split_views(context_mask, spec.caption_views + spec.caption_parts)
+    if spec.text_adapter_layers:
       views = [self.adapter(c, m) for c, m in zip(views, masks)]
     context, context_mask = views[0], masks[0]
+    temporal, temporal_mask = views[spec.caption_views - 1], masks[spec.caption_views - 1]
+    if spec.caption_parts:
+      temporal, temporal_mask = with_part_tokens(
+          temporal, temporal_mask, views[spec.caption_views:], masks[spec.caption_views:])
     x = sharding.constrain(x, tl.VIDEO_AXES)
     frames = x.reshape(b * t, *x.shape[2:])
-    hooks = _TemporalHooks(self.temporal, b, views[-1].astype(jnp.dtype(self.unet.dtype)),
-                           masks[-1],
+    hooks = _TemporalHooks(self.temporal, b, temporal.astype(jnp.dtype(self.unet.dtype)),
+                           temporal_mask,
                            self.local_film if self.temporal_spec.local_film else None)
     out = unet2d.unet_forward(self.backbone, frames, timesteps, context, context_mask, hooks,
                               noise_level)

@@ -114,17 +114,33 @@ def drop_words(prompt: str, dropped) -> str:
   return " ".join(w for w in words(prompt) if w not in dropped)
 
 
+def split_words(prompt: str, split_word: str, parts: int) -> list:
+  """The prompt's words cut at `split_word` into `parts` lists (the first parts - 1 cuts;
+  the rest stays in the last part; missing parts are empty)."""
+  out = [[]]
+  for word in words(prompt):
+    if word == split_word and len(out) < parts:
+      out.append([])
+    else:
+      out[-1].append(word)
+  return out + [[] for _ in range(parts - len(out))]
+
+
 class CaptionViews:
-  """A Tokenizer whose ids hold two views of each caption side by side, [N, 2 L]: the
-  caption, then the caption without the words in `dropped` (what a STUNet's temporal
-  layers read, model.temporal.caption_drop_words). Everything else is the Tokenizer's."""
+  """A Tokenizer whose ids hold several views of each caption side by side, [N, V L]: the
+  caption (what a STUNet's backbone reads); with `dropped` words, the caption without them
+  (model.temporal.caption_drop_words); with `parts`, the temporal layers' caption cut at
+  `split_word` into that many parts, each a caption of its own (a part without words is
+  all PAD: nothing to read), which the STUNet pools into one token per part
+  (model.temporal.caption_parts). Everything else is the Tokenizer's."""
 
-  views = 2
-
-  def __init__(self, base: Tokenizer, dropped: Sequence[str]):
+  def __init__(self, base: Tokenizer, dropped: Sequence[str] = (), split_word: str = "",
+               parts: int = 0):
     self.base = base
     self.dropped = frozenset(dropped)
+    self.split_word, self.parts = split_word, parts
     self.words, self.max_length = base.words, base.max_length
+    self.views = 1 + bool(self.dropped) + parts
 
   max_words = property(lambda self: self.base.max_words)
   vocab_size = property(lambda self: self.base.vocab_size)
@@ -132,12 +148,24 @@ class CaptionViews:
   def unknown_words(self, prompts: Sequence[str]) -> list:
     return self.base.unknown_words(prompts)
 
+  def _parts(self, prompts: list) -> list:
+    cut = [split_words(p, self.split_word, self.parts) for p in prompts]
+    out = []
+    for k in range(self.parts):
+      ids = self.base.encode([" ".join(c[k]) for c in cut])
+      keep = np.asarray([k == 0 or bool(c[k]) for c in cut])  # the first part always reads
+      out.append(np.where(keep[:, None], ids, PAD).astype(np.int32))
+    return out
+
   def encode(self, prompts: Sequence[str]) -> np.ndarray:
-    """int32 [N, 2 max_length]: the caption's ids, then those of its dropped view."""
+    """int32 [N, V max_length]: the caption's ids, then those of each further view."""
     prompts = list(prompts)
-    return np.concatenate([self.base.encode(prompts),
-                           self.base.encode([drop_words(p, self.dropped) for p in prompts])],
-                          axis=1)
+    views = [self.base.encode(prompts)]
+    temporal = [drop_words(p, self.dropped) for p in prompts] if self.dropped else prompts
+    if self.dropped:
+      views.append(self.base.encode(temporal))
+    views += self._parts(temporal)
+    return np.concatenate(views, axis=1)
 
 
 def split_views(x, views: int) -> list:
@@ -145,10 +173,11 @@ def split_views(x, views: int) -> list:
   return [x] if views == 1 else list(jnp.split(x, views, axis=1))
 
 
-def tokenizer_from_config(text_config, dropped: Sequence[str] = ()):
-  """The caption tokenizer; with `dropped` words, the two-view CaptionViews."""
+def tokenizer_from_config(text_config, dropped: Sequence[str] = (), split_word: str = "",
+                          parts: int = 0):
+  """The caption tokenizer; with `dropped` words or caption `parts`, CaptionViews."""
   base = Tokenizer(vocabulary_words(text_config.vocabulary), text_config.max_length)
-  return CaptionViews(base, dropped) if dropped else base
+  return CaptionViews(base, dropped, split_word, parts) if dropped or parts else base
 
 
 def _pre_ln_layer(x, bias, name: str, heads: int, mlp_ratio: int, dtype,
