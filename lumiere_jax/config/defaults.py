@@ -107,6 +107,8 @@ def base_config() -> ml_collections.ConfigDict:
   # cross-attention: binding in one hop, where the frozen random encoder's tokens would
   # need two (StructureDiffusion, Feng et al. 2023, encodes noun phrases apart for the
   # same reason). One-part captions read as before. Not in the paper, whose T5 binds.
+  # The recipe's t2v_parts trial (with local_film, from the shipped stage 6): two-object
+  # motion 0.34 against 0.44 (docs/learning_record.md, "Stop 49"; not shipped).
   temporal.caption_parts = 0
   temporal.caption_split_word = "and"
 
