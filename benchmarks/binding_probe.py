@@ -22,10 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lumiere_jax import runtime, weights
-from lumiere_jax.data import pipeline, shapes
-from lumiere_jax.diffusion import predictions
-from lumiere_jax.diffusion.schedules import schedule_from_config
-from lumiere_jax.evaluation.probe import noise_scales
+from lumiere_jax.data import shapes
+from lumiere_jax.evaluation.probe import caption_errors
 from lumiere_jax.models import build
 
 STRAIGHT = ("moving left", "moving right", "moving up", "moving down")
@@ -55,20 +53,8 @@ def main() -> None:
   args = parser.parse_args()
   config, params = weights.load_model(args.checkpoint, args.model, args.step)
   model = build.Model(config)
-  schedule = schedule_from_config(config.diffusion, config.data.resolution)
   length, parts = config.text.max_length, build.caption_parts(config)[1]
-
-  @jax.jit
-  def errors(video, tokens, t, key):
-    x0 = pipeline.to_model_range(video)[None]
-    alpha, sigma = noise_scales(schedule, t, 1)
-    eps = jax.random.normal(key, x0.shape)
-    z = alpha * x0 + sigma * eps
-    goal = predictions.target(x0, eps, alpha, sigma, config.diffusion.prediction)
-    n = tokens.shape[0]
-    out = model.denoise(params, jnp.repeat(z, n, 0), jnp.full((n,), t),
-                        model.encode(params["text"], tokens))
-    return jnp.mean(jnp.square(out.astype(jnp.float32) - goal), axis=(1, 2, 3, 4))
+  errors = caption_errors(model, params)
 
   clips = two_motion_clips(args.clips)
   for t in args.t:

@@ -455,7 +455,8 @@ def test_caption_parts_give_each_object_a_token_of_its_own():
   # are swapped (the same words, so the same pooled part-free reading) differs.
   emb_p, mask_p = build.encode_text(parts, params, [two, swapped])
   mixed = lambda a: jnp.concatenate([a[0, :length], a[1, length:]])[None].repeat(2, 0)
-  assert not np.allclose(with_parts(trained, x, timesteps, emb_p[jnp.array([0, 0])], mask_p[jnp.array([0, 0])]),
+  first = jnp.array([0, 0])
+  assert not np.allclose(with_parts(trained, x, timesteps, emb_p[first], mask_p[first]),
                          with_parts(trained, x, timesteps, mixed(emb_p), mixed(mask_p)),
                          atol=1e-4)
 

@@ -164,6 +164,28 @@ def conditional_means(model: build.Model, params: dict, noise_levels, seeds: int
   return means
 
 
+def caption_errors(model: build.Model, params: dict):
+  """A jitted (uint8 clip [T, H, W, 3], token ids [N, ...], t, key) -> v-MSE [N]: the
+  conditional denoising error (no guidance) of one clip under each of N captions, the
+  same noise and t for all."""
+  config = model.config
+  schedule = schedule_from_config(config.diffusion, config.data.resolution)
+
+  @jax.jit
+  def errors(video, tokens, t, key):
+    x0 = pipeline.to_model_range(video)[None]
+    alpha, sigma = noise_scales(schedule, t, 1)
+    eps = jax.random.normal(key, x0.shape)
+    z = alpha * x0 + sigma * eps
+    goal = predictions.target(x0, eps, alpha, sigma, config.diffusion.prediction)
+    n = tokens.shape[0]
+    out = model.denoise(params, jnp.repeat(z, n, axis=0), jnp.full((n,), t),
+                        model.encode(params["text"], tokens))
+    return jnp.mean(jnp.square(out.astype(jnp.float32) - goal), axis=(1, 2, 3, 4))
+
+  return errors
+
+
 def caption_swap_gap(model: build.Model, params: dict, clips, noise_levels,
                      max_clips: int, seed: int = 1234) -> dict:
   """{t: {clips, true, swapped, gap, worse}}: the denoising error (v-MSE, conditional,
@@ -172,20 +194,7 @@ def caption_swap_gap(model: build.Model, params: dict, clips, noise_levels,
   noise and t for both; gap = mean of swapped / true - 1 (0 exactly for a model that
   ignores the caption), worse = the share of clips where the swap hurts. At most
   `max_clips` clips; raises UserError if none moves in a direction."""
-  config = model.config
-  schedule = schedule_from_config(config.diffusion, config.data.resolution)
-
-  @jax.jit
-  def per_clip_error(video, tokens, t, key):
-    """v-MSE per caption [2] (true, swapped) of one clip, same noise."""
-    x0 = pipeline.to_model_range(video)[None]
-    alpha, sigma = noise_scales(schedule, t, 1)
-    eps = jax.random.normal(key, x0.shape)
-    z = alpha * x0 + sigma * eps
-    goal = predictions.target(x0, eps, alpha, sigma, config.diffusion.prediction)
-    cond = model.encode(params["text"], tokens)
-    out = model.denoise(params, jnp.concatenate([z, z]), jnp.full((2,), t), cond)
-    return jnp.mean(jnp.square(out.astype(jnp.float32) - goal), axis=(1, 2, 3, 4))
+  per_clip_error = caption_errors(model, params)
 
   errors = {t: [] for t in noise_levels}
   used = 0
