@@ -27,11 +27,13 @@ from lumiere_jax.evaluation.probe import caption_errors
 from lumiere_jax.models import build
 
 STRAIGHT = ("moving left", "moving right", "moving up", "moving down")
+OPPOSITE = dict(zip(STRAIGHT, ("moving right", "moving left", "moving down", "moving up")))
 
 
 def two_motion_clips(count: int) -> list:
-  """(clip, caption with the two motions swapped) for the first `count` seeds' two-object
-  clips whose objects move in two different straight directions."""
+  """(clip, caption with the two motions swapped, caption with the first object's motion
+  reversed) for the first `count` seeds' two-object clips whose objects move in two
+  different straight directions."""
   clips, seed = [], 0
   while len(clips) < count:
     clip = shapes.render_clip(seed, two_object_fraction=1.0)
@@ -39,7 +41,9 @@ def two_motion_clips(count: int) -> list:
     a, b = clip.tracks if len(clip.tracks) == 2 else (None, None)
     if a is not None and {a.motion, b.motion} <= set(STRAIGHT) and a.motion != b.motion:
       swapped = f"a {a.colour} {a.shape} {b.motion} and a {b.colour} {b.shape} {a.motion}"
-      clips.append((clip, swapped))
+      reversed_ = (f"a {a.colour} {a.shape} {OPPOSITE[a.motion]} and a {b.colour} {b.shape} "
+                   f"{b.motion}")
+      clips.append((clip, swapped, reversed_))
   return clips
 
 
@@ -59,18 +63,19 @@ def main() -> None:
   clips = two_motion_clips(args.clips)
   for t in args.t:
     rows = []
-    for i, (clip, swapped) in enumerate(clips):
-      ids = model.tokenize([clip.caption, swapped])
-      tokens = [ids[:1], ids[1:]]
+    for i, (clip, swapped, reversed_) in enumerate(clips):
+      ids = model.tokenize([clip.caption, swapped, reversed_])
+      tokens = [ids[:1], ids[1:2], ids[2:]]
       if parts:  # the true caption with the swapped caption's parts
         tokens.append(np.concatenate([ids[0, :-parts * length], ids[1, -parts * length:]])[None])
       rows.append(np.asarray(errors(clip.video, jnp.asarray(np.concatenate(tokens)),
                                     np.float32(t), jax.random.key(i))))
     e = np.array(rows)
-    line = (f"t={t}: v-MSE true {e[:, 0].mean():.4f}, swapped {e[:, 1].mean():.4f} "
-            f"(gap {np.mean(e[:, 1] / e[:, 0] - 1):+.1%})")
+    gap = lambda k: f"{e[:, k].mean():.4f} (gap {np.mean(e[:, k] / e[:, 0] - 1):+.1%})"
+    line = (f"t={t}: v-MSE true {e[:, 0].mean():.4f}, swapped {gap(1)}, first motion "
+            f"reversed {gap(2)}")
     if parts:
-      line += f", parts swapped {e[:, 2].mean():.4f} (gap {np.mean(e[:, 2] / e[:, 0] - 1):+.1%})"
+      line += f", parts swapped {gap(3)}"
     print(line, flush=True)
 
 

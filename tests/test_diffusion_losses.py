@@ -140,6 +140,19 @@ def test_train_t_max_draws_the_same_times_scaled_into_its_range():
       losses.shifted_levels(schedule, jnp.asarray(low), key, shifted), rtol=0, atol=0)
 
 
+def test_train_t_min_maps_the_same_draws_onto_the_band():
+  """A high-noise band's times: the default's draws mapped affinely onto [t_min, t_max]
+  (same key), order kept, both ends reached."""
+  schedule = schedules.schedule_from_config(default_diffusion_config(), 4)
+  key = jax.random.key(5)
+  full = np.asarray(losses.training_times(schedule, key, 4096, diffusion_config()))
+  band = np.asarray(losses.training_times(schedule, key, 4096, diffusion_config(
+      train_t_min=0.9)))
+  np.testing.assert_allclose(band, 0.9 + 0.1 * full, rtol=0, atol=1e-6)
+  assert band.min() >= 0.9 and band.min() < 0.901 and band.max() > 0.999
+  np.testing.assert_array_equal(np.argsort(band, kind="stable"), np.argsort(full, kind="stable"))
+
+
 def test_default_is_plain_v_mse():
   config = default_diffusion_config()
   logsnr = jnp.linspace(-15, 15, 7)
@@ -183,6 +196,7 @@ def test_validation_names_the_field():
                        ("train_logsnr_shift", float("nan")),
                        ("train_logsnr_shift_fraction", 1.5), ("train_t_max", 0.0),
                        ("train_t_max", 1.5),
+                       ("train_t_min", -0.1), ("train_t_min", 1.0),
                        ("ssr_residual_scale", -1.0), ("ssr_residual_scale", float("inf")),
                        ("ssr_residual_base", "lanczos"), ("window_noise", "shared"),
                        ("window_weighting", "pyramid"), ("time_power", 0.0),

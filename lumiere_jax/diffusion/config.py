@@ -35,9 +35,11 @@ def default_diffusion_config() -> ml_collections.ConfigDict:
   # that one run trains both the high-noise levels where the prompt decides motion and
   # the low-noise ones where edges and shapes are drawn. Not in the paper.
   c.train_logsnr_shift_fraction = 1.0
-  # Training times are drawn in [0, train_t_max] (before any shift): below 1, a low-noise
-  # expert that only ever denoises the last part of sampling (eDiff-I's expert
-  # denoisers; `diffusion.expert_switch` at sampling). Not in the paper.
+  # Training times are drawn in [train_t_min, train_t_max] (before any shift): a max below
+  # 1 trains a low-noise expert that only ever denoises the last part of sampling
+  # (eDiff-I's expert denoisers; `diffusion.expert_switch` at sampling); a min above 0
+  # spends every step on the high-noise band. Not in the paper.
+  c.train_t_min = 0.0
   c.train_t_max = 1.0
   # Expert denoisers at sampling (eDiff-I's; not in the paper): the sampling steps at
   # times t <= expert_switch are denoised by `low_noise_expert` (the name of a shipped
@@ -127,6 +129,10 @@ def validate_diffusion_config(c: ml_collections.ConfigDict) -> None:
   if not 0.0 < c.train_t_max <= 1.0:
     raise ConfigError(f"diffusion.train_t_max={c.train_t_max} is invalid; allowed: (0, 1] "
                       "(the largest training time)")
+  t_min = c.get("train_t_min", 0.0)  # configs saved before the field
+  if not 0.0 <= t_min < c.train_t_max:
+    raise ConfigError(f"diffusion.train_t_min={t_min} is invalid; allowed: [0, "
+                      f"train_t_max={c.train_t_max}) (the smallest training time)")
   check_expert_switch(c.expert_switch)
   if c.expert_switch and not c.low_noise_expert:
     raise ConfigError(f"diffusion.expert_switch={c.expert_switch} needs "

@@ -5,6 +5,8 @@ The models take diffusers-style timesteps (the time embedding was designed for i
 nowhere else.
 """
 
+import jax
+
 from lumiere_jax.diffusion.guidance import Denoiser
 
 TIMESTEP_SCALE = 1000.0
@@ -22,6 +24,21 @@ def text_denoiser(module):
     level = None if level is None else level * TIMESTEP_SCALE
     return module.apply({"params": params}, x, t * TIMESTEP_SCALE, cond["emb"],
                         cond["mask"], level)
+
+  return fn
+
+
+def capturing_text_denoiser(module):
+  """text_denoiser's fn, returning (prediction, cross-attention maps): every
+  cross-attention that knows its query layout sows its head-mean weights [B, T, H, W, L]
+  (layers.Attention), listed in the module's order."""
+
+  def fn(params, x, t, cond):
+    level = cond.get("noise_level")
+    level = None if level is None else level * TIMESTEP_SCALE
+    out, state = module.apply({"params": params}, x, t * TIMESTEP_SCALE, cond["emb"],
+                              cond["mask"], level, mutable=["intermediates"])
+    return out, jax.tree_util.tree_leaves(state.get("intermediates", {}))
 
   return fn
 

@@ -71,16 +71,16 @@ def shifted_levels(schedule, t, rng, config):
 
 
 def training_times(schedule, rng, batch: int, config):
-  """The training times t [batch]: uniform in [0, config.train_t_max], then moved by the
-  logSNR shift (shifted_levels)."""
+  """The training times t [batch]: uniform in [config.train_t_min, config.train_t_max],
+  then moved by the logSNR shift (shifted_levels)."""
   t = jax.random.uniform(rng, (batch,), jnp.float32)
-  t_max = config.get("train_t_max", 1.0)
-  if t_max < 1.0:
-    t = t * t_max
+  t_min, t_max = config.get("train_t_min", 0.0), config.get("train_t_max", 1.0)
+  if t_min > 0.0 or t_max < 1.0:
+    t = t_min + t * (t_max - t_min)
   return shifted_levels(schedule, t, rng, config)
 
 
-def diffusion_loss(denoise_fn, params, x0, cond, rng, config, uncond=None):
+def diffusion_loss(denoise_fn, params, x0, cond, rng, config, uncond=None, auxiliary=False):
   """The weighted denoising loss of one batch, and metrics.
 
   Args:
@@ -95,6 +95,9 @@ def diffusion_loss(denoise_fn, params, x0, cond, rng, config, uncond=None):
     uncond: the unconditional input with the structure of `cond` (batch 1 or B). When
       given, a `config.cfg_dropout` fraction of the batch is trained on it, which is what
       classifier-free guidance needs at sampling time.
+    auxiliary: denoise_fn returns (prediction, (loss, metrics)) instead, an auxiliary
+      loss of the same call (its t and its conditioning after dropout), added to the
+      diffusion loss; its metrics join the returned ones.
 
   Returns:
     (loss scalar, {'loss', 'mse', 'cfg_dropped'}); 'mse' is the unweighted error in the
@@ -112,12 +115,18 @@ def diffusion_loss(denoise_fn, params, x0, cond, rng, config, uncond=None):
   if uncond is not None and config.cfg_dropout > 0:
     cond, dropped = guidance.drop_conditioning(cond, uncond, drop_rng, config.cfg_dropout)
 
-  out = denoise_fn(params, z, t, cond).astype(jnp.float32)
+  out = denoise_fn(params, z, t, cond)
+  aux_loss, aux_metrics = None, {}
+  if auxiliary:
+    out, (aux_loss, aux_metrics) = out
+  out = out.astype(jnp.float32)
   goal = predictions.target(x0, eps, alpha, sigma, config.prediction)
   mse = _per_example_mean(jnp.square(out - goal))
   weight = prediction_weight(logsnr, config.loss_weighting, config.prediction,
                              config.min_snr_gamma)
   loss = jnp.mean(weight * mse)
+  if auxiliary:
+    loss = loss + aux_loss
   metrics = {"loss": loss, "mse": jnp.mean(mse),
-             "cfg_dropped": jnp.mean(dropped.astype(jnp.float32))}
+             "cfg_dropped": jnp.mean(dropped.astype(jnp.float32)), **aux_metrics}
   return loss, metrics

@@ -209,6 +209,7 @@ class Model:
     self.text_encoder = build_text_encoder(config)
     self.denoiser = build_denoiser(config.model)
     self._denoise = denoisers.text_denoiser(self.denoiser)
+    self._denoise_capturing = denoisers.capturing_text_denoiser(self.denoiser)
 
   @property
   def clip_shape(self) -> tuple:
@@ -238,6 +239,12 @@ class Model:
     model also reads cond['noise_level'] [B] in [0, 1], the level `extra` was noised to
     (absent: 0)."""
     return self._denoise(denoiser_params(params), cond_lib.model_input(x, extra), t, cond)
+
+  def denoise_capturing(self, params, x, t, cond, extra=None):
+    """`denoise`, and the cross-attention maps of the queries whose layout is known
+    (layers.Attention's `grid`): (prediction, [[B, T', H', W', L] head-mean weights])."""
+    return self._denoise_capturing(denoiser_params(params), cond_lib.model_input(x, extra),
+                                   t, cond)
 
   def to_model_layout(self, clips):
     """Clips [B, T, H, W, C] -> what the denoiser takes (frames [B, H, W, C] for an image

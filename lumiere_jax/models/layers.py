@@ -295,8 +295,14 @@ class Attention(nn.Module):
   out_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
 
   @nn.compact
-  def __call__(self, x, context=None, bias=None):
+  def __call__(self, x, context=None, bias=None, grid=None):
+    """`grid` (T, H, W): the layout of each video's queries (frames, rows, columns, in
+    that order); given, a cross-attention's head-mean weights [B, T, H, W, L] are sown
+    as intermediates 'cross_attention' when that collection is mutable (the grounding
+    loss, train/grounding.py), and nothing is computed otherwise."""
     shape = x.shape
+    capture = (grid is not None and context is not None
+               and self.is_mutable_collection("intermediates"))
     if context is not None and context.shape[0] != shape[0]:
       x = x.reshape(context.shape[0], -1, shape[-1])
     inner = self.heads * self.dim_head
@@ -308,7 +314,11 @@ class Attention(nn.Module):
     logits = jnp.einsum("nshd,nlhd->nhsl", q, k).astype(jnp.float32) * self.dim_head ** -0.5
     if bias is not None:
       logits = logits + bias
-    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    probs = jax.nn.softmax(logits, axis=-1)
+    if capture:
+      self.sow("intermediates", "cross_attention",
+               probs.mean(axis=1).reshape(probs.shape[0], *grid, probs.shape[-1]))
+    weights = probs.astype(self.dtype)
     out = jnp.einsum("nhsl,nlhd->nshd", weights, v).reshape(*x.shape[:-1], inner)
     out = Dense(shape[-1], ("heads", "embed"), dtype=self.dtype, kernel_init=self.out_init,
                 name="to_out_0")(out)

@@ -148,7 +148,8 @@ class LocalFiLM(nn.Module):
     q = layers.LayerNorm(name="norm")(x).reshape(b, t * hh * ww, c)
     sequences = lambda y: sharding.constrain(y, SEQUENCE_AXES)
     read = sequences(layers.Attention(self.heads, c // self.heads, dtype=self.dtype,
-                                      name="attn")(sequences(q), context, context_bias))
+                                      name="attn")(sequences(q), context, context_bias,
+                                                   (t, hh, ww)))
     film = layers.Dense(2 * c, ("embed", "mlp"), dtype=self.dtype,
                         kernel_init=nn.initializers.zeros, name="proj")(read)
     return film.reshape(b, t, hh, ww, 2 * c)
@@ -198,7 +199,8 @@ class AttentionInflationBlock(nn.Module):
     if self.text_conditioning:
       h = sequences(h + layers.Attention(self.heads, c // self.heads, dtype=self.dtype,
                                          name="attn2")(
-          layers.LayerNorm(name="norm2")(h), context, context_bias))
+          layers.LayerNorm(name="norm2")(h), context, context_bias,
+          (t, hh, ww) if self.spacetime else None))
     h = layers.Dense(c, ("mlp", "embed"), dtype=self.dtype,
                      kernel_init=nn.initializers.zeros, name="proj_out")(h)
     if self.spacetime:

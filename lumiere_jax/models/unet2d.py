@@ -81,11 +81,11 @@ class BasicTransformerBlock(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, context, context_bias):
+  def __call__(self, x, context, context_bias, grid=None):
     attn = lambda name: layers.Attention(self.heads, self.dim_head, dtype=self.dtype,
                                          name=name)
     x = x + attn("attn1")(layers.LayerNorm(name="norm1")(x))
-    x = x + attn("attn2")(layers.LayerNorm(name="norm2")(x), context, context_bias)
+    x = x + attn("attn2")(layers.LayerNorm(name="norm2")(x), context, context_bias, grid)
     return x + FeedForward(dtype=self.dtype, name="ff")(layers.LayerNorm(name="norm3")(x))
 
 
@@ -109,7 +109,9 @@ class Transformer2D(nn.Module):
     h = tokens(h.reshape(n, hh * ww, c))
     for k in range(self.num_layers):
       h = tokens(BasicTransformerBlock(self.heads, c // self.heads, dtype=self.dtype,
-                                       name=f"transformer_blocks_{k}")(h, context, context_bias))
+                                       name=f"transformer_blocks_{k}")(
+          h, context, context_bias,
+          None if context is None else (n // context.shape[0], hh, ww)))
     h = layers.Conv2D(c, kernel_size=1, dtype=self.dtype, name="proj_out")(
         h.reshape(n, hh, ww, c))
     return h + x.astype(self.dtype)

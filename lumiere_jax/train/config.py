@@ -8,6 +8,7 @@ import ml_collections
 
 from lumiere_jax.errors import ConfigError
 from lumiere_jax.models import build
+from lumiere_jax.train import grounding
 from lumiere_jax.train.optimizer import learning_rate_scales
 
 
@@ -49,6 +50,11 @@ def default_train_config() -> ml_collections.ConfigDict:
   # FACTOR, e.g. ("adapter=20",) for a new zero-initialised group trained with a
   # pre-trained model at a fine-tuning rate.
   train.learning_rate_scales = ()
+  # Cross-attention grounding (train/grounding.py; not in the paper): this weight times
+  # the share of each object's cross-attention that reads the other object's words, on
+  # two-object captions of the shapes grammar at training times t <= grounding_t_max.
+  train.grounding_weight = 0.0
+  train.grounding_t_max = 1.0
   train.grad_clip_norm = 1.0
   train.ema_decay = 0.999
 
@@ -103,6 +109,11 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
   check(0 <= t.end_learning_rate_fraction <= 1, "end_learning_rate_fraction", "[0, 1]")
   check(0 <= t.ema_decay < 1, "ema_decay", "[0, 1)")
   check(t.grad_clip_norm > 0, "grad_clip_norm", "a number > 0")
+  check(t.grounding_weight >= 0, "grounding_weight", "a number >= 0 (0 = off)")
+  check(0 < t.grounding_t_max <= 1, "grounding_t_max", "(0, 1]")
+  if t.grounding_weight > 0:
+    check(config.model.kind == "stunet", "grounding_weight", "0 for an image model")
+    grounding.vocabulary_tables(build.tokenizer(config))
   check(t.weight_decay >= 0, "weight_decay", "a number >= 0")
   check(t.profile_steps >= 0, "profile_steps", "an integer >= 0 (0 = no trace)")
   check(t.peak_flops_per_device >= 0, "peak_flops_per_device",

@@ -6,7 +6,8 @@ the data pipeline's fields (pixels still uint8); `full_params` is the whole tree
 {'backbone'[, 'temporal'], 'text'}. The train step decides which part is differentiated.
 The SSR stage noises its conditioning clip per example (noise conditioning augmentation,
 models/conditioning.py) and gives the model the level; with diffusion.ssr_residual_scale
-it diffuses the clip's residual over its upsampled low-resolution clip.
+it diffuses the clip's residual over its upsampled low-resolution clip. With
+train.grounding_weight, the cross-attention grounding loss (train/grounding.py) joins it.
 """
 
 from typing import Callable
@@ -18,6 +19,7 @@ from lumiere_jax.data.pipeline import to_model_range
 from lumiere_jax.diffusion.losses import diffusion_loss
 from lumiere_jax.diffusion.schedules import schedule_from_config
 from lumiere_jax.models import build, conditioning
+from lumiere_jax.train import grounding
 
 LossFn = Callable[[dict, dict, jax.Array], tuple]
 
@@ -30,6 +32,8 @@ def make_loss_fn(config) -> LossFn:
   empty_prompt = jnp.asarray(model.tokenize([""]))  # [1, L]
 
   schedule = schedule_from_config(config.diffusion, model.resolution)
+  ground = config.train.get("grounding_weight", 0.0) > 0
+  tables = grounding.vocabulary_tables(model.tokenizer) if ground else None
 
   def loss_fn(params, batch, rng):
     x0 = to_model_range(batch[model.pixel_field])
@@ -49,10 +53,16 @@ def make_loss_fn(config) -> LossFn:
     def denoise(text_and_denoiser, z, t, tokens):
       text_params, denoiser_params = text_and_denoiser
       cond = {**model.encode(text_params, tokens), **levels}
-      return model.denoise(denoiser_params, z, t, cond, extra)
+      if not ground:
+        return model.denoise(denoiser_params, z, t, cond, extra)
+      out, maps = model.denoise_capturing(denoiser_params, z, t, cond, extra)
+      leak, metrics = grounding.grounding_loss(maps, tokens, x0, t, tables,
+                                               config.train.grounding_t_max)
+      return out, (config.train.grounding_weight * leak, metrics)
 
     return diffusion_loss(denoise, (params["text"], build.denoiser_params(params)), x0,
-                          batch["tokens"], rng, config.diffusion, uncond=empty_prompt)
+                          batch["tokens"], rng, config.diffusion, uncond=empty_prompt,
+                          auxiliary=ground)
 
   return loss_fn
 

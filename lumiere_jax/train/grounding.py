@@ -1,0 +1,120 @@
+"""Cross-attention grounding: each object's pixels may not read the other object's words.
+
+An option of the t2v stage (train.grounding_weight > 0; not in the paper). On the shapes
+data, a two-object caption ("a red circle moving left and a blue square moving up") is two
+parts cut at the split word "and", and each part names its object's colour. A model that
+reads which motions a caption holds but not whose they are (benchmarks/binding_probe.py
+measured exactly that: swapping two objects' motions costs the shipped model nothing)
+needs the pixels of the red object to attend to the red part only. The loss is the share
+of each object's cross-attention that goes to the other part's words:
+
+  leak = sum_k sum_p e_k(p) * sum_{i in part 1-k} A(p, i) / sum_k sum_p e_k(p),
+
+over every captured cross-attention map A [B, T', H', W', L] (head-mean softmax weights,
+layers.Attention), where e_k is object k's exclusive occupancy (its colour's pixels,
+average-pooled to the map's grid, times one minus the other object's). Object masks come
+from the clean clip by colour (each part's colour word -> the renderer's colour), so no
+dataset field is needed. One-object and prompt-dropped captions have one part and add
+nothing. A TokenCompose-like (Wang et al. 2024) token-level grounding of cross-attention,
+written for the shapes grammar.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+
+from lumiere_jax.data import shapes
+from lumiere_jax.errors import ConfigError
+from lumiere_jax.models import text as text_lib
+
+SPLIT_WORD = "and"
+# A pixel belongs to a colour when every channel is within this of it (uint8 units): the
+# renderer's colours are at least 110 apart in some channel; edge pixels blended with the
+# black background fall out.
+COLOUR_TOLERANCE = 48.0
+
+
+def vocabulary_tables(tokenizer) -> tuple:
+  """(split id, colour table float32 [V, 3] in the model's range [-1, 1], has-colour bool
+  [V]) for a one-view word tokenizer whose vocabulary holds "and" and every shapes
+  colour; ConfigError otherwise."""
+  if getattr(tokenizer, "views", 1) != 1 or not hasattr(tokenizer, "words"):
+    raise ConfigError("train.grounding_weight > 0 needs a one-view caption tokenizer (no "
+                      "model.temporal.caption_parts or caption_drop_words)")
+  vocab = {w: i + text_lib.NUM_SPECIAL for i, w in enumerate(tokenizer.words)}
+  missing = [w for w in (SPLIT_WORD, *shapes.COLOUR_NAMES) if w not in vocab]
+  if missing:
+    raise ConfigError(f"train.grounding_weight > 0 needs the shapes captions' words; the "
+                      f"vocabulary lacks {', '.join(missing)}")
+  table = np.zeros((tokenizer.vocab_size, 3), np.float32)
+  has_colour = np.zeros((tokenizer.vocab_size,), bool)
+  for name, rgb in shapes.COLOURS.items():
+    table[vocab[name]] = np.asarray(rgb, np.float32) / 127.5 - 1.0
+    has_colour[vocab[name]] = True
+  return vocab[SPLIT_WORD], table, has_colour
+
+
+def token_parts(tokens, split_id: int):
+  """Token ids [B, L] -> (part of each token [B, L]: 0 before the split word, 1 after,
+  -1 for the split word and special tokens; two parts [B] bool: exactly one split)."""
+  is_split = tokens == split_id
+  part = jnp.cumsum(is_split, axis=-1)
+  word = (tokens >= text_lib.NUM_SPECIAL) & ~is_split
+  two = is_split.sum(-1) == 1
+  return jnp.where(word & (part <= 1), part, -1), two
+
+
+def part_colours(tokens, parts, table, has_colour):
+  """[B, 2, 3]: each part's colour (the model's range; the first colour word of the part)
+  and [B, 2] bool: the part names one."""
+  colours, named = [], []
+  for k in (0, 1):
+    hit = (parts == k) & jnp.asarray(has_colour)[tokens]
+    first = jnp.argmax(hit, axis=-1)
+    colours.append(jnp.asarray(table)[jnp.take_along_axis(tokens, first[:, None], -1)[:, 0]])
+    named.append(hit.any(-1))
+  return jnp.stack(colours, 1), jnp.stack(named, 1)
+
+
+def object_masks(x0, colours):
+  """Clean clips [B, T, H, W, 3] in [-1, 1], colours [B, K, 3] -> [B, K, T, H, W] float:
+  1 where every channel is within COLOUR_TOLERANCE of the colour."""
+  diff = jnp.abs(x0[:, None] - colours[:, :, None, None, None, :]).max(-1)
+  return (diff <= COLOUR_TOLERANCE / 127.5).astype(jnp.float32)
+
+
+def pool_to(masks, grid):
+  """[B, K, T, H, W] -> [B, K, T', H', W'] by averaging (each size divides)."""
+  b, k, t, h, w = masks.shape
+  tt, hh, ww = grid
+  return masks.reshape(b, k, tt, t // tt, hh, h // hh, ww, w // ww).mean(axis=(3, 5, 7))
+
+
+def leak(maps, tokens, x0, tables):
+  """The grounding loss's per-example leak [B] (the share of each object's attention that
+  reads the other part's words, mean over maps) and the weight [B] of each example: 1 for
+  a two-part caption whose parts both name a colour and whose objects are in the clip."""
+  split_id, table, has_colour = tables
+  parts, two = token_parts(tokens, split_id)
+  colours, named = part_colours(tokens, parts, table, has_colour)
+  masks = object_masks(x0, colours)
+  valid = two & named.all(-1) & (masks.sum(axis=(2, 3, 4)) > 0).all(-1)
+  per_map = []
+  for a in maps:
+    occupancy = pool_to(masks, a.shape[1:4])                       # [B, 2, T', H', W']
+    exclusive = occupancy * (1.0 - occupancy[:, ::-1])
+    # The attention each position pays to the words of part k: [B, 2, T', H', W'].
+    read = jnp.stack([jnp.einsum("bthwl,bl->bthw", a, (parts == k).astype(a.dtype))
+                      for k in (0, 1)], 1)
+    other = read[:, ::-1]
+    total = exclusive.sum(axis=(1, 2, 3, 4))
+    per_map.append((exclusive * other).sum(axis=(1, 2, 3, 4)) / jnp.maximum(total, 1e-6))
+  return jnp.mean(jnp.stack(per_map), 0), valid.astype(jnp.float32)
+
+
+def grounding_loss(maps, tokens, x0, t, tables, t_max: float):
+  """(loss, metrics): the mean leak over the batch's two-object examples at t <= t_max
+  (0 when there are none)."""
+  per_example, weight = leak(maps, tokens, x0, tables)
+  weight = weight * (t <= t_max)
+  loss = (per_example * weight).sum() / jnp.maximum(weight.sum(), 1.0)
+  return loss, {"grounding_leak": loss, "grounding_examples": weight.sum()}

@@ -1,0 +1,195 @@
+"""The cross-attention grounding loss (train/grounding.py): its targets from the caption and
+the clean clip, its closed forms, the captured maps, and its place in the training loss."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import trained_weights
+from lumiere_jax.config import load_config
+from lumiere_jax.data import pipeline, shapes
+from lumiere_jax.errors import ConfigError
+from lumiere_jax.models import build
+from lumiere_jax.train import grounding
+from lumiere_jax.train.loss import make_loss_fn
+
+TWO = "a red circle moving left and a blue square moving up"
+
+
+@functools.lru_cache(maxsize=None)
+def _model(*overrides):
+  config = load_config("shapes_tiny:t2v", ["model.temporal.spacetime_attention=True",
+                                           *overrides])
+  params = jax.jit(lambda r: build.init_params(config, r))(jax.random.key(0))
+  # Trained-like weights: the zero-initialised projections would hide the temporal path.
+  return config, build.Model(config), trained_weights.perturbed(jax.device_get(params), 3)
+
+
+def _tables(model):
+  return grounding.vocabulary_tables(model.tokenizer)
+
+
+def test_each_word_belongs_to_its_objects_part_and_names_its_colour():
+  _, model, _ = _model()
+  split_id, table, has_colour = _tables(model)
+  tokens = jnp.asarray(model.tokenize([TWO, "a green triangle growing", ""]))
+  parts, two = grounding.token_parts(tokens, split_id)
+  words = len(TWO.split())
+  # BOS, five words of the first part, "and", five of the second, EOS, then PAD.
+  np.testing.assert_array_equal(parts[0, :words + 2],
+                                [-1, 0, 0, 0, 0, 0, -1, 1, 1, 1, 1, 1, -1])
+  assert (np.asarray(parts[0, words + 2:]) == -1).all()
+  np.testing.assert_array_equal(two, [True, False, False])
+  colours, named = grounding.part_colours(tokens, parts, table, has_colour)
+  rgb = lambda name: np.asarray(shapes.COLOURS[name], np.float32) / 127.5 - 1
+  np.testing.assert_allclose(colours[0], [rgb("red"), rgb("blue")], atol=1e-6)
+  np.testing.assert_allclose(colours[1, 0], rgb("green"), atol=1e-6)
+  np.testing.assert_array_equal(named, [[True, True], [True, False], [False, False]])
+
+
+def test_object_masks_find_each_object_where_the_renderer_moved_it():
+  """On rendered two-object clips: the two masks never overlap, each object is found in
+  every frame, and a "moving left/right/up/down" mask's centroid moves that way."""
+  _, model, _ = _model()
+  split_id, table, has_colour = _tables(model)
+  direction = {m: np.asarray(v) for m, v in shapes.LINEAR_MOTIONS.items()}
+  checked = 0
+  for seed in range(24):
+    clip = shapes.render_clip(seed, two_object_fraction=1.0)
+    tokens = jnp.asarray(model.tokenize([clip.caption]))
+    parts, _ = grounding.token_parts(tokens, split_id)
+    colours, _ = grounding.part_colours(tokens, parts, table, has_colour)
+    masks = np.asarray(grounding.object_masks(pipeline.to_model_range(clip.video)[None],
+                                              colours))[0]
+    assert not (masks[0] * masks[1]).any()
+    assert (masks.sum(axis=(2, 3)) > 0).all(), clip.caption
+    for k, track in enumerate(clip.tracks):
+      if track.motion in direction:
+        ys, xs = np.mgrid[:masks.shape[2], :masks.shape[3]]
+        centre = lambda m: np.array([(m * xs).sum(), (m * ys).sum()]) / m.sum()
+        moved = centre(masks[k, -1]) - centre(masks[k, 0])
+        assert moved @ direction[track.motion] > 2.0, (clip.caption, k, moved)
+        checked += 1
+  assert checked >= 6
+
+
+def _two_squares(frames=4, size=8):
+  """A clean clip [1, T, S, S, 3] in [-1, 1]: red in the left half's top rows, blue in the
+  right half's bottom rows, black elsewhere."""
+  x = -np.ones((1, frames, size, size, 3), np.float32)
+  red = np.asarray(shapes.COLOURS["red"], np.float32) / 127.5 - 1
+  blue = np.asarray(shapes.COLOURS["blue"], np.float32) / 127.5 - 1
+  x[:, :, :size // 2, :size // 2] = red
+  x[:, :, size // 2:, size // 2:] = blue
+  return jnp.asarray(x)
+
+
+@pytest.mark.parametrize("reads, expected", [("own", 0.0), ("other", 1.0), ("bos", 0.0),
+                                             ("uniform", None)])
+def test_leak_is_the_share_of_attention_on_the_other_objects_words(reads, expected):
+  _, model, _ = _model()
+  tables = _tables(model)
+  tokens = jnp.asarray(model.tokenize([TWO]))
+  parts = np.asarray(grounding.token_parts(tokens, tables[0])[0])[0]
+  x0 = _two_squares()
+  length = tokens.shape[1]
+  grid = (2, 4, 4)
+  rows = np.zeros(grid + (length,), np.float32)
+  colours, _ = grounding.part_colours(tokens, jnp.asarray(parts[None]), *tables[1:])
+  occupancy = np.asarray(grounding.pool_to(grounding.object_masks(x0, colours), grid))[0]
+  for k in (0, 1):
+    where = occupancy[k] > 0
+    if reads == "own":
+      rows[where] = (parts == k) / (parts == k).sum()
+    elif reads == "other":
+      rows[where] = (parts == 1 - k) / (parts == 1 - k).sum()
+  if reads == "bos":
+    rows[..., 1:] = 0
+    rows[..., 0] = 1
+  if reads == "uniform":
+    rows[:] = 1 / length
+    expected = (parts == 0).sum() / length  # both parts have five words
+  leak, weight = grounding.leak([jnp.asarray(rows[None])], tokens, x0, tables)
+  np.testing.assert_allclose(leak, [expected], atol=1e-6)
+  np.testing.assert_array_equal(weight, [1.0])
+
+
+def test_one_object_and_dropped_prompts_weigh_nothing():
+  _, model, _ = _model()
+  tables = _tables(model)
+  tokens = jnp.asarray(model.tokenize(["a red circle moving left", ""]))
+  x0 = jnp.concatenate([_two_squares()] * 2)
+  maps = [jnp.full((2, 2, 4, 4, tokens.shape[1]), 1.0 / tokens.shape[1])]
+  _, weight = grounding.leak(maps, tokens, x0, tables)
+  np.testing.assert_array_equal(weight, [0.0, 0.0])
+  loss, metrics = grounding.grounding_loss(maps, tokens, x0, jnp.zeros(2), tables, 1.0)
+  assert float(loss) == 0.0 and float(metrics["grounding_examples"]) == 0.0
+
+
+def test_captured_maps_are_every_cross_attention_and_change_nothing():
+  config, model, params = _model()
+  tokens = jnp.asarray(model.tokenize([TWO, "a green triangle growing"]))
+  cond = model.encode(params["text"], tokens)
+  x = jax.random.normal(jax.random.key(1), (2,) + model.clip_shape)
+  t = jnp.array([0.3, 0.9])
+  out, maps = jax.jit(model.denoise_capturing)(params, x, t, cond)
+  np.testing.assert_array_equal(out, jax.jit(model.denoise)(params, x, t, cond))
+  frames, res = config.data.num_frames, config.data.resolution
+  # Cross-attention at the two coarser levels of the backbone (frames halved per level)
+  # and the coarsest level's space-time attention.
+  grids = {(frames // 2, res // 2, res // 2), (frames // 4, res // 4, res // 4)}
+  assert {a.shape[1:4] for a in maps} == grids and len(maps) >= 4
+  for a in maps:
+    np.testing.assert_allclose(a.sum(-1), 1.0, atol=1e-5)
+    assert a.shape[-1] == tokens.shape[1]
+
+
+def test_the_training_loss_adds_the_weighted_leak_and_its_gradient_lowers_it():
+  """The t2v loss with grounding is the loss without it plus weight * leak (same rng:
+  same t, noise and dropout), and a small step down the leak's gradient lowers it."""
+  weight = 0.5
+  config, model, params = _model(f"train.grounding_weight={weight}", "data.batch_size=2")
+  plain_config, _, _ = _model("data.batch_size=2")
+  clips = [shapes.render_clip(s, two_object_fraction=1.0) for s in (0, 1)]
+  batch = {"video": jnp.asarray(np.stack([c.video for c in clips])),
+           "tokens": jnp.asarray(model.tokenize([c.caption for c in clips]))}
+  rng = jax.random.key(4)
+  loss, metrics = jax.jit(make_loss_fn(config))(params, batch, rng)
+  plain, _ = jax.jit(make_loss_fn(plain_config))(params, batch, rng)
+  assert float(metrics["grounding_examples"]) >= 1
+  np.testing.assert_allclose(loss - plain, weight * metrics["grounding_leak"], rtol=1e-5)
+
+  tables = _tables(model)
+  x0 = pipeline.to_model_range(batch["video"])
+  cond = model.encode(params["text"], batch["tokens"])
+  z = 0.5 * x0 + 0.8 * jax.random.normal(jax.random.key(5), x0.shape)
+  t = jnp.array([0.5, 0.5])
+
+  @jax.jit
+  def leak_of(denoiser):
+    _, maps = model.denoise_capturing({**params, **denoiser}, z, t, cond)
+    return grounding.grounding_loss(maps, batch["tokens"], x0, t, tables, 1.0)[0]
+
+  denoiser = build.denoiser_params(params)
+  before, grads = jax.value_and_grad(leak_of)(denoiser)
+  norm = optax_global_norm(grads)
+  assert norm > 0
+  after = leak_of(jax.tree_util.tree_map(lambda p, g: p - 1e-2 * g / norm, denoiser, grads))
+  assert float(after) < float(before)
+
+
+def optax_global_norm(tree):
+  return float(jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree_util.tree_leaves(tree))))
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (["train.grounding_weight=-1.0"], "grounding_weight"),
+    (["train.grounding_weight=0.1", "train.grounding_t_max=0.0"], "grounding_t_max"),
+    (["train.grounding_weight=0.1", "model.temporal.caption_parts=2"], "one-view"),
+])
+def test_bad_grounding_settings_are_named(overrides, field):
+  with pytest.raises(ConfigError, match=field):
+    load_config("shapes_tiny:t2v", overrides)
