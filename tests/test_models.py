@@ -11,6 +11,7 @@ import pytest
 import trained_weights
 from lumiere_jax.config import load_config, temporal_factor
 from lumiere_jax.models import build
+from lumiere_jax.models import layers
 from lumiere_jax.models import stunet
 from lumiere_jax.models import temporal as tl
 from lumiere_jax.models import text as text_lib
@@ -497,6 +498,42 @@ def test_local_film_is_the_identity_at_init_and_modulates_each_position_apart():
   np.testing.assert_allclose(film[0, 0, 1, 1], film[0, 1, 2, 2], rtol=1e-5, atol=1e-6)
   other = block.apply({"params": block_params}, video, emb[1:], None)
   assert not np.allclose(film[0, 0, 0, 0], other[0, 0, 0, 0], atol=1e-4)
+
+
+def test_film_pool_is_the_pooled_caption_at_init_and_then_pools_per_position():
+  """model.temporal.film_pooling="attention": a new group 'film_pool' whose zero query
+  weighs every valid token alike, so the conv blocks' FiLM reads exactly the pooled caption
+  and a trained model is unchanged (to rounding); with a query, two positions holding
+  different features pool the caption differently, and PAD tokens are never read."""
+  config, params = _setup((True, True))
+  pooled = load_config("shapes_tiny:t2v", ["model.temporal.down_levels=(True, True)",
+                                           "model.temporal.film_pooling=attention"])
+  pool_params = jax.jit(lambda r: build.init_params(pooled, r))(jax.random.key(0))
+  assert build.param_groups(pooled.model) == build.param_groups(config.model) + ("film_pool",)
+  x, timesteps = _inputs(config)
+  emb, mask = build.encode_text(config, params, ["a red circle moving left and a blue "
+                                                 "square moving up", "a blue square growing"])
+  trained = build.denoiser_params(trained_weights.perturbed(params, seed=7))
+  without = jax.jit(build.build_denoiser(config.model).apply)(
+      {"params": trained}, x, timesteps, emb, mask)
+  with_pool = jax.jit(build.build_denoiser(pooled.model).apply)(
+      {"params": {**trained, "film_pool": pool_params["film_pool"]}}, x, timesteps, emb, mask)
+  np.testing.assert_allclose(with_pool, without, rtol=0, atol=2e-5 * float(jnp.abs(without).max()))
+  assert not np.array_equal(with_pool, without)  # a per-position path, not the folded one
+
+  block = tl.FiLMPool(heads=4)
+  red, blue = jax.random.normal(jax.random.key(2), (2, 32))
+  video = jnp.zeros((1, 2, 4, 4, 32)).at[:, :, 0, 0].set(red).at[:, :, 3, 3].set(blue)
+  bias = layers.mask_to_bias(mask[:1, None, None, :])
+  block_params = block.init(jax.random.key(1), video, emb[:1], bias)["params"]
+  at_init = block.apply({"params": block_params}, video, emb[:1], bias)
+  np.testing.assert_allclose(at_init, jnp.broadcast_to(
+      tl.pooled_text(emb[:1], mask[:1])[:, None, None, None], at_init.shape), atol=1e-5)
+  moved = trained_weights.perturbed(block_params, seed=5, scale=1.0)
+  out = block.apply({"params": moved}, video, emb[:1], bias)
+  assert not np.allclose(out[0, 0, 0, 0], out[0, 0, 3, 3], atol=1e-3)
+  padded = emb[:1].at[:, ~np.asarray(mask[0])].set(99.0)
+  np.testing.assert_allclose(block.apply({"params": moved}, video, padded, bias), out, atol=1e-5)
 
 
 def test_identity_kernel_refuses_channel_change():

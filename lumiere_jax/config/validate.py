@@ -95,6 +95,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
       split = temporal.get("caption_split_word", "and")
       _check(isinstance(split, str) and split in words, "model.temporal.caption_split_word",
              split, "a word of text.vocabulary")
+    pooling = temporal.get("film_pooling", "mean")
+    _check(pooling in ("mean", "attention"), "model.temporal.film_pooling", pooling,
+           "'mean' or 'attention'")
+    if pooling == "attention":
+      _check(temporal.conv_text_conditioning, "model.temporal.film_pooling", pooling,
+             "'mean' unless model.temporal.conv_text_conditioning (there is no FiLM to pool for)")
     _check(channels[-1] % temporal.num_heads == 0, "model.temporal.num_heads",
            temporal.num_heads, f"a divisor of the coarsest width {channels[-1]}")
     factor = temporal_factor(model)

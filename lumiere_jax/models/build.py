@@ -57,7 +57,8 @@ def param_groups(model_config) -> tuple:
     return IMAGE_GROUPS
   t = model_config.temporal
   return (VIDEO_GROUPS + (("adapter",) if t.text_adapter_layers else ())
-          + (("local_film",) if t.get("local_film", False) else ()))
+          + (("local_film",) if t.get("local_film", False) else ())
+          + (("film_pool",) if t.get("film_pooling", "mean") == "attention" else ()))
 
 
 def build_text_encoder(config) -> text_lib.TextEncoder:

@@ -2,7 +2,8 @@
 
 Parameters: {'backbone': <UNet2D params, unchanged>, 'temporal': <new layers>[, 'adapter':
 <caption adapter layers, model.temporal.text_adapter_layers>][, 'local_film': <the conv
-blocks' per-position FiLMs, model.temporal.local_film>]}, so the frozen/trainable split is
+blocks' per-position FiLMs, model.temporal.local_film>][, 'film_pool': <the conv blocks'
+per-position caption pools, model.temporal.film_pooling="attention">]}, so the frozen/trainable split is
 visible at the top of the tree (see models/build.py).
 
 Where the temporal layers go, per LUMIERE.md:
@@ -38,6 +39,7 @@ class TemporalSpec:
   caption_views: int = 1  # 2: the temporal layers read a caption of their own
   local_film: bool = False
   caption_parts: int = 0  # > 0: and one pooled token per part of their caption
+  film_pool: bool = False  # the conv blocks' FiLM pools the caption per position
 
   @classmethod
   def from_config(cls, temporal_config) -> "TemporalSpec":
@@ -51,7 +53,8 @@ class TemporalSpec:
                text_adapter_layers=temporal_config.text_adapter_layers,
                caption_views=2 if temporal_config.get("caption_drop_words") else 1,
                local_film=bool(temporal_config.get("local_film", False)),
-               caption_parts=int(temporal_config.get("caption_parts", 0)))
+               caption_parts=int(temporal_config.get("caption_parts", 0)),
+               film_pool=temporal_config.get("film_pooling", "mean") == "attention")
 
 
 class TemporalLayers(nn.Module):
@@ -109,14 +112,28 @@ class LocalFiLMs(nn.Module):
                    for name in conv_block_names(self.unet)}
 
 
+class FiLMPools(nn.Module):
+  """One FiLMPool per conv inflation block, keyed like them (model.temporal.film_pooling)."""
+
+  unet: UNetSpec
+  spec: TemporalSpec
+
+  def setup(self):
+    dtype = jnp.dtype(self.unet.dtype)
+    pool = maybe_remat(tl.FiLMPool, self.unet.remat)
+    self.blocks = {name: pool(self.spec.heads, dtype=dtype)
+                   for name in conv_block_names(self.unet)}
+
+
 class _TemporalHooks(unet2d.Inflation):
   """Runs the temporal layers at the backbone's hook points, moving between the frame
   layout [B*T, H, W, C] and the video layout [B, T, H, W, C]."""
 
   def __init__(self, temporal: TemporalLayers, batch: int, context, context_mask,
-               local_film=None):
+               local_film=None, film_pool=None):
     self.temporal = temporal
     self.local_film = local_film
+    self.film_pool = film_pool
     self.batch = batch
     self.context = context
     self.context_bias = unet2d.layers.mask_to_bias(context_mask[:, None, None, :])
@@ -138,7 +155,9 @@ class _TemporalHooks(unet2d.Inflation):
       return self._frames(block(v, self.context, self.context_bias))
     local = (self.local_film.blocks[name](v, self.context, self.context_bias)
              if self.local_film is not None else None)
-    return self._frames(block(v, self.pooled, local))
+    text = (self.film_pool.blocks[name](v, self.context, self.context_bias)
+            if self.film_pool is not None else self.pooled)
+    return self._frames(block(v, text, local))
 
   def after_block(self, level, path, index, h):
     return self._inflate(f"{path}_{level}_{index}", level, h)
@@ -189,6 +208,8 @@ class STUNet(nn.Module):
                                              dtype=jnp.dtype(self.unet.dtype))
     if self.temporal_spec.local_film:
       self.local_film = LocalFiLMs(self.unet, self.temporal_spec)
+    if self.temporal_spec.film_pool:
+      self.film_pool = FiLMPools(self.unet, self.temporal_spec)
 
   def __call__(self, x, timesteps, context, context_mask, noise_level=None):
     b, t = x.shape[:2]
@@ -209,7 +230,8 @@ class STUNet(nn.Module):
     frames = x.reshape(b * t, *x.shape[2:])
     hooks = _TemporalHooks(self.temporal, b, temporal.astype(jnp.dtype(self.unet.dtype)),
                            temporal_mask,
-                           self.local_film if self.temporal_spec.local_film else None)
+                           self.local_film if self.temporal_spec.local_film else None,
+                           self.film_pool if self.temporal_spec.film_pool else None)
     out = unet2d.unet_forward(self.backbone, frames, timesteps, context, context_mask, hooks,
                               noise_level)
     return out.reshape(b, t, *out.shape[1:])

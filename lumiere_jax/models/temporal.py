@@ -101,8 +101,9 @@ class ConvInflationBlock(nn.Module):
 
   With `text_conditioning`, the second norm's output is modulated by the pooled caption,
   h * (1 + scale) + shift (FiLM), scale and shift from a zero-initialised projection: a
-  per-clip signal ("moving left") that chooses what the (2+1)D convolution does. `local`
-  ([B, T, H, W, 2 C], a LocalFiLM's output) adds a per-position scale and shift."""
+  per-clip signal ("moving left") that chooses what the (2+1)D convolution does; a caption
+  pooled per position ([B, T, H, W, D], FiLMPool) gives the same projection per position.
+  `local` ([B, T, H, W, 2 C], a LocalFiLM's output) adds a per-position scale and shift."""
 
   groups: int
   kernel_size: int = 3
@@ -115,15 +116,23 @@ class ConvInflationBlock(nn.Module):
     frames = x.reshape(b * t, hh, ww, c)
     h = layers.GroupNorm(num_groups=self.groups, silu=True, name="norm1")(frames)
     h = layers.Conv2D(c, dtype=self.dtype, name="spatial_conv")(h).reshape(b, t, hh, ww, c)
-    film = None
+    film, per_position = None, []
     if self.text_conditioning:
-      film = jnp.split(layers.Dense(2 * c, ("embed", "mlp"), dtype=self.dtype,
-                                    kernel_init=nn.initializers.zeros, name="text_film")(text),
-                       2, axis=-1)
-    h = layers.GroupNorm(num_groups=self.groups, silu=local is None, name="norm2")(h, film)
+      film = layers.Dense(2 * c, ("embed", "mlp"), dtype=self.dtype,
+                          kernel_init=nn.initializers.zeros, name="text_film")(text)
+      if text.ndim == 2:  # the pooled caption: one FiLM per clip, folded into the norm
+        film = jnp.split(film, 2, axis=-1)
+      else:  # a caption pooled per position (FiLMPool): [B, T, H, W, 2 C]
+        per_position.append(film)
+        film = None
     if local is not None:
-      scale, shift = jnp.split(local.astype(h.dtype), 2, axis=-1)
-      h = nn.silu(h * (1 + scale) + shift)
+      per_position.append(local)
+    h = layers.GroupNorm(num_groups=self.groups, silu=not per_position, name="norm2")(h, film)
+    if per_position:
+      for modulation in per_position:
+        scale, shift = jnp.split(modulation.astype(h.dtype), 2, axis=-1)
+        h = h * (1 + scale) + shift
+      h = nn.silu(h)
     h = TemporalConv(c, self.kernel_size, dtype=self.dtype, name="temporal_conv")(h)
     h = layers.Dense(c, ("conv_in", "conv_out"), dtype=self.dtype,
                      kernel_init=nn.initializers.zeros, name="proj_out")(h)
@@ -153,6 +162,39 @@ class LocalFiLM(nn.Module):
     film = layers.Dense(2 * c, ("embed", "mlp"), dtype=self.dtype,
                         kernel_init=nn.initializers.zeros, name="proj")(read)
     return film.reshape(b, t, hh, ww, 2 * c)
+
+
+class FiLMPool(nn.Module):
+  """The caption pooled per position for a conv inflation block's FiLM: every (frame, row,
+  column) of the block's input weighs the caption's tokens by an attention of its own
+  (query from the position, key from the token) and takes their weighted mean
+  ([B, T, H, W, C] -> [B, T, H, W, D]). The query projection starts at zero, so every
+  weight is 1 / (valid tokens) and the pool is exactly the pooled caption: a trained model
+  is unchanged at init. An extension (model.temporal.film_pooling="attention"): the mean
+  over "a red circle moving left and a blue square moving up" gives both objects the
+  mean of two motions, and the conv blocks' FiLM is where the STUNet reads motion (docs/
+  learning_record.md, "Stop 50"); trained with the grounding loss (train/grounding.py),
+  the red object's positions pool the red object's words."""
+
+  heads: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, context, context_bias):
+    b, t, hh, ww, c = x.shape
+    dim = c // self.heads
+    q = layers.Dense(self.heads * dim, ("embed", "heads"), use_bias=False, dtype=self.dtype,
+                     kernel_init=nn.initializers.zeros, name="to_q")(
+        layers.LayerNorm(name="norm")(x).reshape(b, t * hh * ww, c))
+    k = layers.Dense(self.heads * dim, ("embed", "heads"), use_bias=False, dtype=self.dtype,
+                     name="to_k")(context)
+    split = lambda y: y.reshape(*y.shape[:-1], self.heads, dim)
+    logits = jnp.einsum("nshd,nlhd->nhsl", split(q), split(k)).astype(jnp.float32)
+    weights = jax.nn.softmax(logits * dim ** -0.5 + context_bias, axis=-1).mean(axis=1)
+    if self.is_mutable_collection("intermediates"):
+      self.sow("intermediates", "cross_attention", weights.reshape(b, t, hh, ww, -1))
+    pooled = jnp.einsum("nsl,nld->nsd", weights.astype(self.dtype), context.astype(self.dtype))
+    return pooled.reshape(b, t, hh, ww, context.shape[-1])
 
 
 def spacetime_position_embedding(t: int, hh: int, ww: int, c: int):
