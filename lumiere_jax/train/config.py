@@ -51,7 +51,7 @@ def default_train_config() -> ml_collections.ConfigDict:
   # pre-trained model at a fine-tuning rate.
   train.learning_rate_scales = ()
   # Cross-attention grounding (train/grounding.py; not in the paper): this weight times
-  # the share of each object's cross-attention that reads the other object's words, on
+  # of what each object reads of the two objects' words, the share of the other's, on
   # two-object captions of the shapes grammar at training times t <= grounding_t_max.
   train.grounding_weight = 0.0
   train.grounding_t_max = 1.0
