@@ -99,29 +99,17 @@ def conv_block_names(unet: UNetSpec):
           for j in range(count)]
 
 
-class LocalFiLMs(nn.Module):
-  """One LocalFiLM per conv inflation block, keyed like them (model.temporal.local_film)."""
+class PerConvBlock(nn.Module):
+  """One `block` module per conv inflation block, keyed like them: tl.LocalFiLM
+  (model.temporal.local_film) or tl.FiLMPool (model.temporal.film_pooling)."""
 
   unet: UNetSpec
   spec: TemporalSpec
+  block: type
 
   def setup(self):
-    dtype = jnp.dtype(self.unet.dtype)
-    film = maybe_remat(tl.LocalFiLM, self.unet.remat)
-    self.blocks = {name: film(self.spec.heads, dtype=dtype)
-                   for name in conv_block_names(self.unet)}
-
-
-class FiLMPools(nn.Module):
-  """One FiLMPool per conv inflation block, keyed like them (model.temporal.film_pooling)."""
-
-  unet: UNetSpec
-  spec: TemporalSpec
-
-  def setup(self):
-    dtype = jnp.dtype(self.unet.dtype)
-    pool = maybe_remat(tl.FiLMPool, self.unet.remat)
-    self.blocks = {name: pool(self.spec.heads, dtype=dtype)
+    make = maybe_remat(self.block, self.unet.remat)
+    self.blocks = {name: make(self.spec.heads, dtype=jnp.dtype(self.unet.dtype))
                    for name in conv_block_names(self.unet)}
 
 
@@ -207,9 +195,9 @@ class STUNet(nn.Module):
                                              self.temporal_spec.heads,
                                              dtype=jnp.dtype(self.unet.dtype))
     if self.temporal_spec.local_film:
-      self.local_film = LocalFiLMs(self.unet, self.temporal_spec)
+      self.local_film = PerConvBlock(self.unet, self.temporal_spec, tl.LocalFiLM)
     if self.temporal_spec.film_pool:
-      self.film_pool = FiLMPools(self.unet, self.temporal_spec)
+      self.film_pool = PerConvBlock(self.unet, self.temporal_spec, tl.FiLMPool)
 
   def __call__(self, x, timesteps, context, context_mask, noise_level=None):
     b, t = x.shape[:2]
