@@ -8,8 +8,9 @@
 # t2i_more and t2v_last, t2v_graft_full from t2v_graft, t2v_bind, a trial with a caption
 # adapter, from t2v_two, t2v_drop, a trial with the temporal layers' own caption view,
 # from t2v_mix, t2v_local, a trial with per-position FiLMs, from t2v_drop, t2v_scratch, a trial with all
-# of those from t2i_more, and t2v_parts, a trial with per-position FiLMs reading one token per
-# object, from t2v_mix). The applications'
+# of those from t2i_more, t2v_parts, a trial with per-position FiLMs reading one token per
+# object, from t2v_mix, and t2v_pool, the conv blocks' FiLM pooled per position and
+# grounded, from t2v_mix). The applications'
 # models are stages of their own, run after those (not by default): cond (the
 # conditional <J, C, M> model, from t2v_last), style (a backbone fine-tuned on outlined
 # shapes, from t2v_last; it builds its dataset first), keyframes (the keyframe model of
@@ -230,6 +231,20 @@ for stage in $STAGES; do
           --config.model.temporal.caption_parts=2 \
           '--config.train.trainable=("backbone","temporal","adapter","local_film")' \
           '--config.train.learning_rate_scales=("adapter=20","local_film=20")'
+      ;;
+    t2v_pool)
+      # A trial (stop 50): stage 6 with its conv blocks' FiLM, where the STUNet reads
+      # motion, pooling the caption per position (model.temporal.film_pooling=attention)
+      # and the grounding loss keeping each object's positions on its own words
+      # (train.grounding_weight). 900 steps at lr 1e-4, adapter and pools at 20x
+      # (docs/learning_record.md, "Stop 50"; unmeasured there).
+      t2v_data "$MIX_DATA" 8192 0.5 128
+      fine_tune t2v_pool t2v_mix 900 1e-4 t2v "$MIX_DATA" \
+          --config.model.temporal.text_adapter_layers=1 \
+          --config.model.temporal.film_pooling=attention \
+          --config.train.grounding_weight=0.1 \
+          '--config.train.trainable=("backbone","temporal","adapter","film_pool")' \
+          '--config.train.learning_rate_scales=("adapter=20","film_pool=20")'
       ;;
     t2v_scratch)
       # A trial (stop 43): the t2v stage again, from t2i_more, with what stops 37-42 added
