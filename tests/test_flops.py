@@ -69,6 +69,10 @@ def test_conv_counts_valid_taps_like_xla(size, kernel, stride):
                          "train.trainable=('temporal', 'local_film')"]),
     ("shapes_tiny:t2v", ["model.temporal.local_film=True", "model.temporal.caption_parts=2",
                          "model.temporal.spacetime_attention=True"]),
+    ("shapes_tiny:t2v", ["model.temporal.film_pooling=attention",
+                         "train.trainable=('temporal', 'film_pool')"]),
+    ("shapes_tiny:t2v", ["model.temporal.film_pooling=attention", "model.temporal.caption_parts=2",
+                         "train.trainable=('film_pool',)"]),
     ("shapes_tiny:t2i", ["train.trainable=('backbone',)"]),
     ("shapes_tiny:ssr", ["train.trainable=('backbone', 'temporal')"]),
 ])

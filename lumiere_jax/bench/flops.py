@@ -45,7 +45,7 @@ from jax.extend import core as jax_core
 from lumiere_jax.models import layers
 
 
-BACKBONE, TEMPORAL, LOCAL_FILM = "backbone", "temporal", "local_film"
+BACKBONE, TEMPORAL, LOCAL_FILM, FILM_POOL = "backbone", "temporal", "local_film", "film_pool"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +137,7 @@ class _Walk:
         model.temporal.get("caption_parts", 0) if self.stunet else 0)
     self.context_dim = model.cross_attention_dim
     trainable = tuple(config.train.trainable)
-    self.trainable = {group: group in trainable for group in (BACKBONE, TEMPORAL, LOCAL_FILM)}
+    self.trainable = {group: group in trainable for group in (BACKBONE, TEMPORAL, LOCAL_FILM, FILM_POOL)}
     self.context_grad = "text" in trainable
     self.ops: List[Op] = []
 
@@ -222,8 +222,10 @@ class _Walk:
     h = self.conv2d(TEMPORAL, self.normed(TEMPORAL, a), a.channels)
     h = self.normed(TEMPORAL, h)
     if self.model.temporal.conv_text_conditioning:  # FiLM from the pooled caption
-      film = self.dense(TEMPORAL, self.batch, self.context_dim, 2 * a.channels,
-                        self.context_grad)
+      rows, text_grad = self.batch, self.context_grad
+      if self.model.temporal.get("film_pooling", "mean") == "attention":  # pooled per position
+        rows, text_grad = a.tokens, self.film_pool(a)
+      film = self.dense(TEMPORAL, rows, self.context_dim, 2 * a.channels, text_grad)
       h = dataclasses.replace(h, grad=h.grad or film)
     if self.model.temporal.get("local_film", False):  # every position reads the caption
       read = self.attention(LOCAL_FILM, self.batch, a.tokens // self.batch, a.channels,
@@ -233,6 +235,20 @@ class _Walk:
     h = self.temporal_conv(h)
     grad = self.dense(TEMPORAL, h.tokens, a.channels, a.channels, h.grad)
     return dataclasses.replace(a, grad=a.grad or grad)
+
+  def film_pool(self, a: Act) -> bool:
+    """temporal.FiLMPool: a query per position, a key per caption token, one softmax over
+    the tokens (head-mean weights), and the weighted mean of the caption per position.
+    Returns whether the pooled caption needs a gradient."""
+    keys, width = self.temporal_context_len, a.channels
+    q_grad = self.dense(FILM_POOL, a.tokens, width, width, a.grad or self.trainable[FILM_POOL])
+    k_grad = self.dense(FILM_POOL, self.batch * keys, self.context_dim, width,
+                        self.context_grad)
+    self._record(FILM_POOL, "attention", 2 * a.tokens * keys * width, q_grad, k_grad)
+    weights_grad = q_grad or k_grad
+    self._record(FILM_POOL, "attention", 2 * a.tokens * keys * self.context_dim,
+                 weights_grad, self.context_grad)
+    return weights_grad or self.context_grad
 
   def attention_inflation(self, a: Act) -> Act:
     c, pixels = a.channels, a.res * a.res

@@ -3,8 +3,8 @@
 Parameters: {'backbone': <UNet2D params, unchanged>, 'temporal': <new layers>[, 'adapter':
 <caption adapter layers, model.temporal.text_adapter_layers>][, 'local_film': <the conv
 blocks' per-position FiLMs, model.temporal.local_film>][, 'film_pool': <the conv blocks'
-per-position caption pools, model.temporal.film_pooling="attention">]}, so the frozen/trainable split is
-visible at the top of the tree (see models/build.py).
+per-position caption pools, model.temporal.film_pooling="attention">]}, so the
+frozen/trainable split is visible at the top of the tree (see models/build.py).
 
 Where the temporal layers go, per LUMIERE.md:
   * after every spatial down-sampling named in `model.temporal.down_levels`, a temporal

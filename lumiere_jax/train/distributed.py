@@ -19,6 +19,9 @@ from lumiere_jax.errors import UserError
 COORDINATOR_ADDRESS = "LUMIERE_COORDINATOR_ADDRESS"
 NUM_PROCESSES = "LUMIERE_NUM_PROCESSES"
 PROCESS_ID = "LUMIERE_PROCESS_ID"
+# A one-process run has no peer whose death the heartbeat could detect; jax's default
+# (100 s) aborted a run whose heartbeat thread starved while other jobs held both cores.
+LOCAL_HEARTBEAT_TIMEOUT_S = 7 * 24 * 3600
 
 
 def _setting(value, variable: str) -> Optional[str]:
@@ -49,7 +52,8 @@ def initialize(coordinator_address: Optional[str] = None,
   elif auto:
     jax.distributed.initialize()
   else:
-    jax.distributed.initialize(f"127.0.0.1:{_free_port()}", 1, 0)
+    jax.distributed.initialize(f"127.0.0.1:{_free_port()}", 1, 0,
+                               heartbeat_timeout_seconds=LOCAL_HEARTBEAT_TIMEOUT_S)
 
 
 def _free_port() -> int:
