@@ -7,11 +7,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import linen as nn
 import pytest
 
 import trained_weights
 from lumiere_jax.config import load_config
 from lumiere_jax.data import pipeline, shapes
+from lumiere_jax.diffusion import denoisers
 from lumiere_jax.errors import ConfigError
 from lumiere_jax.models import build
 from lumiere_jax.train import grounding
@@ -151,6 +153,30 @@ def test_captured_maps_are_every_cross_attention_and_change_nothing():
     assert a.shape[-1] == tokens.shape[1]
 
 
+def test_groups_keep_the_maps_sown_under_those_top_level_groups_in_module_order():
+  class Sower(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      self.sow("intermediates", "cross_attention", x)
+      return x
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x, t, emb, mask, level):
+      for name, scale in (("temporal", 1.0), ("backbone", 2.0), ("film_pool", 3.0),
+                          ("backbone_2", 4.0)):
+        Sower(name=name)(x * scale)
+      return x
+
+  fn = denoisers.capturing_text_denoiser(Net())
+  cond = {"emb": None, "mask": None}
+  x = jnp.ones((1, 2))
+  scales = lambda groups: [float(m[0, 0]) for m in fn({}, x, 0.0, cond, groups)[1]]
+  assert scales(None) == [2.0, 4.0, 3.0, 1.0]  # sorted by group, as tree_leaves lists them
+  assert scales(("film_pool", "backbone")) == [2.0, 3.0]
+  assert scales(("temporal",)) == [1.0]
+
+
 def test_the_training_loss_adds_the_weighted_leak_and_its_gradient_lowers_it():
   """The t2v loss with grounding is the loss without it plus weight * leak (same rng:
   same t, noise and dropout), and a small step of the denoiser down the leak's gradient
@@ -187,6 +213,10 @@ def test_the_training_loss_adds_the_weighted_leak_and_its_gradient_lowers_it():
     (["train.grounding_weight=0.1", "train.grounding_t_max=0.0"], "grounding_t_max"),
     (["train.grounding_weight=0.1", "model.temporal.caption_parts=2"], "one-view"),
     (["model.temporal.film_pooling=max"], "film_pooling"),
+    (["train.grounding_weight=0.1", "train.grounding_groups=('film_pool',)"],
+     "grounding_groups"),  # a group this model does not have
+    (["train.grounding_weight=0.1", "model.temporal.text_adapter_layers=1",
+      "train.grounding_groups=('adapter',)"], "grounding_groups"),  # no maps there
     (["model.temporal.film_pooling=attention", "model.temporal.conv_text_conditioning=False"],
      "film_pooling"),
 ])

@@ -31,14 +31,17 @@ def text_denoiser(module):
 def capturing_text_denoiser(module):
   """text_denoiser's fn, returning (prediction, cross-attention maps): every
   cross-attention that knows its query layout sows its head-mean weights [B, T, H, W, L]
-  (layers.Attention), listed in the module's order."""
+  (layers.Attention), listed in the module's order; `groups` (static) keeps those of the
+  named top-level parameter groups only (None: all)."""
 
-  def fn(params, x, t, cond):
+  def fn(params, x, t, cond, groups=None):
     level = cond.get("noise_level")
     level = None if level is None else level * TIMESTEP_SCALE
     out, state = module.apply({"params": params}, x, t * TIMESTEP_SCALE, cond["emb"],
                               cond["mask"], level, mutable=["intermediates"])
-    return out, jax.tree_util.tree_leaves(state.get("intermediates", {}))
+    captured = state.get("intermediates", {})
+    return out, [m for group in sorted(captured) if groups is None or group in groups
+                 for m in jax.tree_util.tree_leaves(captured[group])]
 
   return fn
 

@@ -241,11 +241,12 @@ class Model:
     (absent: 0)."""
     return self._denoise(denoiser_params(params), cond_lib.model_input(x, extra), t, cond)
 
-  def denoise_capturing(self, params, x, t, cond, extra=None):
+  def denoise_capturing(self, params, x, t, cond, extra=None, groups=None):
     """`denoise`, and the cross-attention maps of the queries whose layout is known
-    (layers.Attention's `grid`): (prediction, [[B, T', H', W', L] head-mean weights])."""
+    (layers.Attention's `grid`): (prediction, [[B, T', H', W', L] head-mean weights]),
+    of the parameter `groups` named (None: every group)."""
     return self._denoise_capturing(denoiser_params(params), cond_lib.model_input(x, extra),
-                                   t, cond)
+                                   t, cond, groups)
 
   def to_model_layout(self, clips):
     """Clips [B, T, H, W, C] -> what the denoiser takes (frames [B, H, W, C] for an image

@@ -55,6 +55,9 @@ def default_train_config() -> ml_collections.ConfigDict:
   # two-object captions of the shapes grammar at training times t <= grounding_t_max.
   train.grounding_weight = 0.0
   train.grounding_t_max = 1.0
+  # The parameter groups whose cross-attention maps the loss reads (() = every group's),
+  # e.g. ("film_pool",) for the conv blocks' per-position caption pools alone.
+  train.grounding_groups = ()
   train.grad_clip_norm = 1.0
   train.ema_decay = 0.999
 
@@ -114,6 +117,9 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
   if t.grounding_weight > 0:
     check(config.model.kind == "stunet", "grounding_weight", "0 for an image model")
     grounding.vocabulary_tables(build.tokenizer(config))
+    mapped = [g for g in build.param_groups(config.model) if g in grounding.MAP_GROUPS]
+    check(all(g in mapped for g in t.grounding_groups), "grounding_groups",
+          f"groups of this model with cross-attention maps, from {tuple(mapped)}")
   check(t.weight_decay >= 0, "weight_decay", "a number >= 0")
   check(t.profile_steps >= 0, "profile_steps", "an integer >= 0 (0 = no trace)")
   check(t.peak_flops_per_device >= 0, "peak_flops_per_device",

@@ -35,6 +35,8 @@ SPLIT_WORD = "and"
 # black background fall out.
 COLOUR_TOLERANCE = 48.0
 EPSILON = 1e-3  # attention mass below which a position reads neither part
+# The parameter groups that hold cross-attention maps (train.grounding_groups).
+MAP_GROUPS = ("backbone", "temporal", "local_film", "film_pool")
 
 
 def vocabulary_tables(tokenizer) -> tuple:

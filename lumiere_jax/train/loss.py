@@ -34,6 +34,7 @@ def make_loss_fn(config) -> LossFn:
   schedule = schedule_from_config(config.diffusion, model.resolution)
   ground = config.train.get("grounding_weight", 0.0) > 0
   tables = grounding.vocabulary_tables(model.tokenizer) if ground else None
+  groups = tuple(config.train.get("grounding_groups", ())) or None
 
   def loss_fn(params, batch, rng):
     x0 = to_model_range(batch[model.pixel_field])
@@ -55,7 +56,7 @@ def make_loss_fn(config) -> LossFn:
       cond = {**model.encode(text_params, tokens), **levels}
       if not ground:
         return model.denoise(denoiser_params, z, t, cond, extra)
-      out, maps = model.denoise_capturing(denoiser_params, z, t, cond, extra)
+      out, maps = model.denoise_capturing(denoiser_params, z, t, cond, extra, groups)
       leak, metrics = grounding.grounding_loss(maps, tokens, x0, t, tables,
                                                config.train.grounding_t_max)
       return out, (config.train.grounding_weight * leak, metrics)
