@@ -38,16 +38,19 @@ def _tables(model):
 
 def test_each_word_belongs_to_its_objects_part_and_names_its_colour():
   _, model, _ = _model()
-  split_id, table, has_colour = _tables(model)
+  tables = _tables(model)
   tokens = jnp.asarray(model.tokenize([TWO, "a green triangle growing", ""]))
-  parts, two = grounding.token_parts(tokens, split_id)
+  parts, two = grounding.token_parts(tokens, tables.split_id)
   words = len(TWO.split())
   # BOS, five words of the first part, "and", five of the second, EOS, then PAD.
   np.testing.assert_array_equal(parts[0, :words + 2],
                                 [-1, 0, 0, 0, 0, 0, -1, 1, 1, 1, 1, 1, -1])
   assert (np.asarray(parts[0, words + 2:]) == -1).all()
   np.testing.assert_array_equal(two, [True, False, False])
-  colours, named = grounding.part_colours(tokens, parts, table, has_colour)
+  # Roles: "a" none, then colour, shape, and the motion's two words.
+  np.testing.assert_array_equal(tables.role[np.asarray(tokens[0, 1:words + 1])],
+                                [-1, 0, 1, 2, 2, -1, -1, 0, 1, 2, 2])
+  colours, named = grounding.part_colours(tokens, parts, tables.colour, tables.has_colour)
   rgb = lambda name: np.asarray(shapes.COLOURS[name], np.float32) / 127.5 - 1
   np.testing.assert_allclose(colours[0], [rgb("red"), rgb("blue")], atol=1e-6)
   np.testing.assert_allclose(colours[1, 0], rgb("green"), atol=1e-6)
@@ -58,14 +61,14 @@ def test_object_masks_find_each_object_where_the_renderer_moved_it():
   """On rendered two-object clips: the two masks never overlap, each object is found in
   every frame, and a "moving left/right/up/down" mask's centroid moves that way."""
   _, model, _ = _model()
-  split_id, table, has_colour = _tables(model)
+  tables = _tables(model)
   direction = {m: np.asarray(v) for m, v in shapes.LINEAR_MOTIONS.items()}
   checked = 0
   for seed in range(24):
     clip = shapes.render_clip(seed, two_object_fraction=1.0)
     tokens = jnp.asarray(model.tokenize([clip.caption]))
-    parts, _ = grounding.token_parts(tokens, split_id)
-    colours, _ = grounding.part_colours(tokens, parts, table, has_colour)
+    parts, _ = grounding.token_parts(tokens, tables.split_id)
+    colours, _ = grounding.part_colours(tokens, parts, tables.colour, tables.has_colour)
     masks = np.asarray(grounding.object_masks(pipeline.to_model_range(clip.video)[None],
                                               colours))[0]
     assert not (masks[0] * masks[1]).any()
@@ -91,21 +94,27 @@ def _two_squares(frames=4, size=8):
   return jnp.asarray(x)
 
 
-@pytest.mark.parametrize("reads, expected", [("own", 0.0), ("other", 1.0), ("bos", 0.5),
-                                             ("uniform", 0.5)])
-def test_leak_is_the_other_objects_share_of_the_words_read(reads, expected):
+@pytest.mark.parametrize("reads, roles, expected", [
+    ("own", grounding.ROLES, 0.0), ("other", grounding.ROLES, 1.0),
+    ("bos", grounding.ROLES, 0.5), ("uniform", grounding.ROLES, 0.5),
+    ("own colour", grounding.ROLES, 1 / 3), ("own colour", ("colour",), 0.0),
+    ("own colour", ("motion",), 0.5), ("own", ("motion",), 0.0)])
+def test_leak_is_the_other_objects_share_of_each_roles_words_read(reads, roles, expected):
   """Reading only its own object's words scores 0, only the other's 1; reading neither
   (BOS only) or both alike scores 1/2: a position cannot lower the loss by reading no
-  object's words."""
+  object's words. Per role: reading its own colour word alone leaves the shape and the
+  motion at 1/2 each."""
   _, model, _ = _model()
   tables = _tables(model)
   tokens = jnp.asarray(model.tokenize([TWO]))
-  parts = np.asarray(grounding.token_parts(tokens, tables[0])[0])[0]
+  parts = np.asarray(grounding.token_parts(tokens, tables.split_id)[0])[0]
+  colour_word = tables.has_colour[np.asarray(tokens[0])]
   x0 = _two_squares()
   length = tokens.shape[1]
   grid = (2, 4, 4)
   rows = np.zeros(grid + (length,), np.float32)
-  colours, _ = grounding.part_colours(tokens, jnp.asarray(parts[None]), *tables[1:])
+  colours, _ = grounding.part_colours(tokens, jnp.asarray(parts[None]), tables.colour,
+                                      tables.has_colour)
   occupancy = np.asarray(grounding.pool_to(grounding.object_masks(x0, colours), grid))[0]
   for k in (0, 1):
     where = occupancy[k] > 0
@@ -113,13 +122,17 @@ def test_leak_is_the_other_objects_share_of_the_words_read(reads, expected):
       rows[where] = (parts == k) / (parts == k).sum()
     elif reads == "other":
       rows[where] = (parts == 1 - k) / (parts == 1 - k).sum()
+    elif reads == "own colour":
+      rows[where] = (parts == k) & colour_word
   if reads == "bos":
     rows[..., 1:] = 0
     rows[..., 0] = 1
   if reads == "uniform":
     rows[:] = 1 / length
-  leak, weight = grounding.leak([jnp.asarray(rows[None])], tokens, x0, tables)
-  np.testing.assert_allclose(leak, [expected], atol=2 * grounding.EPSILON)
+  leak, weight = grounding.leak([jnp.asarray(rows[None])], tokens, x0, tables, roles)
+  # A role's share moves from 0 or 1 by at most 2 eps / (what it reads of the role's words):
+  # reading its part's five words alike, a position reads at least 1/5 of each role.
+  np.testing.assert_allclose(leak, [expected], atol=2 * grounding.EPSILON * 5)
   np.testing.assert_array_equal(weight, [1.0])
 
 
@@ -213,6 +226,8 @@ def test_the_training_loss_adds_the_weighted_leak_and_its_gradient_lowers_it():
     (["train.grounding_weight=0.1", "train.grounding_t_max=0.0"], "grounding_t_max"),
     (["train.grounding_weight=0.1", "model.temporal.caption_parts=2"], "one-view"),
     (["model.temporal.film_pooling=max"], "film_pooling"),
+    (["train.grounding_weight=0.1", "train.grounding_roles=('verb',)"], "grounding_roles"),
+    (["train.grounding_weight=0.1", "train.grounding_roles=()"], "grounding_roles"),
     (["train.grounding_weight=0.1", "train.grounding_groups=('film_pool',)"],
      "grounding_groups"),  # a group this model does not have
     (["train.grounding_weight=0.1", "model.temporal.text_adapter_layers=1",

@@ -58,6 +58,9 @@ def default_train_config() -> ml_collections.ConfigDict:
   # The parameter groups whose cross-attention maps the loss reads (() = every group's),
   # e.g. ("film_pool",) for the conv blocks' per-position caption pools alone.
   train.grounding_groups = ()
+  # The word roles whose share counts, each on its own, averaged: ("motion",) asks each
+  # object's positions to read their own motion words, whatever else they read.
+  train.grounding_roles = ("colour", "shape", "motion")
   train.grad_clip_norm = 1.0
   train.ema_decay = 0.999
 
@@ -117,6 +120,8 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
   if t.grounding_weight > 0:
     check(config.model.kind == "stunet", "grounding_weight", "0 for an image model")
     grounding.vocabulary_tables(build.tokenizer(config))
+    check(len(t.grounding_roles) >= 1 and set(t.grounding_roles) <= set(grounding.ROLES),
+          "grounding_roles", f"a non-empty subset of {grounding.ROLES}")
     mapped = [g for g in build.param_groups(config.model) if g in grounding.MAP_GROUPS]
     check(all(g in mapped for g in t.grounding_groups), "grounding_groups",
           f"groups of this model with cross-attention maps, from {tuple(mapped)}")

@@ -5,11 +5,13 @@ data, a two-object caption ("a red circle moving left and a blue square moving u
 parts cut at the split word "and", and each part names its object's colour. A model that
 reads which motions a caption holds but not whose they are (benchmarks/binding_probe.py
 measured exactly that: swapping two objects' motions costs the shipped model nothing)
-needs the pixels of the red object to attend to the red part only. The loss is, of what
-each object's positions read of the two parts' words, the share that goes to the other's:
+needs the pixels of the red object to attend to the red part only. The loss is, for each
+role a word can have (its colour, its shape, its motion: train.grounding_roles), of what
+each object's positions read of the two parts' words of that role, the share that goes to
+the other's, averaged over the roles:
 
-  leak = sum_k sum_p e_k(p) * (r_{1-k}(p) + eps) / (r_k(p) + r_{1-k}(p) + 2 eps)
-         / sum_k sum_p e_k(p),   r_j(p) = sum_{i in part j} A(p, i),
+  leak = mean_role sum_k sum_p e_k(p) * (r_{1-k}(p) + eps) / (r_k(p) + r_{1-k}(p) + 2 eps)
+         / sum_k sum_p e_k(p),   r_j(p) = sum_{i in part j, of the role} A(p, i),
 
 over every captured cross-attention map A [B, T', H', W', L] (head-mean softmax weights,
 layers.Attention), where e_k is object k's exclusive occupancy (its colour's pixels,
@@ -18,9 +20,14 @@ from the clean clip by colour (each part's colour word -> the renderer's colour)
 dataset field is needed. One-object and prompt-dropped captions have one part and add
 nothing. A share, not the other part's mass alone: that one is least where a position
 reads no word of either part (stop 50 measured a FiLM pool trained so reading no motion
-at all). A TokenCompose-like (Wang et al. 2024) token-level grounding of cross-attention,
+at all). A share per role, not over all of a part's words: a position that reads its own
+colour word alone has a share of 0 over all words, and FiLM pools trained so (stop 51)
+read the colour they can see and lost the motion; per role, every role it does not read
+scores 1/2. A TokenCompose-like (Wang et al. 2024) token-level grounding of cross-attention,
 written for the shapes grammar.
 """
+
+from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -37,17 +44,31 @@ COLOUR_TOLERANCE = 48.0
 EPSILON = 1e-3  # attention mass below which a position reads neither part
 # The parameter groups that hold cross-attention maps (train.grounding_groups).
 MAP_GROUPS = ("backbone", "temporal", "local_film", "film_pool")
+# The roles of a part's words (train.grounding_roles), and the shapes words of each.
+ROLES = ("colour", "shape", "motion")
+ROLE_WORDS = (shapes.COLOUR_NAMES, shapes.SHAPES,
+              tuple(dict.fromkeys(w for m in shapes.MOTIONS for w in m.split())))
 
 
-def vocabulary_tables(tokenizer) -> tuple:
-  """(split id, colour table float32 [V, 3] in the model's range [-1, 1], has-colour bool
-  [V]) for a one-view word tokenizer whose vocabulary holds "and" and every shapes
-  colour; ConfigError otherwise."""
+class Vocabulary(NamedTuple):
+  """Per token id: the split word's id, the colour a colour word names (float32 [V, 3],
+  the model's range [-1, 1]; 0 elsewhere), whether it names one (bool [V]), and its role
+  (int32 [V]: an index into ROLES, -1 for "a", "and" and the special tokens)."""
+
+  split_id: int
+  colour: np.ndarray
+  has_colour: np.ndarray
+  role: np.ndarray
+
+
+def vocabulary_tables(tokenizer) -> Vocabulary:
+  """The tables of a one-view word tokenizer whose vocabulary holds "and" and every word
+  of the shapes captions; ConfigError otherwise."""
   if getattr(tokenizer, "views", 1) != 1 or not hasattr(tokenizer, "words"):
     raise ConfigError("train.grounding_weight > 0 needs a one-view caption tokenizer (no "
                       "model.temporal.caption_parts or caption_drop_words)")
   vocab = {w: i + text_lib.NUM_SPECIAL for i, w in enumerate(tokenizer.words)}
-  missing = [w for w in (SPLIT_WORD, *shapes.COLOUR_NAMES) if w not in vocab]
+  missing = [w for w in (SPLIT_WORD, *sum(ROLE_WORDS, ())) if w not in vocab]
   if missing:
     raise ConfigError(f"train.grounding_weight > 0 needs the shapes captions' words; the "
                       f"vocabulary lacks {', '.join(missing)}")
@@ -56,7 +77,10 @@ def vocabulary_tables(tokenizer) -> tuple:
   for name, rgb in shapes.COLOURS.items():
     table[vocab[name]] = np.asarray(rgb, np.float32) / 127.5 - 1.0
     has_colour[vocab[name]] = True
-  return vocab[SPLIT_WORD], table, has_colour
+  role = np.full((tokenizer.vocab_size,), -1, np.int32)
+  for index, words in enumerate(ROLE_WORDS):
+    role[[vocab[w] for w in words]] = index
+  return Vocabulary(vocab[SPLIT_WORD], table, has_colour, role)
 
 
 def token_parts(tokens, split_id: int):
@@ -95,34 +119,38 @@ def pool_to(masks, grid):
   return masks.reshape(b, k, tt, t // tt, hh, h // hh, ww, w // ww).mean(axis=(3, 5, 7))
 
 
-def leak(maps, tokens, x0, tables):
-  """The grounding loss's per-example leak [B] (the share of each object's attention that
-  reads the other part's words, mean over maps) and the weight [B] of each example: 1 for
-  a two-part caption whose parts both name a colour and whose objects are in the clip."""
-  split_id, table, has_colour = tables
-  parts, two = token_parts(tokens, split_id)
-  colours, named = part_colours(tokens, parts, table, has_colour)
+def leak(maps, tokens, x0, tables: Vocabulary, roles=ROLES):
+  """The grounding loss's per-example leak [B] (of what each object's positions read of
+  the two parts' words of a role, the other part's share; mean over `roles` and maps) and
+  the weight [B] of each example: 1 for a two-part caption whose parts both name a colour
+  and whose objects are in the clip."""
+  parts, two = token_parts(tokens, tables.split_id)
+  colours, named = part_colours(tokens, parts, tables.colour, tables.has_colour)
   masks = object_masks(x0, colours)
   valid = two & named.all(-1) & (masks.sum(axis=(2, 3, 4)) > 0).all(-1)
+  role = jnp.asarray(tables.role)[tokens]
+  # [R, 2, B, L]: the words of each role in each part.
+  words = jnp.stack([jnp.stack([(parts == k) & (role == ROLES.index(r)) for k in (0, 1)])
+                     for r in roles])
   per_map = []
   for a in maps:
     occupancy = pool_to(masks, a.shape[1:4])                       # [B, 2, T', H', W']
     exclusive = occupancy * (1.0 - occupancy[:, ::-1])
-    # The attention each position pays to the words of part k: [B, 2, T', H', W'].
-    read = jnp.stack([jnp.einsum("bthwl,bl->bthw", a, (parts == k).astype(a.dtype))
-                      for k in (0, 1)], 1)
-    # Of what a position reads of the two parts, the other part's share: reading neither
-    # (only "a", "and", BOS, EOS) scores 1/2, as reading both alike does.
-    share = (read[:, ::-1] + EPSILON) / (read + read[:, ::-1] + 2 * EPSILON)
+    # What each position reads of part k's words of each role: [R, B, 2, T', H', W'].
+    read = jnp.einsum("bthwl,rkbl->rbkthw", a, words.astype(a.dtype))
+    # Of what a position reads of the two parts' words of a role, the other part's share:
+    # reading neither scores 1/2, as reading both alike does.
+    share = (read[:, :, ::-1] + EPSILON) / (read + read[:, :, ::-1] + 2 * EPSILON)
     total = exclusive.sum(axis=(1, 2, 3, 4))
-    per_map.append((exclusive * share).sum(axis=(1, 2, 3, 4)) / jnp.maximum(total, 1e-6))
+    per_role = (exclusive * share).sum(axis=(2, 3, 4, 5)) / jnp.maximum(total, 1e-6)
+    per_map.append(per_role.mean(0))
   return jnp.mean(jnp.stack(per_map), 0), valid.astype(jnp.float32)
 
 
-def grounding_loss(maps, tokens, x0, t, tables, t_max: float):
+def grounding_loss(maps, tokens, x0, t, tables: Vocabulary, t_max: float, roles=ROLES):
   """(loss, metrics): the mean leak over the batch's two-object examples at t <= t_max
   (0 when there are none)."""
-  per_example, weight = leak(maps, tokens, x0, tables)
+  per_example, weight = leak(maps, tokens, x0, tables, roles)
   weight = weight * (t <= t_max)
   loss = (per_example * weight).sum() / jnp.maximum(weight.sum(), 1.0)
   return loss, {"grounding_leak": loss, "grounding_examples": weight.sum()}

@@ -35,6 +35,7 @@ def make_loss_fn(config) -> LossFn:
   ground = config.train.get("grounding_weight", 0.0) > 0
   tables = grounding.vocabulary_tables(model.tokenizer) if ground else None
   groups = tuple(config.train.get("grounding_groups", ())) or None
+  roles = tuple(config.train.get("grounding_roles", grounding.ROLES))
 
   def loss_fn(params, batch, rng):
     x0 = to_model_range(batch[model.pixel_field])
@@ -58,7 +59,7 @@ def make_loss_fn(config) -> LossFn:
         return model.denoise(denoiser_params, z, t, cond, extra)
       out, maps = model.denoise_capturing(denoiser_params, z, t, cond, extra, groups)
       leak, metrics = grounding.grounding_loss(maps, tokens, x0, t, tables,
-                                               config.train.grounding_t_max)
+                                               config.train.grounding_t_max, roles)
       return out, (config.train.grounding_weight * leak, metrics)
 
     return diffusion_loss(denoise, (params["text"], build.denoiser_params(params)), x0,
