@@ -237,7 +237,8 @@ for stage in $STAGES; do
       # motion, pooling the caption per position (model.temporal.film_pooling=attention)
       # and the grounding loss keeping each object's positions on its own words
       # (train.grounding_weight). 900 steps at lr 1e-4, adapter and pools at 20x
-      # (docs/learning_record.md, "Stop 50"; unmeasured there).
+      # (docs/learning_record.md, "Stop 50", "Stop 51": with the all-words share, swapping
+      # who moves how cost +1.5% at step 400; the loss is now a share per word role).
       t2v_data "$MIX_DATA" 8192 0.5 128
       fine_tune t2v_pool t2v_mix 900 1e-4 t2v "$MIX_DATA" \
           --config.model.temporal.text_adapter_layers=1 \
