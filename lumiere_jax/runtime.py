@@ -140,13 +140,14 @@ def _xla_flags_problem(flags: str, cache_dir: str) -> Optional[str]:
 
 
 # XLA:CPU options by CPU family, applied only where they were measured
-# (benchmarks/RESULTS.md, "XLA:CPU's convolution path"). On x86 CPUs with AVX2 and without
-# AVX-512, XLA's YNNPACK library fusions (jaxlib 0.10) ran the 3x3 convolutions with their
-# gradients 2.3-3x slower than XLA's own convolutions, so they are turned off there: the
-# peer-matched train step 1.98 -> 1.21 s, the sampling step 0.44 -> 0.22 s, the shapes t2v
-# train step 7-9 -> 3.8 s. CPUs with AVX-512 keep XLA's defaults (not measured there yet).
+# (benchmarks/RESULTS.md, "XLA:CPU's convolution path", "YNNPACK off on an AVX-512 Xeon").
+# On x86 CPUs with AVX2, XLA's YNNPACK library fusions (jaxlib 0.10) run the 3x3
+# convolutions with their gradients slower than XLA's own convolutions, so they are turned
+# off: on an AVX2-only AMD EPYC the peer-matched train step 1.98 -> 1.21 s, the sampling
+# step 0.44 -> 0.22 s, the shapes t2v train step 7-9 -> 3.8 s; on an Intel Xeon with
+# AVX-512 and AMX the train step 0.79 -> 0.48 s, the sampling step 0.155 -> 0.102 s.
 CPU_DEFAULTS_ENV = "LUMIERE_XLA_CPU_DEFAULTS"  # "off": XLA's own defaults everywhere
-AVX2_ONLY_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
+X86_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
 
 
 def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset:
@@ -161,8 +162,8 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset:
 
 def cpu_default_flags(features: frozenset) -> tuple:
   """The XLA_FLAGS options lumiere adds on a CPU with these feature flags."""
-  if "avx2" in features and "avx512f" not in features:
-    return AVX2_ONLY_FLAGS
+  if "avx2" in features:
+    return X86_FLAGS
   return ()
 
 

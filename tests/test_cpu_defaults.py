@@ -11,6 +11,7 @@ from lumiere_jax import runtime
 
 AVX2 = frozenset({"sse4_2", "avx", "avx2", "fma"})
 AVX512 = AVX2 | {"avx512f", "avx512bw", "avx512_bf16"}
+ARM = frozenset({"fp", "asimd", "sve"})
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
@@ -21,21 +22,22 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
   assert runtime.cpu_flags(str(tmp_path / "missing")) == frozenset()
 
 
-def test_only_avx2_cpus_without_avx512_get_the_options():
-  assert runtime.cpu_default_flags(AVX2) == runtime.AVX2_ONLY_FLAGS
-  assert runtime.cpu_default_flags(AVX512) == ()  # XLA's defaults: not measured there
-  assert runtime.cpu_default_flags(frozenset()) == ()  # not x86, or no /proc/cpuinfo
+def test_x86_cpus_with_avx2_get_the_options_with_or_without_avx512():
+  assert runtime.cpu_default_flags(AVX2) == runtime.X86_FLAGS
+  assert runtime.cpu_default_flags(AVX512) == runtime.X86_FLAGS
+  assert runtime.cpu_default_flags(ARM) == ()  # XLA's defaults: not measured there
+  assert runtime.cpu_default_flags(frozenset()) == ()  # no /proc/cpuinfo
 
 
 def test_the_options_are_added_unless_set_or_turned_off(monkeypatch, tmp_path):
   cache = str(tmp_path / "cache")
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
   monkeypatch.delenv(runtime.CPU_DEFAULTS_ENV, raising=False)
-  assert runtime.apply_cpu_defaults(cache, AVX512) == ()
+  assert runtime.apply_cpu_defaults(cache, ARM) == ()
   assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
-  assert runtime.apply_cpu_defaults(cache, AVX2) == runtime.AVX2_ONLY_FLAGS
+  assert runtime.apply_cpu_defaults(cache, AVX2) == runtime.X86_FLAGS
   assert os.environ["XLA_FLAGS"].split() == [
-      "--xla_force_host_platform_device_count=2", *runtime.AVX2_ONLY_FLAGS]
+      "--xla_force_host_platform_device_count=2", *runtime.X86_FLAGS]
   assert runtime.apply_cpu_defaults(cache, AVX2) == ()  # already there: nothing twice
   user = "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
   monkeypatch.setenv("XLA_FLAGS", user)
@@ -49,7 +51,7 @@ def test_the_options_are_added_unless_set_or_turned_off(monkeypatch, tmp_path):
 def test_an_option_this_jaxlib_does_not_take_is_left_out(monkeypatch, tmp_path):
   monkeypatch.setenv("XLA_FLAGS", "")
   monkeypatch.delenv(runtime.CPU_DEFAULTS_ENV, raising=False)
-  monkeypatch.setattr(runtime, "AVX2_ONLY_FLAGS", ("--xla_cpu_use_fast_magic=true",))
+  monkeypatch.setattr(runtime, "X86_FLAGS", ("--xla_cpu_use_fast_magic=true",))
   assert runtime.apply_cpu_defaults(str(tmp_path), AVX2) == ()
   assert os.environ["XLA_FLAGS"] == ""
 
@@ -73,11 +75,11 @@ CONV_PROGRAM = textwrap.dedent("""
 
 
 def test_the_options_change_the_program_not_the_gradients(tmp_path):
-  """In fresh processes (the options act when the backend starts): with the AVX2 options
+  """In fresh processes (the options act when the backend starts): with the x86 options
   the convolution and its gradients compile without YNNPACK fusions and equal XLA's
-  default program's to float rounding."""
+  default program's (as on a CPU without the options) to float rounding."""
   results = {}
-  for name, cpu in (("default", "avx2,avx512f"), ("avx2", "avx2")):
+  for name, cpu in (("default", ",".join(ARM)), ("avx2", "avx2,avx512f")):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="",
                LUMIERE_COMPILATION_CACHE="off")
     env.pop(runtime.CPU_DEFAULTS_ENV, None)

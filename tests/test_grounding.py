@@ -136,6 +136,49 @@ def test_leak_is_the_other_objects_share_of_each_roles_words_read(reads, roles, 
   np.testing.assert_array_equal(weight, [1.0])
 
 
+@pytest.mark.parametrize("reads, expected", [
+    ("own part", 0.0), ("other part", 1.0), ("caption", 0.5), ("both parts", 0.5)])
+def test_on_maps_over_part_tokens_the_leak_is_the_other_part_tokens_share(reads, expected):
+  """caption_parts = 2: the ids are the caption and its two parts side by side, each part
+  names its object's colour, and a map over the caption and the two part tokens scores
+  the other part token's share of what each object reads of the two: 0 reading its own
+  only, 1 the other's, 1/2 neither (the caption's words only) or both alike. A map over
+  the caption alone (the backbone's) keeps the caption words' share."""
+  config = load_config("shapes_tiny:t2v", ["model.temporal.caption_parts=2"])
+  tokenizer = build.tokenizer(config)
+  tables = grounding.vocabulary_tables(tokenizer)
+  assert tables.parts == 2
+  tokens = jnp.asarray(tokenizer.encode([TWO, "a green triangle growing"]))
+  caption, parts, ids, view_parts, two = grounding.caption_and_parts(tokens, tables)
+  length = caption.shape[1]
+  assert tokens.shape[1] == 3 * length
+  np.testing.assert_array_equal(parts[0], grounding.token_parts(caption, tables.split_id)[0][0])
+  np.testing.assert_array_equal(two, [True, False])
+  colours, named = grounding.part_colours(ids, view_parts, tables.colour, tables.has_colour)
+  rgb = lambda name: np.asarray(shapes.COLOURS[name], np.float32) / 127.5 - 1
+  np.testing.assert_allclose(colours[0], [rgb("red"), rgb("blue")], atol=1e-6)
+  np.testing.assert_array_equal(named, [[True, True], [True, False]])
+
+  x0 = jnp.concatenate([_two_squares()] * 2)
+  grid = (2, 4, 4)
+  occupancy = np.asarray(grounding.pool_to(grounding.object_masks(x0, colours), grid))[0]
+  rows = np.zeros((2,) + grid + (length + 2,), np.float32)
+  rows[..., 1] = 1.0  # everything reads the caption's first word, then each case:
+  caption_rows = np.zeros((2,) + grid + (length,), np.float32)
+  for k in (0, 1):
+    where = occupancy[k] > 0
+    if reads != "caption":
+      rows[0][where] = 0.0
+      rows[0][where, length:] = {"own part": np.eye(2)[k], "other part": np.eye(2)[1 - k],
+                                 "both parts": [0.5, 0.5]}[reads]
+    caption_rows[0][where] = np.asarray(parts[0] == 1 - k, np.float32) / 5
+  leak, weight = grounding.leak([jnp.asarray(rows)], tokens, x0, tables)
+  np.testing.assert_allclose(leak[0], expected, atol=2 * grounding.EPSILON)
+  np.testing.assert_array_equal(weight, [1.0, 0.0])
+  both, _ = grounding.leak([jnp.asarray(rows), jnp.asarray(caption_rows)], tokens, x0, tables)
+  np.testing.assert_allclose(both[0], (expected + 1.0) / 2, atol=2 * grounding.EPSILON * 5)
+
+
 def test_one_object_and_dropped_prompts_weigh_nothing():
   _, model, _ = _model()
   tables = _tables(model)
@@ -224,7 +267,11 @@ def test_the_training_loss_adds_the_weighted_leak_and_its_gradient_lowers_it():
 @pytest.mark.parametrize("overrides, field", [
     (["train.grounding_weight=-1.0"], "grounding_weight"),
     (["train.grounding_weight=0.1", "train.grounding_t_max=0.0"], "grounding_t_max"),
-    (["train.grounding_weight=0.1", "model.temporal.caption_parts=2"], "one-view"),
+    (["train.grounding_weight=0.1", "model.temporal.caption_parts=3"], "caption_parts = 2"),
+    (["train.grounding_weight=0.1", "model.temporal.caption_parts=2",
+      "model.temporal.caption_split_word='moving'"], "caption_parts = 2"),
+    (["train.grounding_weight=0.1", "model.temporal.caption_drop_words=('left',)"],
+     "caption_drop_words"),
     (["model.temporal.film_pooling=max"], "film_pooling"),
     (["train.grounding_weight=0.1", "train.grounding_roles=('verb',)"], "grounding_roles"),
     (["train.grounding_weight=0.1", "train.grounding_roles=()"], "grounding_roles"),

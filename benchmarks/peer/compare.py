@@ -29,6 +29,7 @@ import json
 import os
 import pathlib
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -74,6 +75,20 @@ def parse_args(argv):
   return args
 
 
+class RunFailed(Exception):
+  """A timed run's process failed; the message is one line: which, how, its last words."""
+
+
+def checked_run(what: str, command: list, env=None) -> subprocess.CompletedProcess:
+  done = subprocess.run(command, capture_output=True, text=True, env=env)
+  if done.returncode:
+    how = (f"signal {signal.Signals(-done.returncode).name}" if done.returncode < 0
+           else f"exit {done.returncode}")
+    last = done.stderr.strip().splitlines()[-1:] or ["nothing on stderr"]
+    raise RunFailed(f"{what} failed ({how}): {last[0]}")
+  return done
+
+
 def last_json_line(text: str) -> dict:
   return json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
 
@@ -84,8 +99,7 @@ def run_peer(args, mode: str, with_peak: bool) -> dict:
              "--jax-python", sys.executable]
   if not with_peak:
     command.append("--skip-peak")
-  done = subprocess.run(command, capture_output=True, text=True, check=True)
-  return last_json_line(done.stdout)
+  return last_json_line(checked_run(f"the peer (--train-mode {mode})", command).stdout)
 
 
 def run_ours(args, xla_flags: str = "", cpu_defaults: bool = True) -> dict:
@@ -95,9 +109,9 @@ def run_ours(args, xla_flags: str = "", cpu_defaults: bool = True) -> dict:
     env[runtime.CPU_DEFAULTS_ENV] = "off"
   with tempfile.TemporaryDirectory() as tmp:
     out = pathlib.Path(tmp) / "peer_matched.json"
-    subprocess.run([sys.executable, str(OURS), "--steps", str(args.iters),
-                    "--warmup", str(args.warmup), "--json", str(out)],
-                   capture_output=True, text=True, check=True, env=env)
+    checked_run(f"ours under XLA_FLAGS={env['XLA_FLAGS']!r}",
+                [sys.executable, str(OURS), "--steps", str(args.iters),
+                 "--warmup", str(args.warmup), "--json", str(out)], env)
     return json.loads(out.read_text())
 
 
@@ -204,7 +218,11 @@ def main(argv=None) -> int:
         os.environ["XLA_FLAGS"] = before
   repeats = []
   for index in range(args.repeats):
-    repeats.append(one_repeat(args, index))
+    try:
+      repeats.append(one_repeat(args, index))
+    except RunFailed as e:  # e.g. SIGILL under an XLA option
+      print(e, file=sys.stderr)
+      return 2
     print(json.dumps({"repeat": index, **repeats[-1]["times"]}), flush=True)
   rows, flops = summarize(repeats), flops_comparison(repeats[0])
   params = {"peer": repeats[0]["peer_full"]["params"], "ours": repeats[0]["ours"]["params"]}

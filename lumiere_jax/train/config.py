@@ -53,6 +53,8 @@ def default_train_config() -> ml_collections.ConfigDict:
   # Cross-attention grounding (train/grounding.py; not in the paper): this weight times
   # of what each object reads of the two objects' words, the share of the other's, on
   # two-object captions of the shapes grammar at training times t <= grounding_t_max.
+  # With model.temporal.caption_parts = 2, on maps that read the part tokens, of what each
+  # object reads of the two part tokens, the share of the other's.
   train.grounding_weight = 0.0
   train.grounding_t_max = 1.0
   # The parameter groups whose cross-attention maps the loss reads (() = every group's),

@@ -25,6 +25,14 @@ colour word alone has a share of 0 over all words, and FiLM pools trained so (st
 read the colour they can see and lost the motion; per role, every role it does not read
 scores 1/2. A TokenCompose-like (Wang et al. 2024) token-level grounding of cross-attention,
 written for the shapes grammar.
+
+With model.temporal.caption_parts = 2 the ids are three views side by side ([B, 3 L]: the
+caption, then each part on its own; text.CaptionViews) and the temporal layers' maps read
+the caption followed by one token per part ([..., L + 2]). On those maps the leak is the
+other part token's share of what each object's positions read of the two part tokens: a
+part token holds one object's colour and motion, so reading one's own binds them in one
+hop (stop 51 measured the denoising loss alone leaving both read at 1/15). Maps over the
+caption alone (the backbone's) keep the per-role share of the caption's words.
 """
 
 from typing import NamedTuple
@@ -53,20 +61,27 @@ ROLE_WORDS = (shapes.COLOUR_NAMES, shapes.SHAPES,
 class Vocabulary(NamedTuple):
   """Per token id: the split word's id, the colour a colour word names (float32 [V, 3],
   the model's range [-1, 1]; 0 elsewhere), whether it names one (bool [V]), and its role
-  (int32 [V]: an index into ROLES, -1 for "a", "and" and the special tokens)."""
+  (int32 [V]: an index into ROLES, -1 for "a", "and" and the special tokens); and the
+  number of part views after the caption in the ids (0, or 2 with caption_parts = 2)."""
 
   split_id: int
   colour: np.ndarray
   has_colour: np.ndarray
   role: np.ndarray
+  parts: int = 0
 
 
 def vocabulary_tables(tokenizer) -> Vocabulary:
-  """The tables of a one-view word tokenizer whose vocabulary holds "and" and every word
-  of the shapes captions; ConfigError otherwise."""
-  if getattr(tokenizer, "views", 1) != 1 or not hasattr(tokenizer, "words"):
-    raise ConfigError("train.grounding_weight > 0 needs a one-view caption tokenizer (no "
-                      "model.temporal.caption_parts or caption_drop_words)")
+  """The tables of a word tokenizer whose vocabulary holds "and" and every word of the
+  shapes captions, with one view or the caption and its two parts split at "and"
+  (caption_parts = 2); ConfigError otherwise."""
+  parts = getattr(tokenizer, "parts", 0)
+  if not hasattr(tokenizer, "words") or getattr(tokenizer, "dropped", ()) or (
+      getattr(tokenizer, "views", 1) != 1 + parts) or parts not in (0, 2) or (
+      parts and tokenizer.split_word != SPLIT_WORD):
+    raise ConfigError("train.grounding_weight > 0 needs a caption tokenizer with one view "
+                      "or with model.temporal.caption_parts = 2 split at 'and' (no "
+                      "caption_drop_words)")
   vocab = {w: i + text_lib.NUM_SPECIAL for i, w in enumerate(tokenizer.words)}
   missing = [w for w in (SPLIT_WORD, *sum(ROLE_WORDS, ())) if w not in vocab]
   if missing:
@@ -80,7 +95,7 @@ def vocabulary_tables(tokenizer) -> Vocabulary:
   role = np.full((tokenizer.vocab_size,), -1, np.int32)
   for index, words in enumerate(ROLE_WORDS):
     role[[vocab[w] for w in words]] = index
-  return Vocabulary(vocab[SPLIT_WORD], table, has_colour, role)
+  return Vocabulary(vocab[SPLIT_WORD], table, has_colour, role, parts)
 
 
 def token_parts(tokens, split_id: int):
@@ -119,30 +134,56 @@ def pool_to(masks, grid):
   return masks.reshape(b, k, tt, t // tt, hh, h // hh, ww, w // ww).mean(axis=(3, 5, 7))
 
 
+def caption_and_parts(tokens, tables: Vocabulary):
+  """(the caption's ids [B, L], each token's part [B, L] (token_parts), the part views'
+  ids side by side [B, 2 L] with the part of each of their words [B, 2 L], two parts [B])
+  of one-view ids [B, L] (parts cut at the split word) or of caption-parts ids [B, 3 L]
+  (each part its own view)."""
+  if not tables.parts:
+    parts, two = token_parts(tokens, tables.split_id)
+    return tokens, parts, tokens, parts, two
+  caption, *views = jnp.split(tokens, 1 + tables.parts, axis=1)
+  parts, _ = token_parts(caption, tables.split_id)
+  view_parts = [jnp.where(v >= text_lib.NUM_SPECIAL, k, -1) for k, v in enumerate(views)]
+  two = jnp.stack([(p >= 0).any(-1) for p in view_parts], -1).all(-1)
+  return (caption, parts, jnp.concatenate(views, 1), jnp.concatenate(view_parts, 1), two)
+
+
+def other_share(read):
+  """[..., 2, T', H', W'] what each position reads of each part -> of the two, the other
+  part's share; reading neither scores 1/2, as reading both alike does."""
+  other = jnp.flip(read, -4)
+  return (other + EPSILON) / (read + other + 2 * EPSILON)
+
+
 def leak(maps, tokens, x0, tables: Vocabulary, roles=ROLES):
   """The grounding loss's per-example leak [B] (of what each object's positions read of
-  the two parts' words of a role, the other part's share; mean over `roles` and maps) and
-  the weight [B] of each example: 1 for a two-part caption whose parts both name a colour
-  and whose objects are in the clip."""
-  parts, two = token_parts(tokens, tables.split_id)
-  colours, named = part_colours(tokens, parts, tables.colour, tables.has_colour)
+  the two parts' words of a role, the other part's share, mean over `roles`; on a map
+  that reads part tokens, of the two part tokens; mean over maps) and the weight [B] of
+  each example: 1 for a two-part caption whose parts both name a colour and whose objects
+  are in the clip."""
+  caption, parts, part_ids, view_parts, two = caption_and_parts(tokens, tables)
+  length = caption.shape[-1]
+  colours, named = part_colours(part_ids, view_parts, tables.colour, tables.has_colour)
   masks = object_masks(x0, colours)
   valid = two & named.all(-1) & (masks.sum(axis=(2, 3, 4)) > 0).all(-1)
-  role = jnp.asarray(tables.role)[tokens]
-  # [R, 2, B, L]: the words of each role in each part.
+  role = jnp.asarray(tables.role)[caption]
+  # [R, 2, B, L]: the caption's words of each role in each part.
   words = jnp.stack([jnp.stack([(parts == k) & (role == ROLES.index(r)) for k in (0, 1)])
                      for r in roles])
   per_map = []
   for a in maps:
     occupancy = pool_to(masks, a.shape[1:4])                       # [B, 2, T', H', W']
     exclusive = occupancy * (1.0 - occupancy[:, ::-1])
+    total = jnp.maximum(exclusive.sum(axis=(1, 2, 3, 4)), 1e-6)
+    if tables.parts and a.shape[-1] == length + tables.parts:
+      # What each position reads of each part token: [B, 2, T', H', W'].
+      share = other_share(jnp.moveaxis(a[..., length:], -1, 1))
+      per_map.append((exclusive * share).sum(axis=(1, 2, 3, 4)) / total)
+      continue
     # What each position reads of part k's words of each role: [R, B, 2, T', H', W'].
-    read = jnp.einsum("bthwl,rkbl->rbkthw", a, words.astype(a.dtype))
-    # Of what a position reads of the two parts' words of a role, the other part's share:
-    # reading neither scores 1/2, as reading both alike does.
-    share = (read[:, :, ::-1] + EPSILON) / (read + read[:, :, ::-1] + 2 * EPSILON)
-    total = exclusive.sum(axis=(1, 2, 3, 4))
-    per_role = (exclusive * share).sum(axis=(2, 3, 4, 5)) / jnp.maximum(total, 1e-6)
+    read = jnp.einsum("bthwl,rkbl->rbkthw", a[..., :length], words.astype(a.dtype))
+    per_role = (exclusive * other_share(read)).sum(axis=(2, 3, 4, 5)) / total
     per_map.append(per_role.mean(0))
   return jnp.mean(jnp.stack(per_map), 0), valid.astype(jnp.float32)
 
