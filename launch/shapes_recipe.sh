@@ -9,8 +9,9 @@
 # adapter, from t2v_two, t2v_drop, a trial with the temporal layers' own caption view,
 # from t2v_mix, t2v_local, a trial with per-position FiLMs, from t2v_drop, t2v_scratch, a trial with all
 # of those from t2i_more, t2v_parts, a trial with per-position FiLMs reading one token per
-# object, from t2v_mix, and t2v_pool, the conv blocks' FiLM pooled per position and
-# grounded, from t2v_mix). The applications'
+# object, from t2v_mix, t2v_pool, the conv blocks' FiLM pooled per position and
+# grounded, from t2v_mix, and t2v_ground_parts, those pools grounded on one token per
+# object, from t2v_mix). The applications'
 # models are stages of their own, run after those (not by default): cond (the
 # conditional <J, C, M> model, from t2v_last), style (a backbone fine-tuned on outlined
 # shapes, from t2v_last; it builds its dataset first), keyframes (the keyframe model of
@@ -247,6 +248,24 @@ for stage in $STAGES; do
           '--config.train.trainable=("backbone","temporal","adapter","film_pool")' \
           '--config.train.learning_rate_scales=("adapter=20","film_pool=20")'
       ;;
+    t2v_ground_parts)
+      # A trial (stop 52): stage 6 with its conv blocks' FiLM pooling per position over the
+      # temporal layers' caption and one token per " and "-part (film_pooling=attention,
+      # caption_parts=2), and the grounding loss on the pools' part tokens: each object's
+      # positions read their own part's token, which holds its colour and its motion
+      # (train.grounding_groups=('film_pool',)). 900 steps at lr 1e-4, EMA 0.995, adapter
+      # and pools at 20x (docs/learning_record.md, "Stop 52": the first run in which
+      # swapping who moves how costs the model, +30.7% at t = 0.9 by step 200).
+      t2v_data "$MIX_DATA" 8192 0.5 128
+      fine_tune t2v_ground_parts t2v_mix 900 1e-4 t2v "$MIX_DATA" \
+          --config.model.temporal.text_adapter_layers=1 \
+          --config.model.temporal.film_pooling=attention \
+          --config.model.temporal.caption_parts=2 \
+          --config.train.grounding_weight=0.5 "--config.train.grounding_groups=('film_pool',)" \
+          --config.train.ema_decay=0.995 \
+          '--config.train.trainable=("backbone","temporal","adapter","film_pool")' \
+          '--config.train.learning_rate_scales=("adapter=20","film_pool=20")'
+      ;;
     t2v_scratch)
       # A trial (stop 43): the t2v stage again, from t2i_more, with what stops 37-42 added
       # from the start instead of as fine-tunes: the 50% two-object mix, the caption adapter,
@@ -348,7 +367,7 @@ for stage in $STAGES; do
           --expert-switch 0.4 --num 64 --steps 16 --time-power 2 --guidance 3 \
           --fvd --json "$RUNS/eval_t2v.json" --sheet "$RUNS/eval_t2v.png"
       ;;
-    *) echo "unknown stage $stage (data t2i t2i_more t2v_graft t2v t2v_full t2v_more t2v_last t2v_low t2v_two t2v_bind t2v_mix t2v_drop t2v_low_mix export eval cond style keyframes ssr ssr_x2 export_apps)" >&2
+    *) echo "unknown stage $stage (data t2i t2i_more t2v_graft t2v_graft_full t2v_low t2v t2v_full t2v_more t2v_last t2v_two t2v_bind t2v_mix t2v_drop t2v_local t2v_parts t2v_pool t2v_ground_parts t2v_scratch t2v_low_mix cond keyframes style ssr ssr_x2 export_apps export eval)" >&2
        exit 2 ;;
   esac
 done
