@@ -255,7 +255,8 @@ for stage in $STAGES; do
       # positions read their own part's token, which holds its colour and its motion
       # (train.grounding_groups=('film_pool',)). 900 steps at lr 1e-4, EMA 0.995, adapter
       # and pools at 20x (docs/learning_record.md, "Stop 52": the first run in which
-      # swapping who moves how costs the model, +30.7% at t = 0.9 by step 200).
+      # swapping who moves how costs the model, +57.7% at t = 0.9 at step 900; exported as
+      # the named trial shapes_t2v_parts).
       t2v_data "$MIX_DATA" 8192 0.5 128
       fine_tune t2v_ground_parts t2v_mix 900 1e-4 t2v "$MIX_DATA" \
           --config.model.temporal.text_adapter_layers=1 \
