@@ -148,11 +148,15 @@ def test_on_maps_over_part_tokens_the_leak_is_the_other_part_tokens_share(reads,
   tokenizer = build.tokenizer(config)
   tables = grounding.vocabulary_tables(tokenizer)
   assert tables.parts == 2
-  tokens = jnp.asarray(tokenizer.encode([TWO, "a green triangle growing"]))
+  prompts = [TWO, "a green triangle growing"]
+  tokens = jnp.asarray(tokenizer.encode(prompts))
   caption, parts, ids, view_parts, two = grounding.caption_and_parts(tokens, tables)
   length = caption.shape[1]
   assert tokens.shape[1] == 3 * length
-  np.testing.assert_array_equal(parts[0], grounding.token_parts(caption, tables.split_id)[0][0])
+  # The caption view is the one-view ids, cut into parts at "and" as without the option.
+  np.testing.assert_array_equal(caption, tokenizer.base.encode(prompts))
+  np.testing.assert_array_equal(parts[0, 1:6], [0] * 5)
+  np.testing.assert_array_equal(parts[0, 7:12], [1] * 5)
   np.testing.assert_array_equal(two, [True, False])
   colours, named = grounding.part_colours(ids, view_parts, tables.colour, tables.has_colour)
   rgb = lambda name: np.asarray(shapes.COLOURS[name], np.float32) / 127.5 - 1
