@@ -151,3 +151,43 @@ def test_scaled_rms_norm_gradient_is_autodiffs(shape, axis, silu):
   grad = lambda f: jax.grad(lambda x, g: jnp.sum(weights * f(x, g)), argnums=(0, 1))(x, gain)
   for a, b in zip(grad(ours), grad(textbook)):
     np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.abs(b).max()), rtol=0)
+
+
+def test_bfloat16_mode_is_mixed_precision_of_the_same_model():
+  """--dtype bfloat16 (the peer's torch.autocast row): the same float32 parameters, every
+  convolution and projection of the forward in bfloat16, the same matmul FLOPs, and an
+  output that differs from float32's by bfloat16 rounding only."""
+  small = dict(frames=4, size=8, dim=16, heads=2, dim_head=8, groups=4)
+  f32, bf16 = peer_unet.PeerSpec(**small), peer_unet.PeerSpec(dtype="bfloat16", **small)
+  params = peer_unet.init_params(f32, jax.random.key(0))
+  assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(
+      peer_unet.init_params(bf16, jax.random.key(0)))
+  # The zero-initialised projections would hide the temporal layers' rounding.
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  params = jax.tree_util.tree_unflatten(
+      tree, [a + 0.01 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
+  x = jax.random.normal(jax.random.key(2), peer_unet.video_shape(f32, 2))
+  time = jnp.array([100.0, 700.0])
+  outs, convs = {}, {}
+  for spec in (f32, bf16):
+    fn = peer_unet.jit_sample_step(spec)
+    jaxpr = jax.make_jaxpr(fn)(params, x, time).jaxpr
+    eqns = [e for e in _eqns(jaxpr) if e.primitive.name == "conv_general_dilated"]
+    convs[spec.dtype] = {str(e.invars[0].aval.dtype) for e in eqns}
+    assert flops.traced_flops(fn, params, x, time) == peer_unet.flop_count(spec, 2, ()).forward
+    outs[spec.dtype] = np.asarray(fn(params, x, time))
+    assert outs[spec.dtype].dtype == np.float32
+  assert convs == {"float32": {"float32"}, "bfloat16": {"bfloat16"}}
+  error = np.sqrt(np.mean((outs["bfloat16"] - outs["float32"]) ** 2)
+                  / np.mean(outs["float32"] ** 2))
+  # Rounded (so bfloat16 ran), by a few of bfloat16's 2^-9 relative steps over ~40 ops
+  # (about 0.01-0.02 here), not by a wrong cast (float16-like overflow, a lost residual).
+  assert 1e-3 < error < 0.05, error
+
+
+def _eqns(jaxpr):
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for sub in jax_core.jaxprs_in_params(eqn.params):
+      yield from _eqns(sub)

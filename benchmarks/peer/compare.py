@@ -5,6 +5,7 @@ training, frozen-base training and the sampling step, on this machine, in one go
   python benchmarks/peer/compare.py --repeats 1 --iters 2 --warmup 1     # a quick look
   python benchmarks/peer/compare.py --repeats 3 --xla-flags=--xla_cpu_use_onednn=true
   python benchmarks/peer/compare.py --repeats 3 --xla-defaults   # also without our options
+  python benchmarks/peer/compare.py --repeats 3 --bf16   # also both in bfloat16
 
 `--xla-flags=FLAGS` (repeatable) also times ours under XLA_FLAGS=FLAGS in every repeat,
 right after the default run, so each option's rows are interleaved with the peer's and
@@ -19,6 +20,11 @@ reports its own median; the table gives the median over repeats of those, and th
 peer / ours (above 1: we are faster). The peer's sampling step is timed in both of its
 runs; both count. The first full-mode peer run also measures the matmul peaks (torch
 fp32/bf16, and jax through --jax-python = this Python).
+
+`--bf16` adds, in every repeat, the bfloat16 rows beside the float32 ones: the peer under
+torch.autocast("cpu", bfloat16) (peer_autocast.py beside this file) and ours with
+`peer_unet.py --dtype bfloat16` (float32 parameters and optimizer, bfloat16 convolutions,
+projections and attention), their own table; the float32 rows stay the comparison.
 
 One-time setup of the peer (from the repository root):
   python3 -m venv .peer-venv && .peer-venv/bin/pip install torch==2.13.0 lumiere-pytorch==0.0.24
@@ -41,6 +47,7 @@ from lumiere_jax.io import atomic
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 OURS = pathlib.Path(__file__).resolve().parent / "peer_unet.py"
+AUTOCAST = pathlib.Path(__file__).resolve().parent / "peer_autocast.py"
 PEER_PYTHON = ROOT / ".peer-venv" / "bin" / "python"
 PEER_SCRIPT = ROOT.parent / "shared" / "bench" / "lumiere_pytorch_peer.py"
 SETUP = ("python3 -m venv .peer-venv && .peer-venv/bin/pip install torch==2.13.0 "
@@ -69,6 +76,9 @@ def parse_args(argv):
   parser.add_argument("--xla-defaults", action="store_true",
                       help="also time ours without the XLA:CPU options lumiere adds on "
                            "this CPU (LUMIERE_XLA_CPU_DEFAULTS=off; runtime.py): a column")
+  parser.add_argument("--bf16", action="store_true",
+                      help="also time the peer under torch.autocast(bfloat16) and ours "
+                           "with bfloat16 compute, in every repeat: their own table")
   args = parser.parse_args(argv)
   if min(args.repeats, args.iters) < 1 or args.warmup < 0:
     parser.error("--repeats and --iters must be >= 1, --warmup >= 0")
@@ -93,24 +103,26 @@ def last_json_line(text: str) -> dict:
   return json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
 
 
-def run_peer(args, mode: str, with_peak: bool) -> dict:
-  command = [args.peer_python, args.peer_script, "--train-mode", mode, "--iters",
-             str(args.iters), "--warmup", str(args.warmup), "--threads", str(args.threads),
-             "--jax-python", sys.executable]
+def run_peer(args, mode: str, with_peak: bool, bf16: bool = False) -> dict:
+  command = [args.peer_python, *([str(AUTOCAST)] if bf16 else []), args.peer_script,
+             "--train-mode", mode, "--iters", str(args.iters), "--warmup", str(args.warmup),
+             "--threads", str(args.threads), "--jax-python", sys.executable]
   if not with_peak:
     command.append("--skip-peak")
-  return last_json_line(checked_run(f"the peer (--train-mode {mode})", command).stdout)
+  what = f"the peer (--train-mode {mode}{', autocast bfloat16' if bf16 else ''})"
+  return last_json_line(checked_run(what, command).stdout)
 
 
-def run_ours(args, xla_flags: str = "", cpu_defaults: bool = True) -> dict:
+def run_ours(args, xla_flags: str = "", cpu_defaults: bool = True,
+             dtype: str = "float32") -> dict:
   env = dict(os.environ)
   env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
   if not cpu_defaults:
     env[runtime.CPU_DEFAULTS_ENV] = "off"
   with tempfile.TemporaryDirectory() as tmp:
     out = pathlib.Path(tmp) / "peer_matched.json"
-    checked_run(f"ours under XLA_FLAGS={env['XLA_FLAGS']!r}",
-                [sys.executable, str(OURS), "--steps", str(args.iters),
+    checked_run(f"ours ({dtype}) under XLA_FLAGS={env['XLA_FLAGS']!r}",
+                [sys.executable, str(OURS), "--steps", str(args.iters), "--dtype", dtype,
                  "--warmup", str(args.warmup), "--json", str(out)], env)
     return json.loads(out.read_text())
 
@@ -126,15 +138,22 @@ def cpu_model() -> str:
   return names[0] if names else "unknown CPU"
 
 
+def peer_times(full: dict, frozen: dict) -> dict:
+  return {"train_step_s": full["timing"]["train_step_s"],
+          "train_step_frozen_s": frozen["timing"]["train_step_s"],
+          "sample_step_s": [full["timing"]["sample_step_s"], frozen["timing"]["sample_step_s"]]}
+
+
 def one_repeat(args, index: int) -> dict:
   full = run_peer(args, "full", with_peak=index == 0 and not args.skip_peak)
   frozen = run_peer(args, "temporal", with_peak=False)
   ours = run_ours(args)
-  times = {"peer": {"train_step_s": full["timing"]["train_step_s"],
-                    "train_step_frozen_s": frozen["timing"]["train_step_s"],
-                    "sample_step_s": [full["timing"]["sample_step_s"],
-                                      frozen["timing"]["sample_step_s"]]},
-           "ours": {key: ours[key] for _, key, _ in ROWS}}
+  times = {"peer": peer_times(full, frozen), "ours": {key: ours[key] for _, key, _ in ROWS}}
+  if args.bf16:
+    times["bf16 peer"] = peer_times(run_peer(args, "full", False, bf16=True),
+                                    run_peer(args, "temporal", False, bf16=True))
+    ours_bf16 = run_ours(args, dtype="bfloat16")
+    times["bf16 ours"] = {key: ours_bf16[key] for _, key, _ in ROWS}
   for flags in args.xla_flags:
     variant = run_ours(args, flags)
     times[f"ours {flags}"] = {key: variant[key] for _, key, _ in ROWS}
@@ -144,18 +163,25 @@ def one_repeat(args, index: int) -> dict:
   return {"times": times, "peer_full": full, "peer_temporal": frozen, "ours": ours}
 
 
+def _pair(repeats, peer_key: str, ours_key: str, key: str) -> dict:
+  peer = []
+  for r in repeats:
+    value = r["times"][peer_key][key]
+    peer.extend(value if isinstance(value, list) else [value])
+  ours = [r["times"][ours_key][key] for r in repeats]
+  pair = {"peer_s": statistics.median(peer), "ours_s": statistics.median(ours),
+          "peer_runs_s": peer, "ours_runs_s": ours}
+  return {**pair, "ratio_peer_over_ours": pair["peer_s"] / pair["ours_s"]}
+
+
 def summarize(repeats) -> dict:
-  """Medians over repeats and the ratios peer / ours, per row."""
+  """Medians over repeats and the ratios peer / ours, per row (and in bfloat16, under
+  "bf16", where the repeats have it)."""
   rows = {}
   for name, key, _ in ROWS:
-    peer = []
-    for r in repeats:
-      value = r["times"]["peer"][key]
-      peer.extend(value if isinstance(value, list) else [value])
-    ours = [r["times"]["ours"][key] for r in repeats]
-    rows[name] = {"peer_s": statistics.median(peer), "ours_s": statistics.median(ours),
-                  "peer_runs_s": peer, "ours_runs_s": ours}
-    rows[name]["ratio_peer_over_ours"] = rows[name]["peer_s"] / rows[name]["ours_s"]
+    rows[name] = _pair(repeats, "peer", "ours", key)
+    if "bf16 ours" in repeats[0]["times"]:
+      rows[name]["bf16"] = _pair(repeats, "bf16 peer", "bf16 ours", key)
     for variant in [k for k in repeats[0]["times"] if k.startswith("ours ")]:
       runs = [r["times"][variant][key] for r in repeats]
       rows[name][variant] = {"s": statistics.median(runs), "runs_s": runs,
@@ -192,6 +218,13 @@ def print_report(rows, flops, params, cpu: str) -> None:
   for key, f in flops.items():
     print(f"| {key} | {f['peer']:,} | {f['ours']:,} | {f['ours_over_peer']:.4f} | "
           f"{f['ours_valid_taps']:,} |")
+  if all("bf16" in r for r in rows.values()):
+    print("\n| bfloat16 row | peer (autocast) median s | ours (bf16 compute) median s | "
+          "peer / ours |\n|---|---:|---:|---:|")
+    for name, r in rows.items():
+      b = r["bf16"]
+      print(f"| {name} | {b['peer_s']:.3f} | {b['ours_s']:.4f} | "
+            f"{b['ratio_peer_over_ours']:.2f} |")
   print(f"\nparams: peer {params['peer']}, ours {params['ours']}")
 
 

@@ -1,6 +1,7 @@
 """The lumiere-pytorch peer's STUNet, rebuilt in Flax for a like-for-like benchmark.
 
   python benchmarks/peer/peer_unet.py --json /tmp/peer_matched.json --steps 7 --warmup 3
+  python benchmarks/peer/peer_unet.py --dtype bfloat16    # mixed precision
 
 times full training, frozen-base training and the sampling forward (16x32x32x3, width 32,
 mults 1,2,4, batch 2, float32) and prints the table `lumiere bench` prints; compare.py
@@ -95,6 +96,14 @@ class PeerSpec:
   batch: int = 2
   sample_batch: int = 2
   temporal_down: bool = True
+  # The compute dtype of convolutions, projections and attention ("bfloat16": mixed
+  # precision as torch.autocast does it: float32 parameters, optimizer, norms, softmax
+  # and loss).
+  dtype: str = "float32"
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
 
   @property
   def dims(self) -> Tuple[int, ...]:
@@ -160,7 +169,8 @@ class ScaledRMSNorm(nn.Module):
     c = x.shape[-1]
     gain = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
                       (c,))
-    return scaled_rms_norm(x, gain, self.axis, self.silu)
+    y = scaled_rms_norm(x.astype(jnp.float32), gain, self.axis, self.silu)
+    return y.astype(x.dtype)
 
 
 def attention_core(q, k, v, heads: int):
@@ -181,18 +191,19 @@ class ResBlock(nn.Module):
 
   out_channels: int
   groups: int = 8
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, temb):
-    c = self.out_channels
-    h = layers.Conv2D(c, name="conv1")(layers.GroupNorm(num_groups=self.groups, silu=True,
+    c, dt = self.out_channels, self.dtype
+    h = layers.Conv2D(c, dtype=dt, name="conv1")(layers.GroupNorm(num_groups=self.groups, silu=True,
                                                         name="norm1")(x))
     film = layers.Dense(2 * c, ("embed", "conv_out"), name="time_mlp")(nn.silu(temb))
     h = layers.GroupNorm(num_groups=self.groups, silu=True, name="norm2")(
         h, (film[:, :c], film[:, c:]))
-    h = layers.Conv2D(c, name="conv2")(h)
+    h = layers.Conv2D(c, dtype=dt, name="conv2")(h)
     if x.shape[-1] != c:
-      x = layers.Conv2D(c, kernel_size=1, name="skip")(x)
+      x = layers.Conv2D(c, kernel_size=1, dtype=dt, name="skip")(x)
     return h + x
 
 
@@ -202,12 +213,13 @@ class SpatialAttention(nn.Module):
   heads: int
   dim_head: int
   groups: int = 8
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     n, hh, ww, c = x.shape
     h = layers.GroupNorm(num_groups=self.groups, name="norm")(x).reshape(n, hh * ww, c)
-    h = layers.Attention(self.heads, self.dim_head, name="attn")(h)
+    h = layers.Attention(self.heads, self.dim_head, dtype=self.dtype, name="attn")(h)
     return x + h.reshape(x.shape)
 
 
@@ -215,11 +227,12 @@ class Upsample(nn.Module):
   """Nearest-neighbour x2, then conv 3x3."""
 
   features: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-    return layers.Conv2D(self.features, name="conv")(x)
+    return layers.Conv2D(self.features, dtype=self.dtype, name="conv")(x)
 
 
 class TimeEmbedding(nn.Module):
@@ -240,10 +253,10 @@ class DownLevel(nn.Module):
   def setup(self):
     s = self.spec
     din, dout = s.level_pairs[self.level]
-    self.block1 = ResBlock(din, s.groups)
-    self.block2 = ResBlock(din, s.groups)
+    self.block1 = ResBlock(din, s.groups, s.compute_dtype)
+    self.block2 = ResBlock(din, s.groups, s.compute_dtype)
     last = self.level == s.levels - 1
-    self.resample = layers.Conv2D(dout, stride=1 if last else 2)
+    self.resample = layers.Conv2D(dout, stride=1 if last else 2, dtype=s.compute_dtype)
 
 
 class UpLevel(nn.Module):
@@ -255,10 +268,11 @@ class UpLevel(nn.Module):
   def setup(self):
     s = self.spec
     din, dout = s.level_pairs[s.levels - 1 - self.k]
-    self.block1 = ResBlock(dout, s.groups)
-    self.block2 = ResBlock(dout, s.groups)
+    self.block1 = ResBlock(dout, s.groups, s.compute_dtype)
+    self.block2 = ResBlock(dout, s.groups, s.compute_dtype)
     last = self.k == s.levels - 1
-    self.resample = layers.Conv2D(din) if last else Upsample(din)
+    self.resample = (layers.Conv2D(din, dtype=s.compute_dtype) if last
+                     else Upsample(din, s.compute_dtype))
 
 
 class MidLevel(nn.Module):
@@ -266,9 +280,9 @@ class MidLevel(nn.Module):
 
   def setup(self):
     s = self.spec
-    self.block1 = ResBlock(s.dims[-1], s.groups)
-    self.attn = SpatialAttention(s.heads, s.dim_head, s.groups)
-    self.block2 = ResBlock(s.dims[-1], s.groups)
+    self.block1 = ResBlock(s.dims[-1], s.groups, s.compute_dtype)
+    self.attn = SpatialAttention(s.heads, s.dim_head, s.groups, s.compute_dtype)
+    self.block2 = ResBlock(s.dims[-1], s.groups, s.compute_dtype)
 
 
 class Base2D(nn.Module):
@@ -279,12 +293,12 @@ class Base2D(nn.Module):
   def setup(self):
     s = self.spec
     self.time_embedding = TimeEmbedding(s.dim)
-    self.init_conv = layers.Conv2D(s.dim)
+    self.init_conv = layers.Conv2D(s.dim, dtype=s.compute_dtype)
     self.downs = [DownLevel(s, i) for i in range(s.levels)]
     self.mid = MidLevel(s)
     self.ups = [UpLevel(s, k) for k in range(s.levels)]
-    self.final_block = ResBlock(s.dim, s.groups)
-    self.final_conv = layers.Conv2D(s.channels, kernel_size=1)
+    self.final_block = ResBlock(s.dim, s.groups, s.compute_dtype)
+    self.final_conv = layers.Conv2D(s.channels, kernel_size=1, dtype=s.compute_dtype)
 
 
 # -- temporal layers ---------------------------------------------------------------------
@@ -300,15 +314,17 @@ def to_frames(video):
 class ConvInflation(nn.Module):
   """lumiere-pytorch's ConvolutionInflationBlock on frames [B*T, H, W, C]."""
 
+  dtype: Any = jnp.float32
+
   @nn.compact
   def __call__(self, x, batch: int):
-    c = x.shape[-1]
-    h = layers.Conv2D(c, name="spatial_conv")(x)
+    c, dt = x.shape[-1], self.dtype
+    h = layers.Conv2D(c, dtype=dt, name="spatial_conv")(x)
     h = ScaledRMSNorm(axis=2, silu=True, name="spatial_norm")(h)  # over width (see above)
-    h = temporal_lib.TemporalConv(c, name="temporal_conv")(to_video(h, batch))
+    h = temporal_lib.TemporalConv(c, dtype=dt, name="temporal_conv")(to_video(h, batch))
     h = ScaledRMSNorm(axis=1, silu=True, name="temporal_norm")(h)  # over time
     h = layers.Dense(c, ("conv_in", "conv_out"), kernel_init=nn.initializers.zeros,
-                     name="proj_out")(h)
+                     dtype=dt, name="proj_out")(h)
     return x + to_frames(h)
 
 
@@ -318,19 +334,22 @@ class AttentionInflation(nn.Module):
 
   heads: int
   dim_head: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, batch: int):
+    dt = self.dtype
     video = to_video(x, batch)
     b, t, hh, ww, c = video.shape
     seq = video.transpose(0, 2, 3, 1, 4).reshape(b * hh * ww, t, c)
     normed = ScaledRMSNorm(name="norm")(seq)
     inner = self.heads * self.dim_head
-    proj = lambda name: layers.Dense(inner, ("embed", "heads"), use_bias=False,
+    proj = lambda name: layers.Dense(inner, ("embed", "heads"), use_bias=False, dtype=dt,
                                      name=name)(normed)
     out = attention_core(proj("to_q"), proj("to_k"), proj("to_v"), self.heads)
-    h = seq + layers.Dense(c, ("heads", "embed"), use_bias=False, name="to_out")(out)
-    h = layers.Dense(c, ("mlp", "embed"), kernel_init=nn.initializers.zeros,
+    h = seq + layers.Dense(c, ("heads", "embed"), use_bias=False, dtype=dt,
+                           name="to_out")(out)
+    h = layers.Dense(c, ("mlp", "embed"), kernel_init=nn.initializers.zeros, dtype=dt,
                      name="proj_out")(h)
     h = h.reshape(b, hh, ww, t, c).transpose(0, 3, 1, 2, 4)
     return x + to_frames(h)
@@ -341,7 +360,7 @@ def transposed_temporal_conv(video, kernel, bias):
   axis of [B, T, H, W, C]: T -> 2T. kernel [3, Cin, Cout] (tap k of torch's weight[:, :,
   k]). Output frame 2m is x[m] W1; frame 2m+1 is x[m] W2 + x[m+1] W0 (x[T] = 0): one
   matmul of every frame with the three taps side by side, then the taps interleaved."""
-  taps = jnp.einsum("bthwc,kcd->kbthwd", video, kernel)
+  taps = jnp.einsum("bthwc,kcd->kbthwd", video, kernel.astype(video.dtype))
   even = taps[1]
   odd = taps[2] + jnp.pad(taps[0][:, 1:], ((0, 0), (0, 1), (0, 0), (0, 0), (0, 0)))
   out = jnp.stack([even, odd], axis=2)
@@ -351,6 +370,8 @@ def transposed_temporal_conv(video, kernel, bias):
 class TemporalUpsample(nn.Module):
   """lumiere-pytorch's TemporalUpsample on frames [B*T, H, W, C] -> [B*2T, H, W, C]."""
 
+  dtype: Any = jnp.float32
+
   @nn.compact
   def __call__(self, x, batch: int):
     c = x.shape[-1]
@@ -358,15 +379,19 @@ class TemporalUpsample(nn.Module):
         nn.initializers.lecun_normal(), ("conv_t", "conv_in", "conv_out")), (3, c, c))
     bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros,
                                                            ("conv_out",)), (c,))
-    return to_frames(transposed_temporal_conv(to_video(x, batch), kernel, bias))
+    video = to_video(x, batch).astype(self.dtype)
+    return to_frames(transposed_temporal_conv(video, kernel, bias.astype(self.dtype)))
 
 
 class TemporalDownsample(nn.Module):
   """lumiere-pytorch's TemporalDownsample (conv 3 taps, stride 2) on frames."""
 
+  dtype: Any = jnp.float32
+
   @nn.compact
   def __call__(self, x, batch: int):
-    conv = temporal_lib.TemporalConv(x.shape[-1], stride=2, identity_init=True, name="conv")
+    conv = temporal_lib.TemporalConv(x.shape[-1], stride=2, identity_init=True,
+                                     dtype=self.dtype, name="conv")
     return to_frames(conv(to_video(x, batch)))
 
 
@@ -377,13 +402,14 @@ class Temporal(nn.Module):
 
   def setup(self):
     s = self.spec
-    self.down_convs = [ConvInflation() for _ in range(s.levels)]
-    self.mid_convs = [ConvInflation() for _ in range(2)]
-    self.mid_attn = AttentionInflation(s.heads, s.dim_head)
-    self.up_convs = [ConvInflation() for _ in range(s.levels)]
+    dt = s.compute_dtype
+    self.down_convs = [ConvInflation(dt) for _ in range(s.levels)]
+    self.mid_convs = [ConvInflation(dt) for _ in range(2)]
+    self.mid_attn = AttentionInflation(s.heads, s.dim_head, dt)
+    self.up_convs = [ConvInflation(dt) for _ in range(s.levels)]
     resamples = s.levels - 1 if s.temporal_down else 0
-    self.downsamples = [TemporalDownsample() for _ in range(resamples)]
-    self.upsamples = [TemporalUpsample() for _ in range(resamples)]
+    self.downsamples = [TemporalDownsample(dt) for _ in range(resamples)]
+    self.upsamples = [TemporalUpsample(dt) for _ in range(resamples)]
 
 
 class PeerSTUNet(nn.Module):
@@ -419,7 +445,7 @@ class PeerSTUNet(nn.Module):
       if k < len(temporal.upsamples):
         h = temporal.upsamples[k](h, b)
     h = base.final_block(jnp.concatenate([h, first], axis=-1), temb)
-    return base.final_conv(h).reshape(x.shape)
+    return base.final_conv(h).reshape(x.shape).astype(jnp.float32)
 
 
 # -- analytic FLOPs ----------------------------------------------------------------------
@@ -698,7 +724,7 @@ def benchmark(spec: PeerSpec, steps: int, warmup: int, preset: str = "peer-match
         tuple(times), seconds, timing.memory_report(compiled, seconds)), peak)
   params = param_counts(spec)
   settings = {**dataclasses.asdict(spec), "steps": steps, "warmup": warmup,
-              "dtype": "float32", "optimizer": "AdamW(lr=1e-4, weight_decay=0.01)",
+              "optimizer": "AdamW(lr=1e-4, weight_decay=0.01)",
               "loss": "eps-prediction MSE, cosine schedule", "devices": 1}
   notes = ["flops: counted like the peer's FlopCounterMode (convolutions count every "
            "kernel tap, padding included); flops_valid_taps: the taps that read input, "
@@ -724,6 +750,9 @@ def parse_args(argv):
   parser.add_argument("--warmup", type=int, default=2,
                       help="untimed calls after compiling (default 2)")
   parser.add_argument("--json", metavar="PATH", help="also write the results here")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                      help="compute dtype (bfloat16: mixed precision, float32 parameters "
+                           "and optimizer, as the peer under torch.autocast)")
   args = parser.parse_args(argv)
   if args.steps < 1 or args.warmup < 0:
     parser.error("--steps must be >= 1, --warmup >= 0")
@@ -734,7 +763,7 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   runtime.enable_compilation_cache()  # as `lumiere bench` does
   runtime.apply_cpu_defaults()  # as every `lumiere` command does
-  result = benchmark(PeerSpec(), args.steps, args.warmup)
+  result = benchmark(PeerSpec(dtype=args.dtype), args.steps, args.warmup)
   print(report.format_table(result))
   if args.json:
     atomic.write_text(args.json, json.dumps(result, indent=1) + "\n")
