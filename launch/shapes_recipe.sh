@@ -94,6 +94,20 @@ fine_tune() {
       '--config.train.trainable=("backbone","temporal")' "${@:7}"
 }
 
+# ground_parts WORKDIR OVERRIDE...: stage 6 (t2v_mix) with its conv blocks' FiLM pooling
+# per position over the temporal layers' caption and one token per " and "-part, grounded
+# on the part tokens, 900 steps at lr 1e-4, EMA 0.995, on the 50% mix; the OVERRIDEs say
+# which groups train (stops 52-53).
+ground_parts() {
+  t2v_data "$MIX_DATA" 8192 0.5 128
+  fine_tune "$1" t2v_mix 900 1e-4 t2v "$MIX_DATA" \
+      --config.model.temporal.text_adapter_layers=1 \
+      --config.model.temporal.film_pooling=attention \
+      --config.model.temporal.caption_parts=2 \
+      --config.train.grounding_weight=0.5 "--config.train.grounding_groups=('film_pool',)" \
+      --config.train.ema_decay=0.995 "${@:2}"
+}
+
 for stage in $STAGES; do
   case $stage in
     data)
@@ -259,13 +273,7 @@ for stage in $STAGES; do
       # and pools at 20x (docs/learning_record.md, "Stop 52": the first run in which
       # swapping who moves how costs the model, +57.7% at t = 0.9 at step 900; exported as
       # the named trial shapes_t2v_parts).
-      t2v_data "$MIX_DATA" 8192 0.5 128
-      fine_tune t2v_ground_parts t2v_mix 900 1e-4 t2v "$MIX_DATA" \
-          --config.model.temporal.text_adapter_layers=1 \
-          --config.model.temporal.film_pooling=attention \
-          --config.model.temporal.caption_parts=2 \
-          --config.train.grounding_weight=0.5 "--config.train.grounding_groups=('film_pool',)" \
-          --config.train.ema_decay=0.995 \
+      ground_parts t2v_ground_parts \
           '--config.train.trainable=("backbone","temporal","adapter","film_pool")' \
           '--config.train.learning_rate_scales=("adapter=20","film_pool=20")'
       ;;
@@ -274,14 +282,7 @@ for stage in $STAGES; do
       # backbone frozen (only the temporal layers and the pools trained, the pools at 20x):
       # the adapter at 20x was what cost the one-object prompts their colours and shapes
       # (docs/learning_record.md, "Stop 53").
-      t2v_data "$MIX_DATA" 8192 0.5 128
-      fine_tune t2v_ground_temporal t2v_mix 900 1e-4 t2v "$MIX_DATA" \
-          --config.model.temporal.text_adapter_layers=1 \
-          --config.model.temporal.film_pooling=attention \
-          --config.model.temporal.caption_parts=2 \
-          --config.train.grounding_weight=0.5 "--config.train.grounding_groups=('film_pool',)" \
-          --config.train.ema_decay=0.995 \
-          '--config.train.trainable=("temporal","film_pool")' \
+      ground_parts t2v_ground_temporal '--config.train.trainable=("temporal","film_pool")' \
           '--config.train.learning_rate_scales=("film_pool=20",)'
       ;;
     t2v_scratch)
