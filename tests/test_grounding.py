@@ -136,25 +136,33 @@ def test_leak_is_the_other_objects_share_of_each_roles_words_read(reads, roles, 
   np.testing.assert_array_equal(weight, [1.0])
 
 
+@pytest.mark.parametrize("dropped", [(), ("circle", "square", "triangle")])
 @pytest.mark.parametrize("reads, expected", [
     ("own part", 0.0), ("other part", 1.0), ("caption", 0.5), ("both parts", 0.5)])
-def test_on_maps_over_part_tokens_the_leak_is_the_other_part_tokens_share(reads, expected):
+def test_on_maps_over_part_tokens_the_leak_is_the_other_part_tokens_share(reads, expected,
+                                                                           dropped):
   """caption_parts = 2: the ids are the caption and its two parts side by side, each part
   names its object's colour, and a map over the caption and the two part tokens scores
   the other part token's share of what each object reads of the two: 0 reading its own
   only, 1 the other's, 1/2 neither (the caption's words only) or both alike. A map over
-  the caption alone (the backbone's) keeps the caption words' share."""
-  config = load_config("shapes_tiny:t2v", ["model.temporal.caption_parts=2"])
+  the caption alone (the backbone's) keeps the caption words' share. With the shape
+  words dropped from the temporal layers' caption (a view between the caption and the
+  parts, which are cut from it), the same."""
+  config = load_config("shapes_tiny:t2v", ["model.temporal.caption_parts=2",
+                                           f"model.temporal.caption_drop_words={dropped!r}"])
   tokenizer = build.tokenizer(config)
   tables = grounding.vocabulary_tables(tokenizer)
-  assert tables.parts == 2
+  assert (tables.parts, tables.dropped) == (2, int(bool(dropped)))
   prompts = [TWO, "a green triangle growing"]
   tokens = jnp.asarray(tokenizer.encode(prompts))
   caption, parts, ids, view_parts, two = grounding.caption_and_parts(tokens, tables)
   length = caption.shape[1]
-  assert tokens.shape[1] == 3 * length
-  # The caption view is the one-view ids, cut into parts at "and" as without the option.
+  assert tokens.shape[1] == (3 + bool(dropped)) * length
+  # The caption view is the one-view ids, cut into parts at "and" as without the option;
+  # the part views are those of the temporal layers' caption.
   np.testing.assert_array_equal(caption, tokenizer.base.encode(prompts))
+  first = "a red moving left" if dropped else "a red circle moving left"
+  np.testing.assert_array_equal(ids[:1, :length], tokenizer.base.encode([first]))
   np.testing.assert_array_equal(parts[0, 1:6], [0] * 5)
   np.testing.assert_array_equal(parts[0, 7:12], [1] * 5)
   np.testing.assert_array_equal(two, [True, False])

@@ -32,7 +32,10 @@ the caption followed by one token per part ([..., L + 2]). On those maps the lea
 other part token's share of what each object's positions read of the two part tokens: a
 part token holds one object's colour and motion, so reading one's own binds them in one
 hop (stop 51 measured the denoising loss alone leaving both read at 1/15). Maps over the
-caption alone (the backbone's) keep the per-role share of the caption's words.
+caption alone (the backbone's) keep the per-role share of the caption's words. With
+model.temporal.caption_drop_words as well, the temporal layers' caption (and so each part)
+lacks the dropped words ([B, 4 L]: the caption, the caption without them, then each part
+of that one); nothing changes above as long as each part keeps its colour word.
 """
 
 from typing import NamedTuple
@@ -61,27 +64,31 @@ ROLE_WORDS = (shapes.COLOUR_NAMES, shapes.SHAPES,
 class Vocabulary(NamedTuple):
   """Per token id: the split word's id, the colour a colour word names (float32 [V, 3],
   the model's range [-1, 1]; 0 elsewhere), whether it names one (bool [V]), and its role
-  (int32 [V]: an index into ROLES, -1 for "a", "and" and the special tokens); and the
-  number of part views after the caption in the ids (0, or 2 with caption_parts = 2)."""
+  (int32 [V]: an index into ROLES, -1 for "a", "and" and the special tokens); the number
+  of part views at the end of the ids (0, or 2 with caption_parts = 2) and of views
+  between the caption and them (1 with caption_drop_words, which needs the parts)."""
 
   split_id: int
   colour: np.ndarray
   has_colour: np.ndarray
   role: np.ndarray
   parts: int = 0
+  dropped: int = 0
 
 
 def vocabulary_tables(tokenizer) -> Vocabulary:
   """The tables of a word tokenizer whose vocabulary holds "and" and every word of the
   shapes captions, with one view or the caption and its two parts split at "and"
-  (caption_parts = 2); ConfigError otherwise."""
+  (caption_parts = 2; a view without caption_drop_words between them allowed);
+  ConfigError otherwise."""
   parts = getattr(tokenizer, "parts", 0)
-  if not hasattr(tokenizer, "words") or getattr(tokenizer, "dropped", ()) or (
-      getattr(tokenizer, "views", 1) != 1 + parts) or parts not in (0, 2) or (
+  dropped = int(bool(getattr(tokenizer, "dropped", ())))
+  if not hasattr(tokenizer, "words") or (dropped and not parts) or (
+      getattr(tokenizer, "views", 1) != 1 + dropped + parts) or parts not in (0, 2) or (
       parts and tokenizer.split_word != SPLIT_WORD):
     raise ConfigError("train.grounding_weight > 0 needs a caption tokenizer with one view "
-                      "or with model.temporal.caption_parts = 2 split at 'and' (no "
-                      "caption_drop_words)")
+                      "or with model.temporal.caption_parts = 2 split at 'and' "
+                      "(caption_drop_words only with those parts)")
   vocab = {w: i + text_lib.NUM_SPECIAL for i, w in enumerate(tokenizer.words)}
   missing = [w for w in (SPLIT_WORD, *sum(ROLE_WORDS, ())) if w not in vocab]
   if missing:
@@ -95,7 +102,7 @@ def vocabulary_tables(tokenizer) -> Vocabulary:
   role = np.full((tokenizer.vocab_size,), -1, np.int32)
   for index, words in enumerate(ROLE_WORDS):
     role[[vocab[w] for w in words]] = index
-  return Vocabulary(vocab[SPLIT_WORD], table, has_colour, role, parts)
+  return Vocabulary(vocab[SPLIT_WORD], table, has_colour, role, parts, dropped)
 
 
 def token_parts(tokens, split_id: int):
@@ -138,11 +145,12 @@ def caption_and_parts(tokens, tables: Vocabulary):
   """(the caption's ids [B, L], each token's part [B, L] (token_parts), the part views'
   ids side by side [B, 2 L] with the part of each of their words [B, 2 L], two parts [B])
   of one-view ids [B, L] (parts cut at the split word) or of caption-parts ids [B, 3 L]
-  (each part its own view)."""
+  (each part its own view; [B, 4 L] with the view without caption_drop_words, unread)."""
   if not tables.parts:
     parts, two = token_parts(tokens, tables.split_id)
     return tokens, parts, tokens, parts, two
-  caption, *views = jnp.split(tokens, 1 + tables.parts, axis=1)
+  caption, *views = jnp.split(tokens, 1 + tables.dropped + tables.parts, axis=1)
+  views = views[tables.dropped:]
   parts, _ = token_parts(caption, tables.split_id)
   view_parts = [jnp.where(v >= text_lib.NUM_SPECIAL, k, -1) for k, v in enumerate(views)]
   two = jnp.stack([(p >= 0).any(-1) for p in view_parts], -1).all(-1)
