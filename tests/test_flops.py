@@ -53,8 +53,8 @@ def test_conv_counts_valid_taps_like_xla(size, kernel, stride):
   assert jax.jit(conv).lower(x, w).compile().cost_analysis()["flops"] == expected
   assert flops.traced_flops(conv, x, w) == expected
   # The backward convolutions (input and kernel gradients) read the same valid taps:
-  # forward + 2 backward = 3x.
-  grads = jax.grad(lambda x, w: conv(x, w).sum(), argnums=(0, 1))
+  # forward + 2 backward = 3x (the square keeps the forward live in the gradient).
+  grads = jax.grad(lambda x, w: jnp.square(conv(x, w)).sum(), argnums=(0, 1))
   assert flops.traced_flops(grads, x, w) == 3 * expected
 
 

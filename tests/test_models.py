@@ -651,29 +651,98 @@ def _reference_temporal_conv(x, kernel, bias, stride):
   return np.stack(out, axis=1)
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-def test_temporal_conv_equals_the_3d_convolution_in_value_and_gradients(stride):
-  # TemporalConv runs as a 2D convolution over (time, rows x columns) with a (k, 1)
-  # kernel; it must equal the 3D convolution with a (k, 1, 1) kernel it replaces, in
-  # value and in both gradients (rows != columns, so a wrong reshape shows).
-  x = jax.random.normal(jax.random.key(3), (2, 6, 3, 5, 4))
-  conv = tl.TemporalConv(6, 3, stride=stride)
-  params = nn.meta.unbox(jax.jit(conv.init)(jax.random.key(0), x))
+def _assert_same_value_and_gradients(module, plain, x):
+  """module.apply and plain(params, x) agree in value and in both gradients."""
+  params = nn.meta.unbox(jax.jit(module.init)(jax.random.key(0), x))
   params = trained_weights.perturbed(params, seed=2, scale=0.5)
+  results = []
+  for fn in (module.apply, lambda p, x: plain(p["params"], x)):
+    y, vjp = jax.vjp(fn, params, x)
+    results.append((y, *vjp(jax.random.normal(jax.random.key(4), y.shape))))
+  for got, want in zip(jax.tree_util.tree_leaves(results[0]),
+                       jax.tree_util.tree_leaves(results[1])):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel_size,stride", [(1, 1), (3, 1), (3, 2)])
+def test_conv2d_equals_the_plain_convolution_in_value_and_gradients(kernel_size, stride):
+  # A 1x1 stride-1 Conv2D has matmul gradients of its own (layers.pointwise_conv).
+  pad = kernel_size // 2
+
+  def plain(p, x):
+    return jax.lax.conv_general_dilated(
+        x, p["kernel"], (stride, stride), ((pad, pad), (pad, pad)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["bias"]
+
+  x = jax.random.normal(jax.random.key(3), (3, 6, 5, 4))
+  _assert_same_value_and_gradients(layers.Conv2D(6, kernel_size, stride=stride), plain, x)
+
+
+def test_dense_equals_the_plain_dot_in_value_and_gradients():
+  # Dense runs its matmul on 2-D rows (layers.matmul_channels).
+  x = jax.random.normal(jax.random.key(3), (2, 3, 6, 5, 4))
+  _assert_same_value_and_gradients(layers.Dense(6),
+                                   lambda p, x: jnp.dot(x, p["kernel"]) + p["bias"], x)
+
+
+@pytest.mark.parametrize("kernel_size,stride", [(3, 1), (3, 2), (5, 1), (1, 1)])
+def test_temporal_conv_equals_the_3d_convolution_in_value_and_gradients(kernel_size, stride):
+  # TemporalConv runs as a 2D convolution over (time, rows x columns) with a (k, 1)
+  # kernel, and at stride 1 with its own gradients (time_conv: the kernel gradient one
+  # matmul over the shifted output gradients); it must equal the 3D convolution with a
+  # (k, 1, 1) kernel it replaces, in value and in both gradients (rows != columns, so a
+  # wrong reshape shows; 5 taps over 6 frames, so a wrong shift or padding shows).
+  pad = kernel_size // 2
 
   def conv3d(p, x):
     y = jax.lax.conv_general_dilated(
-        x, p["params"]["kernel"][:, None, None], (stride, 1, 1), ((1, 1), (0, 0), (0, 0)),
+        x, p["kernel"][:, None, None], (stride, 1, 1), ((pad, pad), (0, 0), (0, 0)),
         dimension_numbers=("NTHWC", "THWIO", "NTHWC"))
-    return y + p["params"]["bias"]
+    return y + p["bias"]
 
-  cotangent = jax.random.normal(jax.random.key(4), (2, 6 // stride, 3, 5, 6))
-  results = []
-  for fn in (conv.apply, conv3d):
-    y, vjp = jax.vjp(fn, params, x)
-    results.append((y, *vjp(cotangent)))
-  for got, want in zip(jax.tree_util.tree_leaves(results[0]),
-                       jax.tree_util.tree_leaves(results[1])):
+  x = jax.random.normal(jax.random.key(3), (2, 6, 3, 5, 4))
+  _assert_same_value_and_gradients(tl.TemporalConv(6, kernel_size, stride=stride), conv3d, x)
+
+
+class _FlatMatmulOps(nn.Module):
+  """The three ops with matmul gradients of their own, in one chain."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = tl.TemporalConv(6, 3)(x)
+    x = layers.Conv2D(5, 1)(x.reshape(-1, *x.shape[2:])).reshape(*x.shape[:-1], 5)
+    return layers.Dense(4)(x)
+
+
+def test_flat_matmul_gradients_only_outside_a_partitioned_mesh():
+  # The matmul gradients merge activation axes into rows, which GSPMD cannot keep split
+  # (layers.flat_matmuls): inside a mesh of several devices the plain ops run instead,
+  # with the same value and gradients.
+  if jax.device_count() < 2:
+    pytest.skip("needs 2 devices (XLA_FLAGS=--xla_force_host_platform_device_count=2)")
+  from lumiere_jax.parallel import sharding
+  module = _FlatMatmulOps()
+  x = jax.random.normal(jax.random.key(3), (2, 6, 3, 5, 4))
+  params = trained_weights.perturbed(nn.meta.unbox(jax.jit(module.init)(jax.random.key(0), x)),
+                                     seed=2, scale=0.5)
+  loss = lambda p, x: jnp.square(module.apply(p, x)).sum()
+  grad = jax.grad(loss, argnums=(0, 1))
+
+  def traced(mesh):
+    with sharding.activation_sharding(mesh, ()):
+      return str(jax.make_jaxpr(grad)(params, x)), jax.jit(grad)(params, x)
+
+  devices = np.asarray(jax.devices())
+  one, two = (jax.sharding.Mesh(devices[:n], ("data",)) for n in (1, 2))
+  flat_jaxpr, flat = traced(one)
+  plain_jaxpr, plain = traced(two)
+  # Convolutions in the gradient program: each op's forward, input and kernel gradients
+  # (6), against the two forwards and the temporal input gradient (3) where the kernel
+  # gradients and the 1x1 input gradient are matmuls.
+  assert plain_jaxpr.count("conv_general_dilated[") == 6
+  assert flat_jaxpr.count("conv_general_dilated[") == 3
+  assert str(jax.make_jaxpr(grad)(params, x)).count("conv_general_dilated[") == 3  # no mesh
+  for got, want in zip(jax.tree_util.tree_leaves(flat), jax.tree_util.tree_leaves(plain)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 

@@ -475,8 +475,9 @@ class _Walk:
     self.trainable = {BASE: BASE in trainable, TEMPORAL: TEMPORAL in trainable}
     self.ops = []
 
-  def _record(self, group, kind, flops, *operand_grads):
-    self.ops.append(flops_lib.Op(group, kind, flops, sum(bool(g) for g in operand_grads)))
+  def _record(self, group, kind, flops, *operand_grads, extra_train_flops=0):
+    self.ops.append(flops_lib.Op(group, kind, flops, sum(bool(g) for g in operand_grads),
+                                 extra_train_flops))
 
   def _taps(self, size, kernel, stride=1) -> int:
     if self.taps == "valid":
@@ -495,9 +496,12 @@ class _Walk:
 
   def temporal_conv(self, a, stride=1) -> flops_lib.Act:
     per_video = a.frames // self.batch
-    taps = self._taps(per_video, 3, stride)
-    self._record(TEMPORAL, "conv", 2 * self.batch * taps * a.res * a.res * a.channels ** 2,
-                 a.grad, self.trainable[TEMPORAL])
+    per_tap = 2 * self.batch * a.res * a.res * a.channels ** 2
+    extra = (flops_lib.temporal_kernel_grad_extra(per_tap, per_video, 3, stride,
+                                                  self.trainable[TEMPORAL])
+             if self.taps == "valid" else 0)  # "all" counts every tap already
+    self._record(TEMPORAL, "conv", per_tap * self._taps(per_video, 3, stride),
+                 a.grad, self.trainable[TEMPORAL], extra_train_flops=extra)
     return flops_lib.Act(self.batch * (per_video // stride), a.res, a.channels,
                          a.grad or self.trainable[TEMPORAL])
 

@@ -42,6 +42,7 @@ from typing import Dict, List, Sequence
 import jax
 import ml_collections
 from jax.extend import core as jax_core
+from jax.interpreters import partial_eval
 from lumiere_jax.models import layers
 
 
@@ -51,16 +52,19 @@ BACKBONE, TEMPORAL, LOCAL_FILM, FILM_POOL = "backbone", "temporal", "local_film"
 @dataclasses.dataclass(frozen=True)
 class Op:
   """One matmul-like op: its parameter group, kind ('conv', 'dense', 'attention'),
-  forward FLOPs, and how many of its operands need a gradient in the train step."""
+  forward FLOPs, how many of its operands need a gradient in the train step, and what its
+  train-step gradients compute beyond one forward's FLOPs each (`extra_train_flops`: the
+  temporal convolution's kernel gradient, one matmul over every tap)."""
 
   group: str
   kind: str
   flops: int
   grad_operands: int
+  extra_train_flops: int = 0
 
   @property
   def train_flops(self) -> int:
-    return self.flops * (1 + self.grad_operands)
+    return self.flops * (1 + self.grad_operands) + self.extra_train_flops
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +114,18 @@ def valid_taps(size: int, kernel: int, stride: int = 1) -> int:
              if 0 <= o * stride - pad + i < size)
 
 
+def temporal_kernel_grad_extra(per_tap: int, frames: int, kernel: int, stride: int,
+                               trained: bool) -> int:
+  """What the kernel gradient of a stride-1 temporal convolution (models/temporal.py:
+  time_conv, one matmul over every tap, the zero padding's included) computes beyond the
+  forward's valid taps; `per_tap` is the FLOPs of one tap at every frame. A program
+  partitioned over several devices runs XLA's own gradient instead (layers.flat_matmuls)
+  and computes these padding taps' 0.06% less than counted."""
+  if not trained or stride != 1 or kernel % 2 == 0:
+    return 0
+  return per_tap * (frames * kernel - valid_taps(frames, kernel, stride))
+
+
 def model_flops(config: ml_collections.ConfigDict, batch: int) -> FlopCount:
   """FLOPs of the config's denoiser on `batch` videos (or images, for a 2D model), with
   the stage's `config.train.trainable` deciding the train-step gradients."""
@@ -143,8 +159,9 @@ class _Walk:
 
   # -- primitive ops ---------------------------------------------------------------------
 
-  def _record(self, group, kind, flops, *operand_grads):
-    self.ops.append(Op(group, kind, flops, sum(bool(g) for g in operand_grads)))
+  def _record(self, group, kind, flops, *operand_grads, extra_train_flops=0):
+    self.ops.append(Op(group, kind, flops, sum(bool(g) for g in operand_grads),
+                       extra_train_flops))
 
   def conv2d(self, group, a: Act, out_channels, kernel=3, stride=1) -> Act:
     taps = valid_taps(a.res, kernel, stride)
@@ -155,10 +172,12 @@ class _Walk:
 
   def temporal_conv(self, a: Act, stride=1) -> Act:
     per_video = a.frames // self.batch
-    taps = valid_taps(per_video, self.model.temporal.kernel_size, stride)
-    self._record(TEMPORAL, "conv",
-                 2 * self.batch * taps * a.res * a.res * a.channels * a.channels,
-                 a.grad, self.trainable[TEMPORAL])
+    kernel = self.model.temporal.kernel_size
+    per_tap = 2 * self.batch * a.res * a.res * a.channels * a.channels
+    flops = per_tap * valid_taps(per_video, kernel, stride)
+    self._record(TEMPORAL, "conv", flops, a.grad, self.trainable[TEMPORAL],
+                 extra_train_flops=temporal_kernel_grad_extra(
+                     per_tap, per_video, kernel, stride, self.trainable[TEMPORAL]))
     return Act(self.batch * (per_video // stride), a.res, a.channels,
                a.grad or self.trainable[TEMPORAL])
 
@@ -323,8 +342,12 @@ class _Walk:
 def traced_flops(fn, *args) -> int:
   """Matmul FLOPs (convolutions and dot products, valid taps only) of `fn(*args)` as JAX
   traces it; args may be jax.ShapeDtypeStruct. Covers everything the program computes:
-  the backward pass of a jax.grad, and the recomputation of a remat policy."""
-  return _jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
+  the backward pass of a jax.grad, and the recomputation of a remat policy. Dead code is
+  dropped first, as XLA drops it: a custom_vjp's backward traces the gradients of every
+  input (models/layers.py: pointwise_conv), and those of a frozen kernel go unused."""
+  jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
+  live, _ = partial_eval.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))
+  return _jaxpr_flops(live)
 
 
 def _jaxpr_flops(jaxpr) -> int:

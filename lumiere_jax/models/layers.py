@@ -91,6 +91,31 @@ def per_sample_pays(x) -> bool:
   return x.ndim >= 3 and math.prod(x.shape[1:-1]) >= PER_SAMPLE_MIN_POSITIONS
 
 
+def flat_matmuls() -> bool:
+  """Whether the op being traced may merge activation axes into 2-D matmul rows
+  (matmul_channels, pointwise_conv, temporal.time_conv): only outside a mesh of more than
+  one device. Merged rows have no sharding GSPMD can keep where the frames are whole but
+  rows or tokens are split, and it gathers the activations: lumiere_base:t2v's layout
+  went from 10.3 to 29.0 GiB per device with them (benchmarks/RESULTS.md, stop 55).
+  Every partitioned program is traced inside `parallel.sharding.activation_sharding`."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return mesh.empty or mesh.size == 1
+
+
+def matmul_channels(x, kernel):
+  """x [..., C] @ kernel [C, F] -> [..., F], as one 2-D matmul of the rows [M, C].
+
+  The same sums as jnp.dot on x itself, but its weight gradient is then a 2-D dot that
+  contracts the rows (x^T [C, M] @ dy [M, F]), which XLA:CPU runs as a matmul of a
+  transposed operand; contracting the leading axes of an N-D x instead made XLA:CPU copy
+  both operands into a transposed layout first (a [32, 32, 32, 64] -> 32 weight gradient
+  7.5 -> 2.8 ms, benchmarks/RESULTS.md, stop 55)."""
+  if not flat_matmuls():
+    return jnp.dot(x, kernel)
+  y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel)
+  return y.reshape(*x.shape[:-1], kernel.shape[-1])
+
+
 def add_channel_bias(y, bias):
   """y [N, ..., C] + bias [C], per_sample where that pays (per_sample_pays)."""
   return y + (per_sample(bias, y) if per_sample_pays(y) else bias)
@@ -107,12 +132,43 @@ class Dense(nn.Module):
   def __call__(self, x):
     kernel = self.param("kernel", _logical(self.kernel_init, self.axes),
                         (x.shape[-1], self.features))
-    y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+    y = matmul_channels(x.astype(self.dtype), kernel.astype(self.dtype))
     if self.use_bias:
       bias = self.param("bias", _logical(nn.initializers.zeros, self.axes[-1:]),
                         (self.features,))
       y = add_channel_bias(y, bias.astype(self.dtype))
     return y
+
+
+def _conv2d(x, kernel, stride: int):
+  pad = kernel.shape[0] // 2
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@jax.custom_vjp
+def pointwise_conv(x, kernel):
+  """A 1x1 convolution of stride 1, x [..., H, W, C] with kernel [1, 1, C, D]; its
+  gradients are matmuls over the channels (matmul_channels). The forward stays a
+  convolution: as a matmul it made the sampling step slower (benchmarks/RESULTS.md, stop
+  55)."""
+  return _conv2d(x, kernel, 1)
+
+
+def _pointwise_forward(x, kernel):
+  return _conv2d(x, kernel, 1), (x, kernel)
+
+
+def _pointwise_backward(residuals, dy):
+  x, kernel = residuals
+  w = kernel[0, 0]
+  dx = matmul_channels(dy, w.T.astype(dy.dtype)).astype(x.dtype)
+  dw = jax.lax.dot_general(x.reshape(-1, w.shape[0]), dy.reshape(-1, w.shape[1]),
+                           (((0,), (0,)), ((), ())))
+  return dx, dw.reshape(kernel.shape).astype(kernel.dtype)
+
+
+pointwise_conv.defvjp(_pointwise_forward, _pointwise_backward)
 
 
 class Conv2D(nn.Module):
@@ -131,10 +187,9 @@ class Conv2D(nn.Module):
                         _logical(self.kernel_init, ("conv_h", "conv_w", "conv_in", "conv_out")),
                         (k, k, x.shape[-1], self.features))
     bias = self.param("bias", _logical(nn.initializers.zeros, ("conv_out",)), (self.features,))
-    pad = k // 2
-    y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), kernel.astype(self.dtype), (self.stride, self.stride),
-        ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    y = (pointwise_conv(x, kernel) if k == 1 and self.stride == 1 and flat_matmuls()
+         else _conv2d(x, kernel, self.stride))
     return add_channel_bias(y, bias.astype(self.dtype))
 
 

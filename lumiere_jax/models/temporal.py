@@ -35,6 +35,46 @@ def identity_temporal_kernel(key, shape, dtype=jnp.float32):
   return jnp.zeros(shape, dtype).at[k // 2].set(jnp.eye(c_in, dtype=dtype))
 
 
+def _time_conv(x, kernel, stride: int):
+  """x [B, T, N, C] * kernel [K, C, D] over T (zero padding K // 2) -> [B, T', N, D], in
+  x's dtype."""
+  pad = kernel.shape[0] // 2
+  return jax.lax.conv_general_dilated(x, kernel[:, None].astype(x.dtype), (stride, 1),
+                                      ((pad, pad), (0, 0)),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@jax.custom_vjp
+def time_conv(x, kernel):
+  """_time_conv at stride 1 with an odd number of taps, its kernel gradient one matmul of
+  x's rows with the K shifts of the output gradient side by side: dW_k = sum_t x[t]^T
+  dy[t + K // 2 - k], x^T [C, M] @ [dy_0 .. dy_K-1] [M, K D]. XLA:CPU otherwise runs that gradient as a
+  convolution whose batch is C, after copying x into a [C, T, N, B] layout (B minor), the
+  slowest copies of the train step (benchmarks/RESULTS.md, stop 55)."""
+  return _time_conv(x, kernel, 1)
+
+
+def _time_conv_forward(x, kernel):
+  return _time_conv(x, kernel, 1), (x, kernel)
+
+
+def _time_conv_backward(residuals, dy):
+  x, kernel = residuals
+  k, c, d = kernel.shape
+  pad, t = k // 2, x.shape[1]
+  # dx[t] = sum_k dy[t + K // 2 - k] W_k^T: the same convolution of dy with the taps
+  # reversed and each transposed (K odd: the padding is symmetric).
+  dx = _time_conv(dy, jnp.flip(kernel, 0).transpose(0, 2, 1), 1).astype(x.dtype)
+  padded = jnp.pad(dy, ((0, 0), (pad, pad), (0, 0), (0, 0)))
+  shifts = jnp.concatenate([padded[:, 2 * pad - j:2 * pad - j + t] for j in range(k)], -1)
+  dw = jax.lax.dot_general(x.reshape(-1, c), shifts.reshape(-1, k * d),
+                           (((0,), (0,)), ((), ())))
+  return dx, dw.reshape(c, k, d).transpose(1, 0, 2).astype(kernel.dtype)
+
+
+time_conv.defvjp(_time_conv_forward, _time_conv_backward)
+
+
 class TemporalConv(nn.Module):
   """1D convolution over the time axis of [B, T, H, W, C], zero padding, optional stride."""
 
@@ -52,14 +92,14 @@ class TemporalConv(nn.Module):
                         (self.kernel_size, x.shape[-1], self.features))
     bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros,
                                                            ("conv_out",)), (self.features,))
-    pad = self.kernel_size // 2
     # A 2D convolution over (time, rows x columns) with a (k, 1) kernel: the same sums as
     # the 3D convolution with a (k, 1, 1) kernel, but XLA:CPU runs 3D convolutions and
     # their gradients 3x slower than 2D ones (benchmarks/RESULTS.md, stop 45).
     b, t, h, w, c = x.shape
-    y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype).reshape(b, t, h * w, c), kernel[:, None].astype(self.dtype),
-        (self.stride, 1), ((pad, pad), (0, 0)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    x = x.astype(self.dtype).reshape(b, t, h * w, c)
+    y = (time_conv(x, kernel.astype(self.dtype))
+         if self.stride == 1 and self.kernel_size % 2 and layers.flat_matmuls()
+         else _time_conv(x, kernel, self.stride))
     y = y.reshape(b, y.shape[1], h, w, self.features)
     return layers.add_channel_bias(y, bias.astype(self.dtype))
 
