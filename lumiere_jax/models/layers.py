@@ -103,7 +103,8 @@ def flat_matmuls() -> bool:
 
 
 def matmul_channels(x, kernel):
-  """x [..., C] @ kernel [C, F] -> [..., F], as one 2-D matmul of the rows [M, C].
+  """x [..., C] @ kernel [C, F] -> [..., F], as one 2-D matmul of the rows [M, C] where
+  flat_matmuls() allows, else as jnp.dot on x itself.
 
   The same sums as jnp.dot on x itself, but its weight gradient is then a 2-D dot that
   contracts the rows (x^T [C, M] @ dy [M, F]), which XLA:CPU runs as a matmul of a
