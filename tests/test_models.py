@@ -15,6 +15,7 @@ from lumiere_jax.models import layers
 from lumiere_jax.models import stunet
 from lumiere_jax.models import temporal as tl
 from lumiere_jax.models import text as text_lib
+from lumiere_jax.parallel import sharding
 
 
 @functools.lru_cache(maxsize=None)
@@ -720,7 +721,6 @@ def test_flat_matmul_gradients_only_outside_a_partitioned_mesh():
   # with the same value and gradients.
   if jax.device_count() < 2:
     pytest.skip("needs 2 devices (XLA_FLAGS=--xla_force_host_platform_device_count=2)")
-  from lumiere_jax.parallel import sharding
   module = _FlatMatmulOps()
   x = jax.random.normal(jax.random.key(3), (2, 6, 3, 5, 4))
   params = trained_weights.perturbed(nn.meta.unbox(jax.jit(module.init)(jax.random.key(0), x)),

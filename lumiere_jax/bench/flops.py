@@ -120,7 +120,8 @@ def temporal_kernel_grad_extra(per_tap: int, frames: int, kernel: int, stride: i
   time_conv, one matmul over every tap, the zero padding's included) computes beyond the
   forward's valid taps; `per_tap` is the FLOPs of one tap at every frame. A program
   partitioned over several devices runs XLA's own gradient instead (layers.flat_matmuls)
-  and computes these padding taps' 0.06% less than counted."""
+  and computes that many FLOPs fewer than counted (0.06% of the peer-matched full train
+  step, benchmarks/RESULTS.md, stop 55)."""
   if not trained or stride != 1 or kernel % 2 == 0:
     return 0
   return per_tap * (frames * kernel - valid_taps(frames, kernel, stride))
