@@ -73,6 +73,11 @@ def test_conv_counts_valid_taps_like_xla(size, kernel, stride):
                          "train.trainable=('temporal', 'film_pool')"]),
     ("shapes_tiny:t2v", ["model.temporal.film_pooling=attention", "model.temporal.caption_parts=2",
                          "train.trainable=('film_pool',)"]),
+    ("shapes_tiny:t2v", ["model.temporal.attention_levels=(0, 1)",
+                         "model.temporal.spacetime_attention=True",
+                         "train.trainable=('temporal', 'level_attention')"]),
+    ("shapes_tiny:t2v", ["model.temporal.attention_levels=(1,)",
+                         "train.trainable=('level_attention',)"]),
     ("shapes_tiny:t2i", ["train.trainable=('backbone',)"]),
     ("shapes_tiny:ssr", ["train.trainable=('backbone', 'temporal')"]),
 ])

@@ -10,6 +10,7 @@ import pytest
 
 import trained_weights
 from lumiere_jax.config import load_config, temporal_factor
+from lumiere_jax.errors import ConfigError
 from lumiere_jax.models import build
 from lumiere_jax.models import layers
 from lumiere_jax.models import stunet
@@ -534,6 +535,51 @@ def test_film_pool_is_the_pooled_caption_at_init_and_then_pools_per_position():
   assert not np.allclose(out[0, 0, 0, 0], out[0, 0, 3, 3], atol=1e-3)
   padded = emb[:1].at[:, ~np.asarray(mask[0])].set(99.0)
   np.testing.assert_allclose(block.apply({"params": moved}, video, padded, bias), out, atol=1e-5)
+
+
+def test_level_attention_is_the_identity_at_init_and_then_mixes_frames_per_pixel():
+  """model.temporal.attention_levels: a new group 'level_attention' of temporal attention
+  blocks after the conv blocks of the named levels, zero-initialised, so a trained model is
+  unchanged; once trained, a block mixes the frames of a pixel and nothing else: a change
+  in one frame moves the other frames of that pixel, not the pixel beside it."""
+  config, params = _setup((True, True))
+  levels = load_config("shapes_tiny:t2v", ["model.temporal.down_levels=(True, True)",
+                                           "model.temporal.attention_levels=(0, 1)"])
+  fresh = jax.jit(lambda r: build.init_params(levels, r))(jax.random.key(0))
+  assert build.param_groups(levels.model) == build.param_groups(config.model) + (
+      "level_attention",)
+  assert sorted(fresh["level_attention"]) == sorted(
+      f"blocks_{name}" for name in stunet.conv_block_names(
+          stunet.UNetSpec.from_config(levels.model)))
+  x, timesteps = _inputs(config)
+  emb, mask = build.encode_text(config, params, ["a red circle moving left",
+                                                 "a blue square growing"])
+  trained = build.denoiser_params(trained_weights.perturbed(params, seed=7))
+  without = jax.jit(build.build_denoiser(config.model).apply)(
+      {"params": trained}, x, timesteps, emb, mask)
+  with_levels = jax.jit(build.build_denoiser(levels.model).apply)
+  np.testing.assert_array_equal(
+      with_levels({"params": {**trained, "level_attention": fresh["level_attention"]}},
+                  x, timesteps, emb, mask), without)
+  moved = trained_weights.perturbed(fresh["level_attention"], seed=3)
+  assert not np.allclose(with_levels({"params": {**trained, "level_attention": moved}},
+                                     x, timesteps, emb, mask), without, atol=1e-4)
+
+  block = tl.AttentionInflationBlock(heads=4, text_conditioning=False)
+  video = jax.random.normal(jax.random.key(2), (1, 4, 3, 3, 32))
+  block_params = trained_weights.perturbed(
+      block.init(jax.random.key(1), video)["params"], seed=5, scale=1.0)
+  out = block.apply({"params": block_params}, video)
+  poked = block.apply({"params": block_params}, video.at[0, 0, 1, 1].add(1.0))
+  changed = np.abs(np.asarray(poked - out)).max(axis=-1)[0] > 1e-6  # [T, H, W]
+  assert changed[:, 1, 1].all()  # every frame of the poked pixel
+  assert changed.sum() == 4  # and nothing else
+
+
+@pytest.mark.parametrize("levels", ["(2,)", "(0, 0)", "(-1,)", "(0.5,)"])
+def test_bad_attention_levels_are_named(levels):
+  with pytest.raises(ConfigError, match="attention_levels"):
+    load_config("shapes_tiny:t2v", [f"model.temporal.attention_levels={levels}"])
 
 
 def test_identity_kernel_refuses_channel_change():

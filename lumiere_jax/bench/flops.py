@@ -47,6 +47,7 @@ from lumiere_jax.models import layers
 
 
 BACKBONE, TEMPORAL, LOCAL_FILM, FILM_POOL = "backbone", "temporal", "local_film", "film_pool"
+LEVEL_ATTENTION = "level_attention"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +155,8 @@ class _Walk:
         model.temporal.get("caption_parts", 0) if self.stunet else 0)
     self.context_dim = model.cross_attention_dim
     trainable = tuple(config.train.trainable)
-    self.trainable = {group: group in trainable for group in (BACKBONE, TEMPORAL, LOCAL_FILM, FILM_POOL)}
+    self.trainable = {group: group in trainable
+                      for group in (BACKBONE, TEMPORAL, LOCAL_FILM, FILM_POOL, LEVEL_ATTENTION)}
     self.context_grad = "text" in trainable
     self.ops: List[Op] = []
 
@@ -270,17 +272,21 @@ class _Walk:
                  weights_grad, self.context_grad)
     return weights_grad or self.context_grad
 
-  def attention_inflation(self, a: Act) -> Act:
+  def attention_inflation(self, a: Act, group=TEMPORAL, spacetime=None, text=None) -> Act:
+    """temporal.AttentionInflationBlock (the coarsest level's and the mid block's; with
+    `group` LEVEL_ATTENTION, per pixel and without text, those of attention_levels)."""
+    spacetime = self.model.temporal.spacetime_attention if spacetime is None else spacetime
+    text = self.model.temporal.text_conditioning if text is None else text
     c, pixels = a.channels, a.res * a.res
     per_video = a.frames // self.batch
-    norm = self.trainable[TEMPORAL]
+    norm = self.trainable[group]
     rows, queries = self.batch * pixels, per_video
-    if self.model.temporal.spacetime_attention:  # one sequence of every token per video
+    if spacetime:  # one sequence of every token per video
       rows, queries = self.batch, per_video * pixels
-    grad = self.attention(TEMPORAL, rows, queries, c, a.grad or norm)
-    if self.model.temporal.text_conditioning:
-      grad |= self.attention(TEMPORAL, rows, queries, c, grad or norm, context=True)
-    grad = self.dense(TEMPORAL, a.tokens, c, c, grad)
+    grad = self.attention(group, rows, queries, c, a.grad or norm)
+    if text:
+      grad |= self.attention(group, rows, queries, c, grad or norm, context=True)
+    grad = self.dense(group, a.tokens, c, c, grad)
     return dataclasses.replace(a, grad=a.grad or grad)
 
   def inflate(self, a: Act, level) -> Act:
@@ -288,7 +294,10 @@ class _Walk:
       return a
     if level == len(self.channels) - 1:
       return self.attention_inflation(a)
-    return self.conv_inflation(a)
+    a = self.conv_inflation(a)
+    if level in self.model.temporal.get("attention_levels", ()):
+      a = self.attention_inflation(a, LEVEL_ATTENTION, spacetime=False, text=False)
+    return a
 
   def resample_in_time(self, a: Act, level, up: bool) -> Act:
     if not (self.stunet and self.model.temporal.down_levels[level]):

@@ -120,6 +120,13 @@ def base_config() -> ml_collections.ConfigDict:
   # motions; pooled per position and grounded (train.grounding_weight), each object reads
   # its own (docs/learning_record.md, "Stop 50").
   temporal.film_pooling = "mean"
+  # Conv levels (0 the finest; each below the coarsest) whose conv inflation blocks are
+  # each followed by a temporal attention block without text (over the frames at each
+  # pixel), parameter group 'level_attention', identity at init. Not in the paper, whose only temporal attention is
+  # at the coarsest level: a (2+1)D convolution ties each frame to its neighbours only,
+  # and an object's outline, drawn at the fine levels, drifts over the clip (docs/
+  # learning_record.md, "Stop 57").
+  temporal.attention_levels = ()
 
   config.text = text = ml_collections.ConfigDict()
   # A built-in word vocabulary by name ("shapes") or a word list file, one word per line;

@@ -101,6 +101,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if pooling == "attention":
       _check(temporal.conv_text_conditioning, "model.temporal.film_pooling", pooling,
              "'mean' unless model.temporal.conv_text_conditioning (there is no FiLM to pool for)")
+    levels = temporal.get("attention_levels", ())
+    _check(isinstance(levels, (tuple, list)) and len(set(levels)) == len(levels) and all(
+        isinstance(level, int) and 0 <= level < len(channels) - 1 for level in levels),
+        "model.temporal.attention_levels", levels,
+        f"distinct conv levels in [0, {len(channels) - 2}] (the coarsest has attention)")
+    _check(all(channels[level] % temporal.num_heads == 0 for level in levels),
+           "model.temporal.attention_levels", levels,
+           f"levels whose width model.temporal.num_heads={temporal.num_heads} divides")
     _check(channels[-1] % temporal.num_heads == 0, "model.temporal.num_heads",
            temporal.num_heads, f"a divisor of the coarsest width {channels[-1]}")
     factor = temporal_factor(model)

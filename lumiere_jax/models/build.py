@@ -10,6 +10,8 @@ The full parameter tree of a model is
   {'backbone': UNet2D params, 'temporal': STUNet temporal layers (STUNet only),
    'adapter': the STUNet's caption adapter (model.temporal.text_adapter_layers > 0 only),
    'local_film': the conv blocks' per-position FiLMs (model.temporal.local_film only),
+   'film_pool': their per-position caption pools (model.temporal.film_pooling="attention"),
+   'level_attention': attention after the conv blocks of model.temporal.attention_levels,
    'text': text encoder params}
 and a stage's `config.train.trainable` names the top-level entries it trains.
 """
@@ -58,7 +60,8 @@ def param_groups(model_config) -> tuple:
   t = model_config.temporal
   return (VIDEO_GROUPS + (("adapter",) if t.text_adapter_layers else ())
           + (("local_film",) if t.get("local_film", False) else ())
-          + (("film_pool",) if t.get("film_pooling", "mean") == "attention" else ()))
+          + (("film_pool",) if t.get("film_pooling", "mean") == "attention" else ())
+          + (("level_attention",) if t.get("attention_levels", ()) else ()))
 
 
 def build_text_encoder(config) -> text_lib.TextEncoder:

@@ -3,7 +3,8 @@
 Parameters: {'backbone': <UNet2D params, unchanged>, 'temporal': <new layers>[, 'adapter':
 <caption adapter layers, model.temporal.text_adapter_layers>][, 'local_film': <the conv
 blocks' per-position FiLMs, model.temporal.local_film>][, 'film_pool': <the conv blocks'
-per-position caption pools, model.temporal.film_pooling="attention">]}, so the
+per-position caption pools, model.temporal.film_pooling="attention">][, 'level_attention':
+<attention after the conv blocks of model.temporal.attention_levels>]}, so the
 frozen/trainable split is visible at the top of the tree (see models/build.py).
 
 Where the temporal layers go, per LUMIERE.md:
@@ -11,7 +12,9 @@ Where the temporal layers go, per LUMIERE.md:
     down-sampling; after the mirrored spatial up-sampling, a temporal up-sampling;
   * after every resnet (+ transformer) of the down and up blocks, an inflation block:
     convolution-based at every level but the coarsest, attention-based at the coarsest;
-  * in the mid block (coarsest level), `attention_blocks` stacked attention blocks.
+  * in the mid block (coarsest level), `attention_blocks` stacked attention blocks;
+  * (an extension, off in the paper's layout) after the conv inflation blocks of
+    `model.temporal.attention_levels`, temporal attention at each pixel.
 """
 
 import dataclasses
@@ -40,6 +43,7 @@ class TemporalSpec:
   local_film: bool = False
   caption_parts: int = 0  # > 0: and one pooled token per part of their caption
   film_pool: bool = False  # the conv blocks' FiLM pools the caption per position
+  attention_levels: tuple = ()  # conv levels whose blocks are followed by attention
 
   @classmethod
   def from_config(cls, temporal_config) -> "TemporalSpec":
@@ -54,7 +58,9 @@ class TemporalSpec:
                caption_views=2 if temporal_config.get("caption_drop_words") else 1,
                local_film=bool(temporal_config.get("local_film", False)),
                caption_parts=int(temporal_config.get("caption_parts", 0)),
-               film_pool=temporal_config.get("film_pooling", "mean") == "attention")
+               film_pool=temporal_config.get("film_pooling", "mean") == "attention",
+               attention_levels=tuple(int(level) for level in
+                                      temporal_config.get("attention_levels", ())))
 
 
 class TemporalLayers(nn.Module):
@@ -92,9 +98,10 @@ class TemporalLayers(nn.Module):
                      for i, on in enumerate(s.down_levels) if on}
 
 
-def conv_block_names(unet: UNetSpec):
-  """The keys of the conv inflation blocks (every level but the coarsest)."""
-  return [f"{path}_{level}_{j}" for level in range(unet.levels - 1)
+def conv_block_names(unet: UNetSpec, levels=None):
+  """The keys of the conv inflation blocks (every level but the coarsest, or `levels`)."""
+  levels = range(unet.levels - 1) if levels is None else levels
+  return [f"{path}_{level}_{j}" for level in levels
           for path, count in (("down", unet.layers_per_block), ("up", unet.layers_per_block + 1))
           for j in range(count)]
 
@@ -113,13 +120,30 @@ class PerConvBlock(nn.Module):
                    for name in conv_block_names(self.unet)}
 
 
+class LevelAttention(nn.Module):
+  """The attention blocks after the conv inflation blocks of `spec.attention_levels`,
+  keyed like them (model.temporal.attention_levels, parameter group 'level_attention'):
+  self-attention over the clip's frames at each pixel (the paper's temporal attention,
+  without text; identity at init). Per pixel, not space-time: over every token of a fine
+  level it costs more than the rest of the step (docs/learning_record.md, "Stop 57")."""
+
+  unet: UNetSpec
+  spec: TemporalSpec
+
+  def setup(self):
+    make = maybe_remat(tl.AttentionInflationBlock, self.unet.remat)
+    self.blocks = {name: make(self.spec.heads, False, False, dtype=jnp.dtype(self.unet.dtype))
+                   for name in conv_block_names(self.unet, self.spec.attention_levels)}
+
+
 class _TemporalHooks(unet2d.Inflation):
   """Runs the temporal layers at the backbone's hook points, moving between the frame
   layout [B*T, H, W, C] and the video layout [B, T, H, W, C]."""
 
   def __init__(self, temporal: TemporalLayers, batch: int, context, context_mask,
-               local_film=None, film_pool=None):
+               local_film=None, film_pool=None, level_attention=None):
     self.temporal = temporal
+    self.level_attention = level_attention
     self.local_film = local_film
     self.film_pool = film_pool
     self.batch = batch
@@ -145,7 +169,10 @@ class _TemporalHooks(unet2d.Inflation):
              if self.local_film is not None else None)
     text = (self.film_pool.blocks[name](v, self.context, self.context_bias)
             if self.film_pool is not None else self.pooled)
-    return self._frames(block(v, text, local))
+    v = block(v, text, local)
+    if self.level_attention is not None and level in self.temporal.spec.attention_levels:
+      v = self.level_attention.blocks[name](v)
+    return self._frames(v)
 
   def after_block(self, level, path, index, h):
     return self._inflate(f"{path}_{level}_{index}", level, h)
@@ -198,6 +225,8 @@ class STUNet(nn.Module):
       self.local_film = PerConvBlock(self.unet, self.temporal_spec, tl.LocalFiLM)
     if self.temporal_spec.film_pool:
       self.film_pool = PerConvBlock(self.unet, self.temporal_spec, tl.FiLMPool)
+    if self.temporal_spec.attention_levels:
+      self.level_attention = LevelAttention(self.unet, self.temporal_spec)
 
   def __call__(self, x, timesteps, context, context_mask, noise_level=None):
     b, t = x.shape[:2]
@@ -219,7 +248,9 @@ class STUNet(nn.Module):
     hooks = _TemporalHooks(self.temporal, b, temporal.astype(jnp.dtype(self.unet.dtype)),
                            temporal_mask,
                            self.local_film if self.temporal_spec.local_film else None,
-                           self.film_pool if self.temporal_spec.film_pool else None)
+                           self.film_pool if self.temporal_spec.film_pool else None,
+                           self.level_attention if self.temporal_spec.attention_levels
+                           else None)
     out = unet2d.unet_forward(self.backbone, frames, timesteps, context, context_mask, hooks,
                               noise_level)
     return out.reshape(b, t, *out.shape[1:])
