@@ -10,8 +10,9 @@
 # from t2v_mix, t2v_local, a trial with per-position FiLMs, from t2v_drop, t2v_scratch, a trial with all
 # of those from t2i_more, t2v_parts, a trial with per-position FiLMs reading one token per
 # object, from t2v_mix, t2v_pool, the conv blocks' FiLM pooled per position and
-# grounded, from t2v_mix, and t2v_ground_parts, those pools grounded on one token per
-# object, from t2v_mix, everything trained). The applications'
+# grounded, from t2v_mix, t2v_ground_parts, those pools grounded on one token per
+# object, from t2v_mix, everything trained, and t2v_level_attention, temporal attention at
+# each pixel of the fine levels, from t2v_batch8). The applications'
 # models are stages of their own, run after those (not by default): cond (the
 # conditional <J, C, M> model, from t2v_last), style (a backbone fine-tuned on outlined
 # shapes, from t2v_last; it builds its dataset first), keyframes (the keyframe model of
@@ -300,6 +301,23 @@ for stage in $STAGES; do
           --config.train.ema_decay=0.995 \
           '--config.train.trainable=("temporal","film_pool")' \
           '--config.train.learning_rate_scales=("film_pool=20",)'
+      ;;
+    t2v_level_attention)
+      # A trial (stop 57), from t2v_batch8: its recipe with temporal attention at each pixel
+      # after the conv blocks of levels 0 and 1 (model.temporal.attention_levels, group
+      # level_attention at 10x), 800 steps (64 min on a 2-core Xeon): jitter 4.3x -> 3.3x
+      # and the largest step 3.7x -> 2.45x ground truth's, area stability 13.7x -> 13.1x,
+      # two-object shape 0.50 -> 0.38 (docs/learning_record.md, "Stop 57"; not shipped).
+      t2v_data "$MIX_DATA" 8192 0.5 128
+      BATCH=8 fine_tune t2v_level_attention t2v_batch8 800 1e-4 t2v "$MIX_DATA" \
+          --config.model.temporal.text_adapter_layers=1 \
+          --config.model.temporal.film_pooling=attention \
+          --config.model.temporal.caption_parts=2 \
+          "--config.model.temporal.attention_levels=(0, 1)" \
+          --config.train.grounding_weight=0.5 "--config.train.grounding_groups=('film_pool',)" \
+          --config.train.ema_decay=0.995 \
+          '--config.train.trainable=("temporal","film_pool","level_attention")' \
+          '--config.train.learning_rate_scales=("film_pool=20","level_attention=10")'
       ;;
     t2v_scratch)
       # A trial (stop 43): the t2v stage again, from t2i_more, with what stops 37-42 added
