@@ -110,6 +110,22 @@ ground_parts() {
       --config.train.ema_decay=0.995 "${@:2}"
 }
 
+# grounded_batch8 WORKDIR INIT STEPS [OVERRIDE...]: t2v_ground_temporal's model and
+# recipe (the temporal layers and the pools trained, the pools at 20x, grounded on the
+# part tokens, EMA 0.995) from INIT's EMA with 8 clips per step, lr 1e-4, on the 50% mix;
+# the OVERRIDEs come last and win (stops 55, 57).
+grounded_batch8() {
+  t2v_data "$MIX_DATA" 8192 0.5 128
+  BATCH=8 fine_tune "$1" "$2" "$3" 1e-4 t2v "$MIX_DATA" \
+      --config.model.temporal.text_adapter_layers=1 \
+      --config.model.temporal.film_pooling=attention \
+      --config.model.temporal.caption_parts=2 \
+      --config.train.grounding_weight=0.5 "--config.train.grounding_groups=('film_pool',)" \
+      --config.train.ema_decay=0.995 \
+      '--config.train.trainable=("temporal","film_pool")' \
+      '--config.train.learning_rate_scales=("film_pool=20",)' "${@:4}"
+}
+
 for stage in $STAGES; do
   case $stage in
     data)
@@ -292,15 +308,7 @@ for stage in $STAGES; do
       # steps with 8 clips per step (43 min on a 2-core Xeon): 64 held-out prompts 0.78 /
       # 0.88 / 0.76 -> 0.80 / 0.90 / 0.80, where the same stage at batch 4 gave 0.76 /
       # 0.89 / 0.75 (docs/learning_record.md, "Stop 55").
-      t2v_data "$MIX_DATA" 8192 0.5 128
-      BATCH=8 fine_tune t2v_batch8 t2v_ground_temporal 900 1e-4 t2v "$MIX_DATA" \
-          --config.model.temporal.text_adapter_layers=1 \
-          --config.model.temporal.film_pooling=attention \
-          --config.model.temporal.caption_parts=2 \
-          --config.train.grounding_weight=0.5 "--config.train.grounding_groups=('film_pool',)" \
-          --config.train.ema_decay=0.995 \
-          '--config.train.trainable=("temporal","film_pool")' \
-          '--config.train.learning_rate_scales=("film_pool=20",)'
+      grounded_batch8 t2v_batch8 t2v_ground_temporal 900
       ;;
     t2v_level_attention)
       # A trial (stop 57), from t2v_batch8: its recipe with temporal attention at each pixel
@@ -308,14 +316,8 @@ for stage in $STAGES; do
       # level_attention at 10x), 800 steps (64 min on a 2-core Xeon): jitter 4.3x -> 3.3x
       # and the largest step 3.7x -> 2.45x ground truth's, area stability 13.7x -> 13.1x,
       # two-object shape 0.50 -> 0.38 (docs/learning_record.md, "Stop 57"; not shipped).
-      t2v_data "$MIX_DATA" 8192 0.5 128
-      BATCH=8 fine_tune t2v_level_attention t2v_batch8 800 1e-4 t2v "$MIX_DATA" \
-          --config.model.temporal.text_adapter_layers=1 \
-          --config.model.temporal.film_pooling=attention \
-          --config.model.temporal.caption_parts=2 \
+      grounded_batch8 t2v_level_attention t2v_batch8 800 \
           "--config.model.temporal.attention_levels=(0, 1)" \
-          --config.train.grounding_weight=0.5 "--config.train.grounding_groups=('film_pool',)" \
-          --config.train.ema_decay=0.995 \
           '--config.train.trainable=("temporal","film_pool","level_attention")' \
           '--config.train.learning_rate_scales=("film_pool=20","level_attention=10")'
       ;;

@@ -464,29 +464,40 @@ def test_caption_parts_give_each_object_a_token_of_its_own():
                          atol=1e-4)
 
 
-def test_local_film_is_the_identity_at_init_and_modulates_each_position_apart():
-  """model.temporal.local_film: a new group 'local_film' whose zero-initialised output
-  leaves a trained model unchanged; trained, each (frame, row, column) gets its own scale
-  and shift from what it reads of the caption, where the pooled FiLM gives one per clip."""
-  config, params = _setup((True, True))
-  local = load_config("shapes_tiny:t2v", ["model.temporal.down_levels=(True, True)",
-                                          "model.temporal.local_film=True"])
-  local_params = jax.jit(lambda r: build.init_params(local, r))(jax.random.key(0))
-  assert set(local_params) == set(params) | {"local_film"}
-  assert build.param_groups(local.model) == build.param_groups(config.model) + ("local_film",)
+def _assert_new_group_unchanged_at_init(config, params, group, overrides):
+  """A STUNet with `overrides` has one more parameter group, `group`; freshly initialised
+  it leaves a trained (perturbed) model's prediction bit-for-bit unchanged, and trained
+  (perturbed too) it changes it. Returns the fresh group's parameters."""
+  extended = load_config("shapes_tiny:t2v", ["model.temporal.down_levels=(True, True)",
+                                             *overrides])
+  fresh = jax.jit(lambda r: build.init_params(extended, r))(jax.random.key(0))
+  assert set(fresh) == set(params) | {group}
+  assert build.param_groups(extended.model) == build.param_groups(config.model) + (group,)
   x, timesteps = _inputs(config)
   emb, mask = build.encode_text(config, params, ["a red circle moving left",
                                                  "a blue square growing"])
   trained = build.denoiser_params(trained_weights.perturbed(params, seed=7))
   without = jax.jit(build.build_denoiser(config.model).apply)(
       {"params": trained}, x, timesteps, emb, mask)
-  with_film = jax.jit(build.build_denoiser(local.model).apply)
+  with_group = jax.jit(build.build_denoiser(extended.model).apply)
   np.testing.assert_array_equal(
-      with_film({"params": {**trained, "local_film": local_params["local_film"]}},
-                x, timesteps, emb, mask), without)
-  films = trained_weights.perturbed(local_params["local_film"], seed=3)
-  assert not np.allclose(with_film({"params": {**trained, "local_film": films}},
-                                   x, timesteps, emb, mask), without, atol=1e-4)
+      with_group({"params": {**trained, group: fresh[group]}}, x, timesteps, emb, mask),
+      without)
+  moved = trained_weights.perturbed(fresh[group], seed=3)
+  assert not np.allclose(with_group({"params": {**trained, group: moved}},
+                                    x, timesteps, emb, mask), without, atol=1e-4)
+  return fresh[group]
+
+
+def test_local_film_is_the_identity_at_init_and_modulates_each_position_apart():
+  """model.temporal.local_film: a new group 'local_film' whose zero-initialised output
+  leaves a trained model unchanged; trained, each (frame, row, column) gets its own scale
+  and shift from what it reads of the caption, where the pooled FiLM gives one per clip."""
+  config, params = _setup((True, True))
+  _assert_new_group_unchanged_at_init(config, params, "local_film",
+                                      ["model.temporal.local_film=True"])
+  emb, _ = build.encode_text(config, params, ["a red circle moving left",
+                                              "a blue square growing"])
   # One block on its own: two positions holding different features read the caption
   # differently, and the same position reads two captions differently.
   block = tl.LocalFiLM(heads=4)
@@ -543,27 +554,10 @@ def test_level_attention_is_the_identity_at_init_and_then_mixes_frames_per_pixel
   unchanged; once trained, a block mixes the frames of a pixel and nothing else: a change
   in one frame moves the other frames of that pixel, not the pixel beside it."""
   config, params = _setup((True, True))
-  levels = load_config("shapes_tiny:t2v", ["model.temporal.down_levels=(True, True)",
-                                           "model.temporal.attention_levels=(0, 1)"])
-  fresh = jax.jit(lambda r: build.init_params(levels, r))(jax.random.key(0))
-  assert build.param_groups(levels.model) == build.param_groups(config.model) + (
-      "level_attention",)
-  assert sorted(fresh["level_attention"]) == sorted(
-      f"blocks_{name}" for name in stunet.conv_block_names(
-          stunet.UNetSpec.from_config(levels.model)))
-  x, timesteps = _inputs(config)
-  emb, mask = build.encode_text(config, params, ["a red circle moving left",
-                                                 "a blue square growing"])
-  trained = build.denoiser_params(trained_weights.perturbed(params, seed=7))
-  without = jax.jit(build.build_denoiser(config.model).apply)(
-      {"params": trained}, x, timesteps, emb, mask)
-  with_levels = jax.jit(build.build_denoiser(levels.model).apply)
-  np.testing.assert_array_equal(
-      with_levels({"params": {**trained, "level_attention": fresh["level_attention"]}},
-                  x, timesteps, emb, mask), without)
-  moved = trained_weights.perturbed(fresh["level_attention"], seed=3)
-  assert not np.allclose(with_levels({"params": {**trained, "level_attention": moved}},
-                                     x, timesteps, emb, mask), without, atol=1e-4)
+  fresh = _assert_new_group_unchanged_at_init(config, params, "level_attention",
+                                              ["model.temporal.attention_levels=(0, 1)"])
+  assert sorted(fresh) == sorted(f"blocks_{name}" for name in stunet.conv_block_names(
+      stunet.UNetSpec.from_config(config.model)))
 
   block = tl.AttentionInflationBlock(heads=4, text_conditioning=False)
   video = jax.random.normal(jax.random.key(2), (1, 4, 3, 3, 32))
