@@ -570,7 +570,7 @@ def test_level_attention_is_the_identity_at_init_and_then_mixes_frames_per_pixel
   assert changed.sum() == 4  # and nothing else
 
 
-@pytest.mark.parametrize("levels", ["(2,)", "(0, 0)", "(-1,)", "(0.5,)"])
+@pytest.mark.parametrize("levels", ["(2,)", "(0, 0)", "(-1,)", "(0.5,)", "(True,)"])
 def test_bad_attention_levels_are_named(levels):
   with pytest.raises(ConfigError, match="attention_levels"):
     load_config("shapes_tiny:t2v", [f"model.temporal.attention_levels={levels}"])

@@ -103,7 +103,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
              "'mean' unless model.temporal.conv_text_conditioning (there is no FiLM to pool for)")
     levels = temporal.get("attention_levels", ())
     _check(isinstance(levels, (tuple, list)) and len(set(levels)) == len(levels) and all(
-        isinstance(level, int) and 0 <= level < len(channels) - 1 for level in levels),
+        isinstance(level, int) and not isinstance(level, bool)
+        and 0 <= level < len(channels) - 1 for level in levels),
         "model.temporal.attention_levels", levels,
         f"distinct conv levels in [0, {len(channels) - 2}] (the coarsest has attention)")
     _check(all(channels[level] % temporal.num_heads == 0 for level in levels),
