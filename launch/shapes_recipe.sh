@@ -305,7 +305,7 @@ for stage in $STAGES; do
       ;;
     t2v_batch8)
       # Stop 55, ships as shapes_t2v: t2v_ground_temporal's recipe again from its EMA, 900
-      # steps with 8 clips per step (43 min on a 2-core Xeon): 64 held-out prompts 0.78 /
+      # steps with 8 clips per step (43 min on a 2-core Intel(R) Xeon(R) Processor): 64 held-out prompts 0.78 /
       # 0.88 / 0.76 -> 0.80 / 0.90 / 0.80, where the same stage at batch 4 gave 0.76 /
       # 0.89 / 0.75 (docs/learning_record.md, "Stop 55").
       grounded_batch8 t2v_batch8 t2v_ground_temporal 900
@@ -313,7 +313,7 @@ for stage in $STAGES; do
     t2v_level_attention)
       # A trial (stop 57), from t2v_batch8: its recipe with temporal attention at each pixel
       # after the conv blocks of levels 0 and 1 (model.temporal.attention_levels, group
-      # level_attention at 10x), 800 steps (64 min on a 2-core Xeon): jitter 4.3x -> 3.3x
+      # level_attention at 10x), 800 steps (64 min on a 2-core Intel(R) Xeon(R) Processor): jitter 4.3x -> 3.3x
       # and the largest step 3.7x -> 2.45x ground truth's, area stability 13.7x -> 13.1x,
       # two-object shape 0.50 -> 0.38 (docs/learning_record.md, "Stop 57"; not shipped).
       grounded_batch8 t2v_level_attention t2v_batch8 800 \
