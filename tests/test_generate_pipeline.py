@@ -2,6 +2,7 @@
 program per batch size, per-video seeds, SDEdit from a given video."""
 
 import contextlib
+import dataclasses
 
 import jax
 import numpy as np
@@ -11,6 +12,7 @@ import trained_weights
 
 from lumiere_jax.config import load_config
 from lumiere_jax.data import shapes
+from lumiere_jax.diffusion import noise
 from lumiere_jax.diffusion.samplers import SamplerSettings
 from lumiere_jax.errors import UserError
 from lumiere_jax.models import build
@@ -65,6 +67,18 @@ def test_video_depends_only_on_its_prompt_and_seed(model):
   alone = model(prompts[1:], seed=4, guidance_scale=2.0)
   assert np.abs(batch[1].astype(int) - alone[0]).max() <= 2
   assert np.abs(batch[0].astype(int) - alone[0]).mean() > 1
+
+
+def test_the_starting_noise_has_the_settings_frame_correlation(model):
+  """A model trained on frame-correlated noise samples from it (its config's
+  diffusion.frame_noise_correlation becomes the settings' noise_correlation)."""
+  keys = jax.vmap(jax.random.key)(np.arange(2))
+  correlated = pipeline.TextToVideo(model.config, model.params, dataclasses.replace(
+      model.settings, noise_correlation=0.5))
+  plain = model.initial_noise(keys)
+  np.testing.assert_array_equal(correlated.initial_noise(keys),
+                                noise.frame_correlated(plain, 0.5))
+  assert np.abs(np.asarray(plain[:, 1:] - plain[:, :-1])).mean() > 1
 
 
 def test_sdedit_from_a_video(model):

@@ -47,6 +47,10 @@ def default_diffusion_config() -> ml_collections.ConfigDict:
   # others by this model. An expert_switch of 0 samples with this model alone.
   c.low_noise_expert = ""
   c.expert_switch = 0.0
+  # Noise correlated across frames (noise.py; PYoCo's mixed prior, not in the paper): each
+  # frame's noise stays N(0, I), two frames' noise at a pixel has this correlation, in
+  # training and in every noise draw of sampling. 0 is the paper's independent noise.
+  c.frame_noise_correlation = 0.0
   c.sampler = "dpmpp"                  # 'ddpm' | 'ddim' | 'dpmpp'
   c.steps = 64
   c.eta = 0.0                          # DDIM noise (0 = deterministic); 'ddpm' is eta 1
@@ -188,7 +192,8 @@ def sampler_settings(c: ml_collections.ConfigDict, **overrides) -> samplers.Samp
   """SamplerSettings from the config, with command-line values (not None) on top."""
   values = dict(method=c.sampler, steps=c.steps, eta=c.eta, prediction=c.prediction,
                 threshold=c.threshold, threshold_percentile=c.threshold_percentile,
-                time_power=c.get("time_power", 1.0))
+                time_power=c.get("time_power", 1.0),
+                noise_correlation=c.get("frame_noise_correlation", 0.0))
   values.update({k: v for k, v in overrides.items() if v is not None})
   return samplers.SamplerSettings(**values)
 

@@ -1,6 +1,7 @@
 """The diffusion training loss in continuous time.
 
-One Monte Carlo term per example: t ~ U[0, 1], eps ~ N(0, I), z = alpha_t x0 + sigma_t eps,
+One Monte Carlo term per example: t ~ U[0, 1], eps ~ N(0, I) (a video's frames
+correlated by diffusion.frame_noise_correlation, noise.py), z = alpha_t x0 + sigma_t eps,
 and the squared error between the network output and its target (v, eps or x0).
 
 Weighting. Every choice is a weight w(logSNR) on the x0 error ||x0_hat - x0||^2, which is
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from lumiere_jax.diffusion import guidance
+from lumiere_jax.diffusion import noise as noise_lib
 from lumiere_jax.diffusion import predictions
 from lumiere_jax.diffusion.schedules import alpha_sigma_from_logsnr, schedule_from_config
 from lumiere_jax.errors import ConfigError
@@ -107,6 +109,7 @@ def diffusion_loss(denoise_fn, params, x0, cond, rng, config, uncond=None, auxil
   t_rng, noise_rng, drop_rng = jax.random.split(rng, 3)
   t = training_times(schedule, t_rng, x0.shape[0], config)
   eps = jax.random.normal(noise_rng, x0.shape, x0.dtype)
+  eps = noise_lib.frame_correlated(eps, config.get("frame_noise_correlation", 0.0))
   logsnr = schedule.logsnr(t)
   alpha, sigma = (_expand(a, x0) for a in alpha_sigma_from_logsnr(logsnr))
   z = alpha * x0 + sigma * eps

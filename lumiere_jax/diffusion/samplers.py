@@ -27,6 +27,7 @@ import numpy as np
 from jax.experimental import io_callback
 
 from lumiere_jax.diffusion import guidance
+from lumiere_jax.diffusion import noise as noise_lib
 from lumiere_jax.diffusion import predictions
 from lumiere_jax.diffusion.guidance import Denoiser
 from lumiere_jax.diffusion.schedules import Schedule, alpha_sigma_from_logsnr
@@ -58,6 +59,8 @@ class SamplerSettings:
   threshold: str = "none"
   threshold_percentile: float = 0.995
   time_power: float = 1.0  # the time grid (sampling_times); 1 is uniform
+  # every noise draw of a video correlated across its frames (noise.frame_correlated)
+  noise_correlation: float = 0.0
 
   def __post_init__(self):
     if self.method not in SAMPLERS:
@@ -68,6 +71,7 @@ class SamplerSettings:
       raise ConfigError(f"steps must be an integer >= 1 and <= {MAX_STEPS}, got "
                         f"{self.steps!r}")
     check_time_power(self.time_power)
+    noise_lib.check_frame_correlation(self.noise_correlation)
     if not 0.0 <= self.eta <= 1.0:
       raise ConfigError(f"eta must be in [0, 1], got {self.eta}")
     predictions.check_prediction(self.prediction)
@@ -92,10 +96,12 @@ def per_example_normal(keys, index, shape) -> jax.Array:
   return jax.vmap(lambda key: jax.random.normal(jax.random.fold_in(key, index), shape))(keys)
 
 
-def initial_noise(keys, shape) -> jax.Array:
+def initial_noise(keys, shape, correlation: float = 0.0) -> jax.Array:
   """The starting noise x_1 for a batch of `shape` [B, ...]; index 0 of each key's stream
-  (sampling steps use indices 1..steps)."""
-  return per_example_normal(keys, 0, tuple(shape[1:]))
+  (sampling steps use indices 1..steps), a video's frames with `correlation`
+  (noise.frame_correlated; the sampler settings' noise_correlation)."""
+  return noise_lib.frame_correlated(per_example_normal(keys, 0, tuple(shape[1:])),
+                                    correlation)
 
 
 def sampling_times(t_start, t_end, steps: int, power: float = 1.0) -> jax.Array:
@@ -169,14 +175,15 @@ def _ddim_update(x0, eps, logsnr_t, logsnr_s, eta: float, noise):
           + eta * sigma_s * jnp.sqrt(c) * noise)
 
 
-def _ddim_body(predict, schedule, times, cond, keys, eta: float):
-  """The DDIM(eta) step i on the state (x,)."""
+def _ddim_body(predict, schedule, times, cond, keys, eta: float, correlation: float = 0.0):
+  """The DDIM(eta) step i on the state (x,); its fresh noise has the frame `correlation`."""
 
   def body(i, state):
     x, = state
     t, s = times[i], times[i + 1]
     x0, eps = predict(x, t, cond)
-    noise = per_example_normal(keys, i + 1, x.shape[1:]) if eta else None
+    noise = noise_lib.frame_correlated(per_example_normal(keys, i + 1, x.shape[1:]),
+                                       correlation) if eta else None
     return (_ddim_update(x0, eps, schedule.logsnr(t), schedule.logsnr(s), eta, noise),)
 
   return body
@@ -231,7 +238,7 @@ def _step_body(denoiser: Denoiser, cond, keys, schedule: Schedule,
   eta = 1.0 if settings.method == "ddpm" else float(settings.eta)
   if eta and keys is None:
     raise ValueError(f"sampler {settings.method!r} with eta={eta} needs per-example keys")
-  return _ddim_body(predict, schedule, times, cond, keys, eta)
+  return _ddim_body(predict, schedule, times, cond, keys, eta, settings.noise_correlation)
 
 
 def step(denoiser: Denoiser, state: tuple, i, cond, keys, schedule: Schedule,
@@ -273,17 +280,20 @@ def sdedit(denoiser: Denoiser, video, cond, keys, schedule: Schedule,
   """SDEdit (Meng et al.): noise a clean `video` to level `strength` in (0, 1] and sample
   back to t = 0 in `settings.steps` steps. Small strength keeps layout and motion;
   strength 1 ignores the input."""
-  return sample(denoiser, sdedit_start(video, keys, schedule, strength), cond, keys,
+  start = sdedit_start(video, keys, schedule, strength, settings.noise_correlation)
+  return sample(denoiser, start, cond, keys,
                 schedule, settings, t_start=strength, progress=progress, stop=stop)
 
 
-def sdedit_start(video, keys, schedule: Schedule, strength) -> jax.Array:
+def sdedit_start(video, keys, schedule: Schedule, strength,
+                 correlation: float = 0.0) -> jax.Array:
   """SDEdit's starting point: the clean `video` noised to level `strength` with each
-  example's initial noise (sampling then starts at t_start = strength)."""
+  example's initial noise (frame `correlation` as in initial_noise; sampling then starts
+  at t_start = strength)."""
   if isinstance(strength, (int, float)):
     check_strength(strength)
   alpha, sigma = schedule.alpha_sigma(strength)
-  return alpha * video + sigma * initial_noise(keys, video.shape)
+  return alpha * video + sigma * initial_noise(keys, video.shape, correlation)
 
 
 def ddim_invert(denoiser: Denoiser, x0, cond, schedule: Schedule, *, steps: int,

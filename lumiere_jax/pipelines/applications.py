@@ -336,7 +336,8 @@ class ConditionalGenerator:
     extra = conditioning.masked_channels(clip, layout(known))
     encode = lambda t: {**self.model.encode(params["text"], t), EXTRA: extra}
     keys = jax.vmap(jax.random.key)(seeds)
-    return (encode(tokens), encode(negative_tokens)), samplers.initial_noise(keys, clip.shape)
+    noise = samplers.initial_noise(keys, clip.shape, self.settings.noise_correlation)
+    return (encode(tokens), encode(negative_tokens)), noise
 
   def _problem(self, encodings, params, tokens, negative_tokens, seeds, guidance_scale, clip,
                known, replace) -> stepped.Problem:

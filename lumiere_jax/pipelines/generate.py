@@ -270,10 +270,11 @@ class TextToVideo:
     noise 'repeat' repeats its first window's noise (windows.repeated_noise_frames)."""
     shape = (keys.shape[0],) + self.video_shape
     if self.plan is None or self.sampling.settings.noise == "independent":
-      return samplers.initial_noise(keys, shape)
+      return samplers.initial_noise(keys, shape, self.settings.noise_correlation)
     s = self.sampling.settings
     frames = windows_lib.repeated_noise_frames(shape[1], self.plan.window, s.overlap)
-    first = samplers.initial_noise(keys, (shape[0], self.plan.window) + shape[2:])
+    first = samplers.initial_noise(keys, (shape[0], self.plan.window) + shape[2:],
+                                   self.settings.noise_correlation)
     return first[:, frames]
 
   # The sampling program (stepped.Stepped): encodings and start noise, the guided step,
@@ -286,7 +287,8 @@ class TextToVideo:
     if init is None:
       x = layout(self.initial_noise(keys))
     else:
-      x = samplers.sdedit_start(layout(init), keys, self.schedule, strength)
+      x = samplers.sdedit_start(layout(init), keys, self.schedule, strength,
+                                self.settings.noise_correlation)
     return self.encode(params, tokens, negative_tokens, expert_params), x
 
   def _problem(self, encodings, params, tokens, negative_tokens, seeds, guidance_scale,

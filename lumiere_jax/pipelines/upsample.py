@@ -144,7 +144,7 @@ class Upsampler:
     frame_cond = {"noise_level": levels, EXTRA: extra}
     encodings = tuple({**model.encode(params["text"], t), **frame_cond}
                       for t in (tokens, negative_tokens))
-    return encodings, samplers.initial_noise(keys, extra.shape)
+    return encodings, samplers.initial_noise(keys, extra.shape, self.settings.noise_correlation)
 
   def _problem(self, plan, guided, encodings, params, low_res, tokens, negative_tokens,
                seeds, guidance_scale, level) -> stepped.Problem:
