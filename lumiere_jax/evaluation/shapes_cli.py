@@ -170,7 +170,7 @@ def load_sampler(args, steps):
   model = generate.TextToVideo(config, params, settings, expert=generate.expert_from_args(args),
                                expert_switch=switch)
   record = {"pipeline": args.pipeline, "sampler": settings.method, "steps": settings.steps,
-            "time_power": settings.time_power,
+            "time_power": settings.time_power, "noise_correlation": settings.noise_correlation,
             "expert": args.expert_checkpoint or args.expert or (
                 section.get("low_noise_expert") if model.expert is not None else None),
             "expert_switch": model.expert_switch,
