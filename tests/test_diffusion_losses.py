@@ -66,6 +66,49 @@ def test_loss_is_the_weighted_x0_error_for_every_parametrisation(prediction, wei
   assert metrics["loss"] == loss and float(metrics["cfg_dropped"]) == 0.0
 
 
+def test_frame_mass_drift_is_the_variance_over_frames_of_the_errors_per_frame_mean():
+  """An error of c[b, f, ch] per frame plus any pattern of zero spatial mean: the drift is
+  mean over (f, ch) of (c - mean_f c)^2, written out in numpy; the pattern adds nothing,
+  and a c that is the same in every frame gives 0."""
+  b, t, h, w, ch = 3, 5, 6, 7, 2
+  rng = np.random.default_rng(0)
+  c = rng.normal(size=(b, t, 1, 1, ch))
+  pattern = rng.normal(size=(b, t, h, w, ch))
+  pattern -= pattern.mean(axis=(2, 3), keepdims=True)
+  x0 = jnp.asarray(rng.uniform(-1, 1, size=(b, t, h, w, ch)), jnp.float32)
+  want = np.mean(np.square(c - c.mean(axis=1, keepdims=True)), axis=(1, 2, 3, 4))
+  got = losses.frame_mass_drift(x0 + jnp.asarray(c + pattern, jnp.float32), x0)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
+  assert np.all(want > 0.1)
+  steady = losses.frame_mass_drift(x0 + jnp.asarray(c[:, :1] + pattern, jnp.float32), x0)
+  np.testing.assert_allclose(steady, 0.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("prediction", predictions.PREDICTIONS)
+def test_frame_mass_weight_adds_its_weight_times_the_drift_in_x0(prediction):
+  """A denoiser whose x0 is off by 0 in frame 0 and 0.2 in frame 1: the drift is 0.1^2,
+  and the loss with weight 50 is the plain loss plus 50 * 0.01, whatever the network
+  predicts. Images have no frames: the weight changes nothing there."""
+  config = diffusion_config(prediction=prediction)
+  schedule = schedules.schedule_from_config(config, SHAPE[-3])
+  x0 = jax.random.uniform(jax.random.key(0), SHAPE, minval=-1, maxval=1)
+  delta = jnp.asarray([0.0, 0.2]).reshape(1, 2, 1, 1, 1)
+  plain, _ = losses.diffusion_loss(off_by(x0, delta, prediction, schedule, []), None, x0,
+                                   None, jax.random.key(1), config)
+  config.frame_mass_weight = 50.0
+  loss, metrics = losses.diffusion_loss(off_by(x0, delta, prediction, schedule, []), None,
+                                        x0, None, jax.random.key(1), config)
+  np.testing.assert_allclose(metrics["frame_mass"], 0.01, rtol=2e-3)
+  np.testing.assert_allclose(loss - plain, 0.5, rtol=2e-3)
+  images = x0[:, 0]
+  weighted, metrics = losses.diffusion_loss(off_by(images, 0.1, prediction, schedule, []),
+                                            None, images, None, jax.random.key(1), config)
+  config.frame_mass_weight = 0.0
+  unweighted, _ = losses.diffusion_loss(off_by(images, 0.1, prediction, schedule, []), None,
+                                        images, None, jax.random.key(1), config)
+  assert float(weighted) == float(unweighted) and "frame_mass" not in metrics
+
+
 @pytest.mark.parametrize("gamma", [0.5, 2.0, 20.0])
 def test_min_snr_weight_caps_snr_at_gamma(gamma):
   """min(SNR, gamma) on the x0 error, for the gamma configured; the levels drawn straddle
@@ -200,7 +243,8 @@ def test_validation_names_the_field():
                        ("ssr_residual_scale", -1.0), ("ssr_residual_scale", float("inf")),
                        ("ssr_residual_base", "lanczos"), ("window_noise", "shared"),
                        ("window_weighting", "pyramid"), ("time_power", 0.0),
-                       ("time_power", 9.0)]:
+                       ("time_power", 9.0), ("frame_mass_weight", -1.0),
+                       ("frame_mass_weight", float("nan"))]:
     with pytest.raises(ConfigError):
       validate_diffusion_config(diffusion_config(**{field: value}))
   loaded = default_diffusion_config().to_dict()  # a config read from JSON is not typed

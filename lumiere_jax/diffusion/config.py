@@ -51,6 +51,10 @@ def default_diffusion_config() -> ml_collections.ConfigDict:
   # frame's noise stays N(0, I), two frames' noise at a pixel has this correlation, in
   # training and in every noise draw of sampling. 0 is the paper's independent noise.
   c.frame_noise_correlation = 0.0
+  # A training term on an object's size over the clip (losses.frame_mass_drift, not in
+  # the paper): this weight times the squared drift over the frames of the x0 error's
+  # per-frame mean. 0 trains the paper's plain loss.
+  c.frame_mass_weight = 0.0
   c.sampler = "dpmpp"                  # 'ddpm' | 'ddim' | 'dpmpp'
   c.steps = 64
   c.eta = 0.0                          # DDIM noise (0 = deterministic); 'ddpm' is eta 1
@@ -146,6 +150,10 @@ def validate_diffusion_config(c: ml_collections.ConfigDict) -> None:
   if not 0.0 <= c.cfg_dropout < 1.0:
     raise ConfigError(f"diffusion.cfg_dropout={c.cfg_dropout} is invalid; allowed: [0, 1)")
   check_guidance(c.guidance)
+  mass = c.get("frame_mass_weight", 0.0)
+  if not (isinstance(mass, (int, float)) and math.isfinite(mass) and mass >= 0):
+    raise ConfigError(f"diffusion.frame_mass_weight={mass} is invalid; allowed: a finite "
+                      "number >= 0 (0: the plain loss)")
   sampler_settings(c)
   if c.window < 0 or c.window_overlap < 0 or (c.window and c.window <= c.window_overlap):
     raise ConfigError(f"diffusion.window={c.window} / diffusion.window_overlap="

@@ -13,6 +13,12 @@ how the options compare (Kingma & Gao, "Understanding diffusion objectives"):
                               low-noise end capped, which speeds up convergence
 The error actually computed is in the network's own parametrisation, scaled by
 w / w_native, so the default (v-prediction, 'v' weighting) is exactly plain v-MSE.
+
+Frame mass (diffusion.frame_mass_weight, not in the paper; 0 by default). For videos, a
+second term on the x0 error: its spatial mean per frame and channel, less that mean over
+the frames, squared (frame_mass_drift). An object that swells or fades over the clip
+changes its frame's mean; plain MSE gives that one direction of HxW the weight of one
+pixel, this term the weight it is given.
 """
 
 import jax
@@ -56,6 +62,15 @@ def _per_example_mean(x):
 
 def _expand(per_example, x):
   return per_example.reshape(per_example.shape + (1,) * (x.ndim - 1))
+
+
+def frame_mass_drift(x0_hat, x0):
+  """Per example [B]: the x0 error's mean over rows and columns per frame and channel
+  (m [B, T, C]), less its mean over the frames, squared and averaged. Zero when the
+  error's per-frame mass is the same in every frame, whatever the error is otherwise."""
+  m = jnp.mean(x0_hat.astype(jnp.float32) - x0, axis=(2, 3))
+  drift = m - jnp.mean(m, axis=1, keepdims=True)
+  return jnp.mean(jnp.square(drift), axis=(1, 2))
 
 
 def shifted_levels(schedule, t, rng, config):
@@ -128,8 +143,16 @@ def diffusion_loss(denoise_fn, params, x0, cond, rng, config, uncond=None, auxil
   weight = prediction_weight(logsnr, config.loss_weighting, config.prediction,
                              config.min_snr_gamma)
   loss = jnp.mean(weight * mse)
+  mass_weight = config.get("frame_mass_weight", 0.0)
+  mass_metrics = {}
+  if mass_weight and x0.ndim == 5:
+    x0_hat, _ = predictions.to_x0_eps(out, z, alpha, sigma, config.prediction)
+    drift = jnp.mean(frame_mass_drift(x0_hat, x0))
+    loss = loss + mass_weight * drift
+    mass_metrics = {"frame_mass": drift}
   if auxiliary:
     loss = loss + aux_loss
   metrics = {"loss": loss, "mse": jnp.mean(mse),
-             "cfg_dropped": jnp.mean(dropped.astype(jnp.float32)), **aux_metrics}
+             "cfg_dropped": jnp.mean(dropped.astype(jnp.float32)), **mass_metrics,
+             **aux_metrics}
   return loss, metrics
