@@ -570,6 +570,38 @@ def test_level_attention_is_the_identity_at_init_and_then_mixes_frames_per_pixel
   assert changed.sum() == 4  # and nothing else
 
 
+def test_pooled_level_attention_is_the_identity_at_init_and_then_spans_space_and_time():
+  """model.temporal.attention_grid: the level attention blocks attend over every frame and
+  cell of the level pooled to N x N. Identity at init; once trained, a change at one pixel
+  of frame 0 moves every frame and every cell, and by the same amount at each pixel of a
+  cell (the pooled cells' change is repeated back)."""
+  config, params = _setup((True, True))
+  _assert_new_group_unchanged_at_init(config, params, "level_attention",
+                                      ["model.temporal.attention_levels=(0, 1)",
+                                       "model.temporal.attention_grid=4"])
+  block = tl.PooledSpaceTimeAttention(heads=4, grid=2)
+  video = jax.random.normal(jax.random.key(2), (1, 3, 4, 4, 32))
+  block_params = block.init(jax.random.key(1), video)["params"]
+  np.testing.assert_array_equal(block.apply({"params": block_params}, video), video)
+  block_params = trained_weights.perturbed(block_params, seed=5, scale=0.2)
+  out = block.apply({"params": block_params}, video)
+  poke = jax.random.normal(jax.random.key(3), (32,))  # not constant over the channels,
+  poked = block.apply({"params": block_params}, video.at[0, 0, 1, 1].add(poke))  # which
+  change = np.array(poked - out)[0]  # [T, H, W, C]; the layer norm would remove
+  change[0, 1, 1] -= np.asarray(poke)  # the poke itself
+  assert (np.abs(change).max(axis=-1) > 1e-6).all()
+  cells = change.reshape(3, 2, 2, 2, 2, 32)
+  np.testing.assert_allclose(cells, np.broadcast_to(cells[:, :, :1, :, :1], cells.shape),
+                             atol=1e-6)
+
+
+@pytest.mark.parametrize("grid", ["3", "-1", "64"])
+def test_bad_attention_grid_is_named(grid):
+  with pytest.raises(ConfigError, match="attention_grid"):
+    load_config("shapes_tiny:t2v", ["model.temporal.attention_levels=(0, 1)",
+                                    f"model.temporal.attention_grid={grid}"])
+
+
 @pytest.mark.parametrize("levels", ["(2,)", "(0, 0)", "(-1,)", "(0.5,)", "(True,)"])
 def test_bad_attention_levels_are_named(levels):
   with pytest.raises(ConfigError, match="attention_levels"):

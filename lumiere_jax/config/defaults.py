@@ -128,6 +128,12 @@ def base_config() -> ml_collections.ConfigDict:
   # 1: jitter 4.3x -> 3.3x ground truth's, area stability 13.7x -> 13.1x, two-object
   # shape down (docs/learning_record.md, "Stop 57"; not shipped).
   temporal.attention_levels = ()
+  # 0: those blocks attend over the frames at each pixel. N > 0: over every (frame, row,
+  # column) token of the level average-pooled to an N x N grid, their output repeated
+  # back to the level's pixels (space-time attention that follows an object across the
+  # clip at a cost a pixel's attention would not reach: 16 x 32 x 32 tokens at level 0).
+  # Not in the paper; identity at init either way.
+  temporal.attention_grid = 0
 
   config.text = text = ml_collections.ConfigDict()
   # A built-in word vocabulary by name ("shapes") or a word list file, one word per line;

@@ -110,6 +110,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(all(channels[level] % temporal.num_heads == 0 for level in levels),
            "model.temporal.attention_levels", levels,
            f"levels whose width model.temporal.num_heads={temporal.num_heads} divides")
+    grid = temporal.get("attention_grid", 0)
+    sizes = [data.resolution // 2 ** level for level in levels]
+    _check(isinstance(grid, int) and not isinstance(grid, bool) and grid >= 0
+           and all(size % grid == 0 for size in sizes) if grid else grid == 0,
+           "model.temporal.attention_grid", grid,
+           f"0 (per pixel) or a divisor of the attention levels' sizes {sizes}")
     _check(channels[-1] % temporal.num_heads == 0, "model.temporal.num_heads",
            temporal.num_heads, f"a divisor of the coarsest width {channels[-1]}")
     factor = temporal_factor(model)

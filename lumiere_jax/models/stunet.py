@@ -44,6 +44,7 @@ class TemporalSpec:
   caption_parts: int = 0  # > 0: and one pooled token per part of their caption
   film_pool: bool = False  # the conv blocks' FiLM pools the caption per position
   attention_levels: tuple = ()  # conv levels whose blocks are followed by attention
+  attention_grid: int = 0  # > 0: that attention is space-time on an N x N pooled grid
 
   @classmethod
   def from_config(cls, temporal_config) -> "TemporalSpec":
@@ -60,7 +61,8 @@ class TemporalSpec:
                caption_parts=int(temporal_config.get("caption_parts", 0)),
                film_pool=temporal_config.get("film_pooling", "mean") == "attention",
                attention_levels=tuple(int(level) for level in
-                                      temporal_config.get("attention_levels", ())))
+                                      temporal_config.get("attention_levels", ())),
+               attention_grid=int(temporal_config.get("attention_grid", 0)))
 
 
 class TemporalLayers(nn.Module):
@@ -125,14 +127,22 @@ class LevelAttention(nn.Module):
   keyed like them (model.temporal.attention_levels, parameter group 'level_attention'):
   self-attention over the clip's frames at each pixel (the paper's temporal attention,
   without text; identity at init). Per pixel, not space-time: over every token of a fine
-  level it costs more than the rest of the step (docs/learning_record.md, "Stop 57")."""
+  level it costs more than the rest of the step (docs/learning_record.md, "Stop 57").
+  With `spec.attention_grid`, space-time attention on the level pooled to that grid
+  (tl.PooledSpaceTimeAttention) instead."""
 
   unet: UNetSpec
   spec: TemporalSpec
 
   def setup(self):
-    make = maybe_remat(tl.AttentionInflationBlock, self.unet.remat)
-    self.blocks = {name: make(self.spec.heads, False, False, dtype=jnp.dtype(self.unet.dtype))
+    dtype = jnp.dtype(self.unet.dtype)
+    if self.spec.attention_grid:
+      make = maybe_remat(tl.PooledSpaceTimeAttention, self.unet.remat)
+      block = lambda: make(self.spec.heads, self.spec.attention_grid, dtype=dtype)
+    else:
+      make = maybe_remat(tl.AttentionInflationBlock, self.unet.remat)
+      block = lambda: make(self.spec.heads, False, False, dtype=dtype)
+    self.blocks = {name: block()
                    for name in conv_block_names(self.unet, self.spec.attention_levels)}
 
 

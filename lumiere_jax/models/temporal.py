@@ -290,3 +290,25 @@ class AttentionInflationBlock(nn.Module):
     else:
       h = h.reshape(b, hh, ww, t, c).transpose(0, 3, 1, 2, 4)
     return x + h.astype(x.dtype)
+
+
+class PooledSpaceTimeAttention(nn.Module):
+  """Space-time self-attention over a video [B, T, H, W, C] average-pooled to a
+  `grid` x `grid` grid: AttentionInflationBlock(spacetime=True, no text) on the pooled
+  cells, whose change to them is repeated back over each cell's pixels and added to the
+  input. Every cell of every frame reads every other, so a fine level can see an object
+  across the whole clip; identity at init (the block's zero-initialised projection)."""
+
+  heads: int
+  grid: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    b, t, hh, ww, c = x.shape
+    ph, pw = hh // self.grid, ww // self.grid
+    pooled = x.reshape(b, t, self.grid, ph, self.grid, pw, c).mean(axis=(3, 5))
+    change = AttentionInflationBlock(self.heads, False, True, dtype=self.dtype,
+                                     name="attention")(pooled) - pooled
+    change = jnp.repeat(jnp.repeat(change, ph, axis=2), pw, axis=3)
+    return x + change.astype(x.dtype)
