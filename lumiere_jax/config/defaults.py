@@ -132,7 +132,9 @@ def base_config() -> ml_collections.ConfigDict:
   # column) token of the level average-pooled to an N x N grid, their output repeated
   # back to the level's pixels (space-time attention that follows an object across the
   # clip at a cost a pixel's attention would not reach: 16 x 32 x 32 tokens at level 0).
-  # Not in the paper; identity at init either way.
+  # Not in the paper; identity at init either way. On shapes_tiny, 8 at levels 0 and 1
+  # steadied nothing (area stability 16.2x ground truth's; docs/learning_record.md,
+  # "Stop 59"; not shipped).
   temporal.attention_grid = 0
 
   config.text = text = ml_collections.ConfigDict()

@@ -53,7 +53,8 @@ def default_diffusion_config() -> ml_collections.ConfigDict:
   c.frame_noise_correlation = 0.0
   # A training term on an object's size over the clip (losses.frame_mass_drift, not in
   # the paper): this weight times the squared drift over the frames of the x0 error's
-  # per-frame mean. 0 trains the paper's plain loss.
+  # per-frame mean. 0 trains the paper's plain loss. On shapes_tiny, 100 lowered the term
+  # by a fifth but not the samples' wobble (docs/learning_record.md, "Stop 59").
   c.frame_mass_weight = 0.0
   c.sampler = "dpmpp"                  # 'ddpm' | 'ddim' | 'dpmpp'
   c.steps = 64
