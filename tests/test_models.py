@@ -585,9 +585,10 @@ def test_pooled_level_attention_is_the_identity_at_init_and_then_spans_space_and
   np.testing.assert_array_equal(block.apply({"params": block_params}, video), video)
   block_params = trained_weights.perturbed(block_params, seed=5, scale=0.2)
   out = block.apply({"params": block_params}, video)
-  poke = jax.random.normal(jax.random.key(3), (32,))  # not constant over the channels,
-  poked = block.apply({"params": block_params}, video.at[0, 0, 1, 1].add(poke))  # which
-  change = np.array(poked - out)[0]  # [T, H, W, C]; the layer norm would remove
+  # A poke that is not the same in every channel (the layer norm would remove that one).
+  poke = jax.random.normal(jax.random.key(3), (32,))
+  poked = block.apply({"params": block_params}, video.at[0, 0, 1, 1].add(poke))
+  change = np.array(poked - out)[0]  # [T, H, W, C]
   change[0, 1, 1] -= np.asarray(poke)  # the poke itself
   assert (np.abs(change).max(axis=-1) > 1e-6).all()
   cells = change.reshape(3, 2, 2, 2, 2, 32)
