@@ -205,6 +205,26 @@ def test_ground_truth_against_itself_has_ratio_one():
   assert report["ground_truth"]["consistency"]["flicker"] == 0.0  # 0 / 0 counts as 1
 
 
+def test_from_truth_hands_each_video_its_own_ground_truth():
+  # 13 prompts in batches of 5 at seed 7: each call's starting noise level is passed on
+  # and video i starts from item i's clip (the padded tail repeats the last), so a
+  # sampler that returns its input scores exactly as the ground truth.
+  items = shapes_eval.held_out_items(13, seed=7, resolution=32, num_frames=16)
+  calls = []
+
+  def identity(captions, seed, init_video, strength):
+    calls.append((seed, strength, len(init_video)))
+    return init_video
+
+  edit = shapes_eval.from_truth(identity, items, seed=7, strength=0.25)
+  report, videos = shapes_eval.evaluate(edit, items, seed=7, batch=5)
+  assert calls == [(7, 0.25, 5), (12, 0.25, 5), (17, 0.25, 5)]
+  assert np.array_equal(videos, np.stack([item.ground_truth for item in items]))
+  ratio = report["ratio"]
+  for figures in (ratio["accuracy"], ratio["per_motion"], ratio["consistency"]):
+    assert all(v == 1.0 for v in figures.values()), figures
+
+
 def test_one_and_two_object_prompts_are_scored_apart():
   items = shapes_eval.held_out_items(16, seed=0, resolution=32, num_frames=16)
   captions = [item.caption for item in items]
@@ -282,6 +302,20 @@ def test_eval_shapes_end_to_end(tmp_path, capsys, fresh_model):
   assert "moving left" in capsys.readouterr().out
 
 
+def test_eval_shapes_from_truth_at_a_low_level_returns_the_ground_truth(tmp_path, capsys,
+                                                                       fresh_model):
+  # From t = 0.01 (noise std 0.016) even an untrained model only redraws the last
+  # hundredth of the noise: each clip comes back within a few levels of its own truth.
+  out, clips = tmp_path / "e.json", tmp_path / "clips.npz"
+  code = cli.main(["eval", "shapes", "--num", "3", "--batch", "2", "--from-truth", "0.01",
+                   "--json", str(out), "--videos", str(clips), "--quiet"])
+  assert code == 0, capsys.readouterr().err
+  assert json.loads(out.read_text())["settings"]["from_truth"] == 0.01
+  with np.load(clips) as saved:
+    error = np.abs(saved["model"].astype(int) - saved["ground_truth"].astype(int))
+  assert error.mean() < 2 and error.max() < 16, (error.mean(), error.max())
+
+
 def test_eval_shapes_stylized_at_alpha_0_is_plain_generation(tmp_path, capsys, monkeypatch):
   from lumiere_jax.config import load_config
   from lumiere_jax.pipelines import generate
@@ -317,6 +351,9 @@ def test_eval_shapes_stylized_at_alpha_0_is_plain_generation(tmp_path, capsys, m
     (["--alpha", "0.5"], "--alpha goes with --style"),
     (["--style", "outlined"], "--alpha goes with --style"),
     (["--style", "outlined", "--alpha", "1.5"], "alpha must be in [0, 1]"),
+    (["--from-truth", "0"], "--from-truth must be in (0, 1], got 0.0"),
+    (["--from-truth", "0.5", "--pipeline", "keyframes-tsr"],
+     "--from-truth applies to --pipeline stunet"),
 ])
 def test_bad_input_is_one_line_exit_2_before_any_work(tmp_path, capsys, fresh_model, argv,
                                                       match):

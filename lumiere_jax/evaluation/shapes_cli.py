@@ -70,6 +70,10 @@ def add_arguments(parser) -> None:
                      help="each prompt's negative prompt is the same prompt with the "
                      "opposite motion (left/right, up/down, growing/shrinking, "
                      "bouncing around/standing still)")
+  parser.add_argument("--from-truth", type=float, metavar="S",
+                      help="each clip an SDEdit of its prompt's ground truth from noise "
+                      "level S in (0, 1] (--pipeline stunet): what the model's steps at "
+                      "t <= S alone do to a right clip")
   generate.add_expert_arguments(parser)
   parser.add_argument("--json", type=pathlib.Path, help="write the report and settings")
   parser.add_argument("--sheet", type=pathlib.Path, help="contact sheet (.png) of the "
@@ -100,6 +104,11 @@ def check_args(args) -> None:
     raise UserError(f"--tsr-checkpoint and --tsr-model apply to --pipeline {keyframes.NAME}")
   if args.pipeline == keyframes.NAME and args.contrast:
     raise UserError("--contrast applies to --pipeline stunet")
+  if args.from_truth is not None:
+    if args.pipeline != "stunet":
+      raise UserError("--from-truth applies to --pipeline stunet")
+    if not 0.0 < args.from_truth <= 1.0:
+      raise UserError(f"--from-truth must be in (0, 1], got {args.from_truth}")
   styled = args.style is not None or args.style_checkpoint is not None
   if styled != (args.alpha is not None):
     raise UserError("--alpha goes with --style or --style-checkpoint, and they with it")
@@ -196,11 +205,12 @@ def load_sampler(args, steps):
     check_model(config)
   if args.contrast:
     record["negative_prompt"] = None  # one per prompt
-    sample = lambda captions, seed: model(
+    sample = lambda captions, seed, **init: model(
         captions, seed, guidance,
-        negative_prompt=[shapes_eval.contrast_prompt(c) for c in captions])
+        negative_prompt=[shapes_eval.contrast_prompt(c) for c in captions], **init)
   else:
-    sample = lambda captions, seed: model(captions, seed, guidance, negative_prompt=negative)
+    sample = lambda captions, seed, **init: model(captions, seed, guidance,
+                                                  negative_prompt=negative, **init)
   return sample, record, config.data.num_frames, config.data.resolution
 
 
@@ -210,6 +220,8 @@ def run(args) -> int:
   sample, record, frames, resolution = load_sampler(args, args.steps)
   items = shapes_eval.held_out_items(args.num, args.seed, resolution, frames,
                                      args.combinations)
+  if args.from_truth is not None:
+    sample = shapes_eval.from_truth(sample, items, args.seed, args.from_truth)
   bar = tqdm.tqdm(total=args.num, desc="evaluating", unit="video", disable=args.quiet)
   report, videos = shapes_eval.evaluate(sample, items, args.seed, args.batch,
                                         lambda done: bar.update(done - bar.n))
@@ -222,6 +234,7 @@ def run(args) -> int:
   print(shapes_eval.table(report))
   settings_record = {
       "num": args.num, "seed": args.seed, "combinations": args.combinations, **record,
+      "from_truth": args.from_truth,
       "resolution": resolution,
       "frames": frames, "checkpoint": args.checkpoint,
       "step": args.step, "model": None if args.checkpoint else (args.model or

@@ -225,6 +225,23 @@ def evaluate(sample: Callable[[list, int], np.ndarray], items: Sequence[EvalItem
           "captions": captions}, np.stack(videos)
 
 
+def from_truth(sample: Callable, items: Sequence[EvalItem], seed: int,
+               strength: float) -> Callable[[list, int], np.ndarray]:
+  """`sample(captions, seed, init_video=, strength=)` as `evaluate` calls it, each video
+  an SDEdit of its item's ground truth from noise level `strength`: the consistency a
+  model's steps at t <= strength alone cost a right clip. `evaluate` calls with
+  seed + start for the items from `start` on (padding repeats the last)."""
+  truth = np.stack([item.ground_truth for item in items])
+
+  def edit(captions, call_seed):
+    start = call_seed - seed
+    init = truth[start:start + len(captions)]
+    init = np.concatenate([init, np.repeat(init[-1:], len(captions) - len(init), axis=0)])
+    return sample(captions, call_seed, init_video=init, strength=strength)
+
+  return edit
+
+
 def table(report: dict) -> str:
   """The per-motion accuracy table and the overall figures, as text."""
   m, g, r = report["model"], report["ground_truth"], report["ratio"]
