@@ -122,6 +122,7 @@ def run(args, debug: bool = False) -> int:
   try:
     runtime.check_xla_flags()  # XLA aborts the process on an unknown option
     runtime.apply_cpu_defaults()  # before the backend starts: this CPU's XLA:CPU options
+    runtime.apply_cpu_devices()  # LUMIERE_CPU_DEVICES: a device per core, if asked
     return args._module.run(args) or 0
   except KeyboardInterrupt as e:  # errors.Interrupted says what was kept
     print(f"{args._prog}: {errors.flatten(e) or 'interrupted'}", file=sys.stderr)

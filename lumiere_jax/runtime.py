@@ -51,7 +51,7 @@ import threading
 import time
 from typing import Callable, Optional
 
-from lumiere_jax.errors import Interrupted
+from lumiere_jax.errors import Interrupted, UserError
 
 CACHE_ENV = "LUMIERE_COMPILATION_CACHE"  # a directory, or "off"
 INTERRUPT_GRACE_S = 1.0  # how long a Ctrl-C may wait for a safe point
@@ -186,6 +186,56 @@ def apply_cpu_defaults(cache_dir: str = "~/.cache/lumiere_jax",
   os.environ[XLA_FLAGS_ENV] = combined
   return added
 
+
+
+# One XLA:CPU device per core (benchmarks/RESULTS.md, "One XLA:CPU device per core").
+# XLA:CPU runs one program's ops one after the other, each split over the cores by its
+# own thread pool, and some split badly: a 3x3 kernel gradient at 32x32 runs on one core
+# of two. With a device per core and each device's ops on one thread, the mesh's data
+# axis gives each core its share of the batch and every op keeps its core busy: on a
+# 2-core Xeon the peer-matched train step 0.434 -> 0.408 s, the shapes t2v train step
+# (batch 8) 2.1-2.3 -> 1.85 s. Opt-in, since it changes jax.devices() and so the mesh.
+CPU_DEVICES_ENV = "LUMIERE_CPU_DEVICES"  # "cores", or a device count
+DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
+def available_cores() -> int:
+  """The cores this process may run on (its CPU affinity, as `taskset` sets it)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    return os.cpu_count() or 1
+
+
+def cpu_device_flags(value: str, cores: int) -> tuple:
+  """The XLA_FLAGS options for LUMIERE_CPU_DEVICES=`value` ('' or unset: none; 'cores':
+  one device per core; N: N devices), each device's ops on one thread."""
+  if value == "":
+    return ()
+  if value == "cores":
+    count = cores
+  else:
+    try:
+      count = int(value)
+    except ValueError:
+      count = 0
+    if count < 1:
+      raise UserError(f"{CPU_DEVICES_ENV}={value!r}: give 'cores' or a device count >= 1")
+  return (f"{DEVICE_COUNT_FLAG}={count}", "--xla_cpu_multi_thread_eigen=false")
+
+
+def apply_cpu_devices() -> tuple:
+  """Adds cpu_device_flags(LUMIERE_CPU_DEVICES) to XLA_FLAGS before the backend starts;
+  returns them. A device count already in XLA_FLAGS is a conflict, said in one line."""
+  added = cpu_device_flags(os.environ.get(CPU_DEVICES_ENV, "").strip(), available_cores())
+  if not added:
+    return ()
+  flags = os.environ.get(XLA_FLAGS_ENV, "")
+  if any(option.split("=")[0] == DEVICE_COUNT_FLAG for option in flags.split()):
+    raise UserError(f"{CPU_DEVICES_ENV} and {XLA_FLAGS_ENV} both set the CPU device count "
+                    f"({DEVICE_COUNT_FLAG}); give one")
+  os.environ[XLA_FLAGS_ENV] = " ".join((flags, *added)).strip()
+  return added
 
 # ---------------------------------------------------------------------------------------
 # Ctrl-C

@@ -6,8 +6,10 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from lumiere_jax import runtime
+from lumiere_jax.errors import UserError
 
 AVX2 = frozenset({"sse4_2", "avx", "avx2", "fma"})
 AVX512 = AVX2 | {"avx512f", "avx512bw", "avx512_bf16"}
@@ -91,3 +93,74 @@ def test_the_options_change_the_program_not_the_gradients(tmp_path):
   for key, value in results["default"][1].items():
     np.testing.assert_allclose(results["avx2"][1][key], value, rtol=1e-4,
                                atol=1e-4 * np.abs(value).max())
+
+
+def test_cpu_devices_option_is_parsed_and_refused_in_one_line(monkeypatch):
+  assert runtime.cpu_device_flags("", 2) == ()
+  assert runtime.cpu_device_flags("cores", 2) == (
+      "--xla_force_host_platform_device_count=2", "--xla_cpu_multi_thread_eigen=false")
+  assert runtime.cpu_device_flags("3", 2)[0] == "--xla_force_host_platform_device_count=3"
+  for bad in ("0", "-1", "two", "1.5"):
+    with pytest.raises(UserError, match="LUMIERE_CPU_DEVICES"):
+      runtime.cpu_device_flags(bad, 2)
+  monkeypatch.setenv(runtime.CPU_DEVICES_ENV, "2")
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+  with pytest.raises(UserError, match="both set the CPU device count"):
+    runtime.apply_cpu_devices()
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+  assert runtime.apply_cpu_devices() == runtime.cpu_device_flags("2", 2)
+  assert os.environ["XLA_FLAGS"].split()[0] == "--xla_cpu_enable_fast_math=false"
+  monkeypatch.delenv(runtime.CPU_DEVICES_ENV)
+  monkeypatch.setenv("XLA_FLAGS", "")
+  assert runtime.apply_cpu_devices() == () and os.environ["XLA_FLAGS"] == ""
+
+
+def test_a_bad_cpu_devices_value_is_one_line_and_exit_2():
+  env = dict(os.environ, LUMIERE_CPU_DEVICES="none")
+  run = subprocess.run([sys.executable, "-m", "lumiere_jax.cli", "bench", "tiny-t2v"],
+                       env=env, capture_output=True, text=True, timeout=120, check=False)
+  assert run.returncode == 2
+  assert run.stderr.strip().splitlines() == [
+      "lumiere bench: error: LUMIERE_CPU_DEVICES='none': give 'cores' or a device count >= 1"]
+
+
+DATA_PARALLEL_PROGRAM = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from lumiere_jax import runtime
+    runtime.apply_cpu_devices()
+    import jax, jax.numpy as jnp
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+    devices = jax.devices()
+    mesh = jax.make_mesh((len(devices),), ("data",), axis_types=(AxisType.Auto,))
+    def loss(w, x):
+      y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      return jnp.mean(jax.nn.silu(y) ** 2)
+    rng = np.random.default_rng(0)
+    x = jax.device_put(rng.standard_normal((8, 32, 32, 16)).astype(np.float32),
+                       NamedSharding(mesh, P("data")))
+    w = jax.device_put((0.1 * rng.standard_normal((3, 3, 16, 32))).astype(np.float32),
+                       NamedSharding(mesh, P()))
+    grad = jax.jit(jax.grad(loss))(w, x)
+    print(len(devices), len(x.addressable_shards))
+    np.save(sys.argv[1], np.asarray(grad))
+""")
+
+
+def test_a_device_per_core_splits_the_batch_and_keeps_the_gradient(tmp_path):
+  """LUMIERE_CPU_DEVICES=2 in a fresh process: two CPU devices, the batch in two
+  shards, and the kernel gradient summed across them equals one device's."""
+  grads = {}
+  for name, value in (("one", ""), ("two", "2")):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", LUMIERE_CPU_DEVICES=value,
+               LUMIERE_COMPILATION_CACHE="off")
+    out = tmp_path / f"{name}.npy"
+    run = subprocess.run([sys.executable, "-c", DATA_PARALLEL_PROGRAM, str(out)], env=env,
+                         capture_output=True, text=True, timeout=300, check=True)
+    grads[name] = (run.stdout.split()[-2:], np.load(out))
+  assert grads["one"][0] == ["1", "1"] and grads["two"][0] == ["2", "2"]
+  reference = grads["one"][1]
+  assert np.abs(reference).max() > 0
+  np.testing.assert_allclose(grads["two"][1], reference, rtol=1e-5,
+                             atol=1e-5 * np.abs(reference).max())

@@ -788,10 +788,11 @@ class _FlatMatmulOps(nn.Module):
     return layers.Dense(4)(x)
 
 
-def test_flat_matmul_gradients_only_outside_a_partitioned_mesh():
+def test_flat_matmul_gradients_only_where_no_axis_but_data_is_split():
   # The matmul gradients merge activation axes into rows, which GSPMD cannot keep split
-  # (layers.flat_matmuls): inside a mesh of several devices the plain ops run instead,
-  # with the same value and gradients.
+  # where rows or tokens are (layers.flat_matmuls): in a mesh with devices on an axis
+  # other than 'data' the plain ops run instead; along 'data' alone (a device per CPU
+  # core) the merged rows keep the batch split. The same value and gradients each way.
   if jax.device_count() < 2:
     pytest.skip("needs 2 devices (XLA_FLAGS=--xla_force_host_platform_device_count=2)")
   module = _FlatMatmulOps()
@@ -805,18 +806,22 @@ def test_flat_matmul_gradients_only_outside_a_partitioned_mesh():
     with sharding.activation_sharding(mesh, ()):
       return str(jax.make_jaxpr(grad)(params, x)), jax.jit(grad)(params, x)
 
-  devices = np.asarray(jax.devices())
-  one, two = (jax.sharding.Mesh(devices[:n], ("data",)) for n in (1, 2))
-  flat_jaxpr, flat = traced(one)
-  plain_jaxpr, plain = traced(two)
+  devices = np.asarray(jax.devices()[:2])
+  meshes = {"one": jax.sharding.Mesh(devices[:1], ("data",)),
+            "data": jax.sharding.Mesh(devices, ("data",)),
+            "fsdp": jax.sharding.Mesh(devices.reshape(1, 2), ("data", "fsdp"))}
+  runs = {name: traced(mesh) for name, mesh in meshes.items()}
   # Convolutions in the gradient program: each op's forward, input and kernel gradients
   # (6), against the two forwards and the temporal input gradient (3) where the kernel
   # gradients and the 1x1 input gradient are matmuls.
-  assert plain_jaxpr.count("conv_general_dilated[") == 6
-  assert flat_jaxpr.count("conv_general_dilated[") == 3
+  assert runs["fsdp"][0].count("conv_general_dilated[") == 6
+  assert runs["one"][0].count("conv_general_dilated[") == 3
+  assert runs["data"][0].count("conv_general_dilated[") == 3
   assert str(jax.make_jaxpr(grad)(params, x)).count("conv_general_dilated[") == 3  # no mesh
-  for got, want in zip(jax.tree_util.tree_leaves(flat), jax.tree_util.tree_leaves(plain)):
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  for name in ("data", "fsdp"):
+    for got, want in zip(jax.tree_util.tree_leaves(runs[name][1]),
+                         jax.tree_util.tree_leaves(runs["one"][1])):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kernel_size,stride", [(3, 1), (3, 2), (5, 2)])

@@ -2,6 +2,7 @@
 
   python benchmarks/peer/peer_unet.py --json /tmp/peer_matched.json --steps 7 --warmup 3
   python benchmarks/peer/peer_unet.py --dtype bfloat16    # mixed precision
+  LUMIERE_CPU_DEVICES=cores python benchmarks/peer/peer_unet.py   # a device per core
 
 times full training, frozen-base training and the sampling forward (16x32x32x3, width 32,
 mults 1,2,4, batch 2, float32) and prints the table `lumiere bench` prints; compare.py
@@ -69,11 +70,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from lumiere_jax import runtime
 from lumiere_jax.bench import flops as flops_lib
 from lumiere_jax.bench import report
 from lumiere_jax.bench import timing
+from lumiere_jax.errors import UserError
 from lumiere_jax.io import atomic
 from lumiere_jax.models import layers
 from lumiere_jax.models import temporal as temporal_lib
@@ -679,12 +682,28 @@ PROGRAMS = (("train_step", (BASE, TEMPORAL)), ("train_step_frozen", (TEMPORAL,))
             ("sample_step", None))
 
 
+def data_parallel(batch: int):
+  """(replicated, batch-split) shardings over every visible device: one device by
+  default; with `--xla_force_host_platform_device_count=N` (and
+  `--xla_cpu_multi_thread_eigen=false`) a CPU's cores each run their share of the batch
+  as a device of their own, and the gradients are summed across them by GSPMD."""
+  devices = jax.devices()
+  if batch % len(devices):
+    raise UserError(f"the batch of {batch} does not split over {len(devices)} devices")
+  mesh = jax.make_mesh((len(devices),), ("data",), axis_types=(AxisType.Auto,),
+                       devices=devices)
+  return NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+
 def _train_program(spec: PeerSpec, trainable):
   """(fn() -> output to wait for, compiled program, compile seconds) of a train step on
   a fixed random batch; fn carries the donated state from call to call."""
   optimizer = make_optimizer()
-  state = init_state(spec, trainable, jax.random.key(0), optimizer)
-  x0 = jax.random.normal(jax.random.key(1), video_shape(spec, spec.batch))
+  replicated, split_batch = data_parallel(spec.batch)
+  state = jax.device_put(init_state(spec, trainable, jax.random.key(0), optimizer),
+                         replicated)
+  x0 = jax.device_put(jax.random.normal(jax.random.key(1), video_shape(spec, spec.batch)),
+                      split_batch)
   rng = jax.random.key(2)
   compiled, seconds = timing.compile_timed(
       lambda: jit_train_step(spec, optimizer).lower(state, x0, rng))
@@ -698,9 +717,11 @@ def _train_program(spec: PeerSpec, trainable):
 
 
 def _sample_program(spec: PeerSpec):
-  params = init_params(spec, jax.random.key(0))
-  x = jax.random.normal(jax.random.key(3), video_shape(spec, spec.sample_batch))
-  time = jnp.full((spec.sample_batch,), 500.0)
+  replicated, split_batch = data_parallel(spec.sample_batch)
+  params = jax.device_put(init_params(spec, jax.random.key(0)), replicated)
+  x = jax.device_put(jax.random.normal(jax.random.key(3), video_shape(spec, spec.sample_batch)),
+                     split_batch)
+  time = jax.device_put(jnp.full((spec.sample_batch,), 500.0), split_batch)
   compiled, seconds = timing.compile_timed(
       lambda: jit_sample_step(spec).lower(params, x, time))
   return lambda: compiled(params, x, time), compiled, seconds
@@ -714,7 +735,8 @@ def flops_by_program(spec: PeerSpec, taps: str) -> dict:
 
 def benchmark(spec: PeerSpec, steps: int, warmup: int, preset: str = "peer-matched") -> dict:
   """Times the three programs the peer times (full training, frozen-base training, the
-  sampling forward), each compiled once, on one device; see timing.assemble for the
+  sampling forward), each compiled once, with the batch split over the visible devices
+  (data_parallel); see timing.assemble for the
   JSON. `flops` is counted like the peer (every conv tap); `flops_valid_taps` is the
   matmul work of the traced programs."""
   peak = timing.peak_flops(jax.devices()[:1])
@@ -729,7 +751,7 @@ def benchmark(spec: PeerSpec, steps: int, warmup: int, preset: str = "peer-match
   params = param_counts(spec)
   settings = {**dataclasses.asdict(spec), "steps": steps, "warmup": warmup,
               "optimizer": "AdamW(lr=1e-4, weight_decay=0.01)",
-              "loss": "eps-prediction MSE, cosine schedule", "devices": 1}
+              "loss": "eps-prediction MSE, cosine schedule", "devices": len(jax.devices())}
   notes = ["flops: counted like the peer's FlopCounterMode (convolutions count every "
            "kernel tap, padding included); flops_valid_taps: the taps that read input, "
            "XLA's convention, equal to the traced programs' matmul FLOPs",
@@ -767,7 +789,12 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   runtime.enable_compilation_cache()  # as `lumiere bench` does
   runtime.apply_cpu_defaults()  # as every `lumiere` command does
-  result = benchmark(PeerSpec(dtype=args.dtype), args.steps, args.warmup)
+  try:
+    runtime.apply_cpu_devices()  # LUMIERE_CPU_DEVICES, as every `lumiere` command does
+    result = benchmark(PeerSpec(dtype=args.dtype), args.steps, args.warmup)
+  except UserError as e:
+    print(f"peer_unet.py: {e}", file=sys.stderr)
+    return 2
   print(report.format_table(result))
   if args.json:
     atomic.write_text(args.json, json.dumps(result, indent=1) + "\n")

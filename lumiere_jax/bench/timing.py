@@ -292,9 +292,12 @@ def assemble(preset: str, rows: dict, peak: Peak, settings: dict, params: dict,
 
 def bench_config(preset: str, spec: str, overrides: Sequence[str], steps: int, warmup: int,
                  sample_batch: Optional[int] = None) -> dict:
-  """Train step and sampling step of a config on one device."""
+  """Train step and sampling step of a config on the config's mesh over the visible
+  devices: one by default; on a CPU, `--xla_force_host_platform_device_count=N` with
+  `--xla_cpu_multi_thread_eigen=false` gives each core a device and a share of the batch
+  (runtime.per_core_devices)."""
   config = load_config(spec, overrides)
-  mesh = config_mesh(config, jax.devices()[:1])
+  mesh = config_mesh(config)
   peak = peak_flops(mesh.devices.flatten())
   run = prepare_train_step(config, mesh)
   train = time_train_step(run, steps, warmup)
@@ -309,7 +312,7 @@ def bench_config(preset: str, spec: str, overrides: Sequence[str], steps: int, w
               "frames": build.Model(config).frames,
               "resolution": config.data.resolution, "dtype": config.model.dtype,
               "remat": config.model.remat, "trainable": list(config.train.trainable),
-              "devices": 1}
+              "devices": mesh.devices.size}
   params = {"total": build.count_params(run.layout.abstract_params),
             "trainable": run.trainable_params}
   notes = ["model FLOPs: bench/flops.py (matmul work of the denoiser; the text encoder "

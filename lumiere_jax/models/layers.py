@@ -93,13 +93,17 @@ def per_sample_pays(x) -> bool:
 
 def flat_matmuls() -> bool:
   """Whether the op being traced may merge activation axes into 2-D matmul rows
-  (matmul_channels, pointwise_conv, temporal.time_conv): only outside a mesh of more than
-  one device. Merged rows have no sharding GSPMD can keep where the frames are whole but
-  rows or tokens are split, and it gathers the activations: lumiere_base:t2v's layout
-  went from 10.3 to 29.0 GiB per device with them (benchmarks/RESULTS.md, stop 55).
-  Every partitioned program is traced inside `parallel.sharding.activation_sharding`."""
+  (matmul_channels, pointwise_conv, temporal.time_conv): outside a mesh, or in a mesh
+  whose devices all lie along its 'data' axis. Merged rows have no sharding GSPMD can
+  keep where the frames are whole but rows or tokens are split, and it gathers the
+  activations: lumiere_base:t2v's layout went from 10.3 to 29.0 GiB per device with
+  them (benchmarks/RESULTS.md, stop 55). Along 'data' alone the batch (or, for a batch
+  that does not divide, the frames) is split, the leading axis of the merged rows, which
+  GSPMD keeps split: the data parallelism of one CPU device per core
+  (runtime.apply_cpu_devices). Every partitioned program is traced inside
+  `parallel.sharding.activation_sharding`."""
   mesh = jax.sharding.get_abstract_mesh()
-  return mesh.empty or mesh.size == 1
+  return mesh.empty or all(size == 1 for name, size in mesh.shape.items() if name != "data")
 
 
 def matmul_channels(x, kernel):
