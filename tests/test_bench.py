@@ -10,6 +10,7 @@ import json
 import math
 import pathlib
 
+import jax
 import numpy as np
 import pytest
 
@@ -24,7 +25,7 @@ MICRO = ["--config.model.block_out_channels=(8,16)",
 
 def test_tiny_bench_writes_every_field(tmp_path, capsys):
   out = tmp_path / "bench.json"
-  code = cli.main(["bench", "tiny-t2i", "--steps", "2", "--warmup", "1", "--batch", "2",
+  code = cli.main(["bench", "tiny-t2i", "--steps", "2", "--warmup", "1", "--batch", "8",
                    *MICRO, "--json", str(out)])
   assert code == 0
   result = json.loads(out.read_text())
@@ -47,7 +48,8 @@ def test_tiny_bench_writes_every_field(tmp_path, capsys):
   assert result["flops"]["train_step"] > result["flops"]["sample_step"]
   assert result["rows"]["train_step"]["memory"]["alias_bytes"] > 0
   assert result["peak"]["flops_per_s"] > 0 and "jnp.dot" in result["peak"]["source"]
-  assert result["settings"]["batch"] == result["settings"]["sample_batch"] == 2
+  assert result["settings"]["batch"] == result["settings"]["sample_batch"] == 8
+  assert result["settings"]["devices"] == len(jax.devices())  # the batch split over them
   assert 0 < result["params"]["trainable"] <= result["params"]["total"]
   assert math.isfinite(result["loss"])
   assert not list(tmp_path.glob(".*partial*"))

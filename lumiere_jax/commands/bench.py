@@ -25,8 +25,10 @@ from lumiere_jax.io import atomic
 HELP = "Benchmark train and sampling steps (time, FLOPs, MFU, memory)."
 
 PRESETS = {
-    "tiny-t2i": "shapes_tiny:t2i on one device (backbone trained, text frozen)",
-    "tiny-t2v": "shapes_tiny:t2v on one device (temporal layers trained)",
+    "tiny-t2i": "shapes_tiny:t2i, the batch split over the visible devices (one; "
+                "LUMIERE_CPU_DEVICES=cores: one per CPU core) (backbone trained, text frozen)",
+    "tiny-t2v": "shapes_tiny:t2v, the batch split over the visible devices (temporal "
+                "layers trained)",
     "base": "lumiere_base:t2v at paper scale: parameters, FLOPs, compiled peak "
             "memory per device on all available devices (remat=block, per-device batch 1); "
             "timed only with --time or on an accelerator",
