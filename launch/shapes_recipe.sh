@@ -29,6 +29,9 @@
 # running the same command again resumes from the workdir's newest checkpoint, so the
 # recipe is re-runnable until every stage is complete. On 2 CPU cores (AMD EPYC):
 # t2i about 15 min, each t2v stage about 75-100 min (docs/learning_record.md has the measured times).
+# `LUMIERE_CPU_DEVICES=cores bash launch/shapes_recipe.sh RUNS` gives each core an XLA:CPU
+# device and a share of every batch: stage 8 (t2v_batch8) took 9-12% more steps per hour
+# that way on a 2-core Intel Xeon (benchmarks/RESULTS.md, "One XLA:CPU device per core").
 #
 # The t2v options beyond the paper's layout, with what each measured, are in
 # docs/learning_record.md ("Ablations"): space-time attention at the coarsest level,
