@@ -95,11 +95,13 @@ def test_frozen_training_computes_fewer_flops_than_full(programs):
   count = peer_unet.flop_count(SPEC, SPEC.batch)
   forward = count.forward
   # Full: ~3x the forward, plus the temporal kernel gradients' padding taps (one matmul
-  # over every tap, models/temporal.py: time_conv). Frozen: no weight gradients for the 2D
-  # base, and no activation gradients before the first temporal layer, so between 1x and 3x.
-  padding_taps = sum(op.extra_train_flops for op in count.ops)
-  assert 0 < padding_taps < forward // 50
-  assert forward < frozen < full <= 3 * forward + padding_taps
+  # over every tap, models/temporal.py: time_conv) and the RMS-norm gains' [C, C] matmuls
+  # (_scaled_rms_backward). Frozen: no weight gradients for the 2D base, and no
+  # activation gradients before the first temporal layer, so between 1x and 3x.
+  padding_taps = sum(op.extra_train_flops for op in count.ops if op.kind == "conv")
+  gains = sum(op.extra_train_flops for op in count.ops if op.kind == "norm")
+  assert 0 < padding_taps < forward // 50 and 0 < gains < forward // 25
+  assert forward < frozen < full <= 3 * forward + padding_taps + gains
   ops = peer_unet.flop_count(SPEC, SPEC.batch, ("temporal",)).ops
   assert all(op.grad_operands <= 1 for op in ops if op.group == "base" and op.kind != "attention")
 

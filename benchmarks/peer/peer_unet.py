@@ -142,9 +142,13 @@ def _scaled_rms_backward(axis, silu, residuals, dy):
   du = dy * g
   along = jnp.where(norm > 1e-12, jnp.sum(du * unit, axis=axis, keepdims=True), 0.0)
   dx = (du - unit * along) / safe
-  rows = math.prod(x.shape[:layers.leading_rows(x.shape)])
-  per_sample = (dy * unit).reshape(rows, -1, x.shape[-1]).sum(1)
-  return dx, math.sqrt(x.shape[-1]) * per_sample.sum(0)
+  # The gain's gradient, sum(dy * unit) over every position, as the diagonal of the
+  # [C, C] matmul dy^T unit: XLA:CPU folds any written-out sum of the product into one
+  # reduction to [C] fused with the SiLU derivative, 2.4x slower on one core of the Xeon
+  # at [16, 32, 32, 32] (5.9 against 2.5 ms; benchmarks/RESULTS.md, stop 62).
+  c = x.shape[-1]
+  gram = jax.lax.dot_general(dy.reshape(-1, c), unit.reshape(-1, c), (((0,), (0,)), ((), ())))
+  return dx, math.sqrt(c) * jnp.diagonal(gram)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -490,6 +494,14 @@ class _Walk:
   def normed(self, group, a: flops_lib.Act) -> flops_lib.Act:
     return dataclasses.replace(a, grad=a.grad or self.trainable[group])
 
+  def rms_normed(self, a: flops_lib.Act) -> flops_lib.Act:
+    """A ScaledRMSNorm (the temporal layers'): where its gain trains, its gradient is
+    the diagonal of a [C, C] matmul over every position (_scaled_rms_backward), work
+    that only the traced programs ("valid") count; the peer sums a product."""
+    if self.taps == "valid" and self.trainable[TEMPORAL]:
+      self._record(TEMPORAL, "norm", 0, extra_train_flops=2 * a.tokens * a.channels ** 2)
+    return self.normed(TEMPORAL, a)
+
   def conv2d(self, group, a, out_channels, kernel=3, stride=1) -> flops_lib.Act:
     taps = self._taps(a.res, kernel, stride)
     self._record(group, "conv", 2 * a.frames * taps * taps * a.channels * out_channels,
@@ -539,15 +551,15 @@ class _Walk:
     return dataclasses.replace(a, grad=a.grad or grad)
 
   def conv_inflation(self, a):
-    h = self.normed(TEMPORAL, self.conv2d(TEMPORAL, a, a.channels))
-    h = self.normed(TEMPORAL, self.temporal_conv(h))
+    h = self.rms_normed(self.conv2d(TEMPORAL, a, a.channels))
+    h = self.rms_normed(self.temporal_conv(h))
     grad = self.dense(TEMPORAL, h.tokens, a.channels, a.channels, h.grad)
     return dataclasses.replace(a, grad=a.grad or grad)
 
   def attention_inflation(self, a):
     per_video = a.frames // self.batch
     grad = self.attention(TEMPORAL, self.batch * a.res * a.res, per_video, a.channels,
-                          self.normed(TEMPORAL, a).grad)
+                          self.rms_normed(a).grad)
     grad = self.dense(TEMPORAL, a.tokens, a.channels, a.channels, grad or a.grad)
     return dataclasses.replace(a, grad=a.grad or grad)
 
