@@ -187,14 +187,14 @@ def apply_cpu_defaults(cache_dir: str = "~/.cache/lumiere_jax",
   return added
 
 
-
 # One XLA:CPU device per core (benchmarks/RESULTS.md, "One XLA:CPU device per core").
 # XLA:CPU runs one program's ops one after the other, each split over the cores by its
 # own thread pool, and some split badly: a 3x3 kernel gradient at 32x32 runs on one core
 # of two. With a device per core and each device's ops on one thread, the mesh's data
 # axis gives each core its share of the batch and every op keeps its core busy: on a
-# 2-core Xeon the peer-matched train step 0.434 -> 0.408 s, the shapes t2v train step
-# (batch 8) 2.1-2.3 -> 1.85 s. Opt-in, since it changes jax.devices() and so the mesh.
+# 2-core Xeon the peer-matched train step 0.434 -> 0.408 s, `lumiere bench tiny-t2v
+# --batch 8` 2.0-2.3 -> 1.70 s, the shipped recipe's stage 8 9-12% more steps per hour.
+# Opt-in, since it changes jax.devices() and so every mesh; sampling is not faster.
 CPU_DEVICES_ENV = "LUMIERE_CPU_DEVICES"  # "cores", or a device count
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 
@@ -236,6 +236,7 @@ def apply_cpu_devices() -> tuple:
                     f"({DEVICE_COUNT_FLAG}); give one")
   os.environ[XLA_FLAGS_ENV] = " ".join((flags, *added)).strip()
   return added
+
 
 # ---------------------------------------------------------------------------------------
 # Ctrl-C

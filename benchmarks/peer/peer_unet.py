@@ -748,8 +748,7 @@ def flops_by_program(spec: PeerSpec, taps: str) -> dict:
 def benchmark(spec: PeerSpec, steps: int, warmup: int, preset: str = "peer-matched") -> dict:
   """Times the three programs the peer times (full training, frozen-base training, the
   sampling forward), each compiled once, with the batch split over the visible devices
-  (data_parallel); see timing.assemble for the
-  JSON. `flops` is counted like the peer (every conv tap); `flops_valid_taps` is the
+  (data_parallel); see timing.assemble for the JSON. `flops` is counted like the peer (every conv tap); `flops_valid_taps` is the
   matmul work of the traced programs."""
   peak = timing.peak_flops(jax.devices()[:1])
   counted, valid = flops_by_program(spec, "all"), flops_by_program(spec, "valid")

@@ -295,7 +295,7 @@ def bench_config(preset: str, spec: str, overrides: Sequence[str], steps: int, w
   """Train step and sampling step of a config on the config's mesh over the visible
   devices: one by default; on a CPU, `--xla_force_host_platform_device_count=N` with
   `--xla_cpu_multi_thread_eigen=false` gives each core a device and a share of the batch
-  (runtime.per_core_devices)."""
+  (LUMIERE_CPU_DEVICES=cores, runtime.apply_cpu_devices)."""
   config = load_config(spec, overrides)
   mesh = config_mesh(config)
   peak = peak_flops(mesh.devices.flatten())

@@ -100,8 +100,9 @@ def flat_matmuls() -> bool:
   them (benchmarks/RESULTS.md, stop 55). Along 'data' alone the batch (or, for a batch
   that does not divide, the frames) is split, the leading axis of the merged rows, which
   GSPMD keeps split: the data parallelism of one CPU device per core
-  (runtime.apply_cpu_devices). Every partitioned program is traced inside
-  `parallel.sharding.activation_sharding`."""
+  (runtime.apply_cpu_devices). (Where neither divides and the rows take 'data', the
+  values stay right and GSPMD gathers, as before.) Every partitioned program is traced
+  inside `parallel.sharding.activation_sharding`."""
   mesh = jax.sharding.get_abstract_mesh()
   return mesh.empty or all(size == 1 for name, size in mesh.shape.items() if name != "data")
 
