@@ -330,8 +330,8 @@ CASES = [
     # issue 18: a mesh that does not fit the devices or the batch, an unknown remat policy
     case("bench/mesh-does-not-divide-the-devices",
          ("bench", "base", "--config.mesh.shape=(3,-1,1)"), "does not divide 8 devices"),
-    case("bench/mesh-too-small", ("bench", "tiny-t2v", "--config.mesh.shape=(1,2,1)"),
-         "needs 2 devices, have 1"),
+    case("bench/mesh-needs-more-devices", ("bench", "tiny-t2v", "--config.mesh.shape=(1,16,1)"),
+         "needs 16 devices, have 8"),
     case("bench/remat-unknown", ("bench", "base", "--config.model.remat=blocks"),
          "model.remat='blocks' is invalid"),
     case("export/name", ("export", "--checkpoint", "{inputs}/ckpt", "--name", "Bad-Name",
