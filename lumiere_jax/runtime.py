@@ -191,9 +191,10 @@ def apply_cpu_defaults(cache_dir: str = "~/.cache/lumiere_jax",
 # XLA:CPU runs one program's ops one after the other, each split over the cores by its
 # own thread pool, and some split badly: a 3x3 kernel gradient at 32x32 runs on one core
 # of two. With a device per core and each device's ops on one thread, the mesh's data
-# axis gives each core its share of the batch and every op keeps its core busy: on a
-# 2-core Xeon the peer-matched train step 0.434 -> 0.408 s, `lumiere bench tiny-t2v
-# --batch 8` 2.0-2.3 -> 1.70 s, the shipped recipe's stage 8 9-12% more steps per hour.
+# axis gives each core its share of the batch and every op keeps its core busy: on 2
+# cores of an Intel(R) Xeon(R) Processor (AVX-512, AMX) the peer-matched train step
+# 0.434 -> 0.408 s, `lumiere bench tiny-t2v --batch 8` 2.0-2.3 -> 1.70 s, the shipped
+# recipe's stage 8 9-12% more steps per hour.
 # Opt-in, since it changes jax.devices() and so every mesh; sampling is not faster.
 CPU_DEVICES_ENV = "LUMIERE_CPU_DEVICES"  # "cores", or a device count
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"

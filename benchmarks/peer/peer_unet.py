@@ -704,7 +704,7 @@ def data_parallel(batch: int):
     raise UserError(f"the batch of {batch} does not split over {len(devices)} devices")
   mesh = jax.make_mesh((len(devices),), ("data",), axis_types=(AxisType.Auto,),
                        devices=devices)
-  return NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  return timing.replicated(mesh), NamedSharding(mesh, P("data"))
 
 
 def _train_program(spec: PeerSpec, trainable):
