@@ -213,6 +213,34 @@ def test_repeat_rows_is_a_repeat_whose_gradient_sums_per_sample_first():
   assert not merged_sums(layers.add_channel_bias)
 
 
+def test_channel_bias_gradient_is_one_matmul_over_the_rows():
+  """layers.add_channel_bias on an activation with many positions per sample (outside a
+  mesh): value and gradients equal the plain broadcast's, in float32 and bfloat16, and the
+  compiled bias gradient is one [1, M] x [M, C] dot with no reduce of the activation left
+  (XLA:CPU fused such reduces with the chain that makes dy: stop 63)."""
+  import re
+  from lumiere_jax.models import layers
+  y = jax.random.normal(jax.random.key(0), (2, 16, 8, 8, 32))
+  w = jax.random.normal(jax.random.key(1), y.shape)
+  for dtype, tol in ((jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)):
+    bias = jax.random.normal(jax.random.key(2), (32,)).astype(dtype)
+    yd = y.astype(dtype)
+    np.testing.assert_array_equal(np.asarray(layers.add_channel_bias(yd, bias), np.float32),
+                                  np.asarray(yd + bias, np.float32))
+    loss = lambda add: jax.grad(lambda y, b: jnp.sum(w * jnp.sin(add(y, b).astype(jnp.float32))),
+                                argnums=(0, 1))
+    ours = jax.jit(loss(layers.add_channel_bias))(yd, bias)
+    ref = loss(lambda y, b: y + b)(y, bias.astype(jnp.float32))
+    assert ours[1].dtype == dtype
+    for a, b in zip(ours, ref):
+      np.testing.assert_allclose(np.asarray(a, np.float32), b, rtol=0,
+                                 atol=tol * float(jnp.abs(b).max()))
+  hlo = jax.jit(jax.grad(lambda b: jnp.sum(jnp.sin(layers.add_channel_bias(y, b))))).lower(
+      jnp.zeros((32,))).compile().as_text()
+  assert re.search(r"f32\[1,32\]\S* dot\(", hlo), "the bias gradient is not a matmul"
+  assert not re.search(r"= f32\[[\d,]+\]\S* reduce\(", hlo), "a reduce is left"
+
+
 def test_stunet_equals_backbone_on_every_frame_without_temporal_downsampling():
   config, params = _setup((False, False))
   assert temporal_factor(config.model) == 1
