@@ -133,10 +133,11 @@ def _bias_summed_by_matmul_fwd(y, bias):
 
 def _bias_summed_by_matmul_bwd(bias, dy):
   """The bias gradient as ones [1, M] @ dy [M, C]: dy is needed whole anyway (the
-  gradient of y), and a matmul reads it once. Written as a sum, XLA:CPU fuses the
-  reduction with the elementwise chain that makes dy (a norm's backward), computing the
-  chain twice and reducing across rows on one core: 18-40 ms of the peer-matched train
-  step's reductions per device on a 2-core AMD EPYC (benchmarks/RESULTS.md, stop 63)."""
+  gradient of y), and a matmul reads it once. Written as a sum (per_sample's), XLA:CPU
+  fuses the reduction with the elementwise chain that makes dy (a norm's backward) and
+  computes the chain a second time inside it: the peer-matched train step's reductions
+  took 42-50 ms per device on a 2-core AMD EPYC, 18-20 ms with the matmul
+  (benchmarks/RESULTS.md, stop 63). The residual is the bias, for its dtype."""
   rows = dy.reshape(-1, dy.shape[-1])
   ones = jnp.ones((1, rows.shape[0]), dy.dtype)
   with jax.named_scope(SELECTION_SCOPE):  # a sum, not model FLOPs (bench/flops.py)
