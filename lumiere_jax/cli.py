@@ -74,6 +74,7 @@ def main(argv=None) -> int:
   time (half a second of jax shutdown) and could crash under XLA threads still running;
   everything worth keeping was saved or written before."""
   if argv is None:
+    runtime.restart_with_huge_pages()  # glibc reads its tunables only at start-up
     code = main(sys.argv[1:])
     if code == runtime.EXIT_INTERRUPTED:
       runtime.exit_now(code)

@@ -1,6 +1,8 @@
-"""The XLA:CPU options lumiere adds per CPU family (runtime.apply_cpu_defaults)."""
+"""The XLA:CPU options lumiere adds per CPU family (runtime.apply_cpu_defaults), a device
+per core (apply_cpu_devices) and glibc's malloc on huge pages (restart_with_huge_pages)."""
 
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -164,3 +166,73 @@ def test_a_device_per_core_splits_the_batch_and_keeps_the_gradient(tmp_path):
   assert np.abs(reference).max() > 0
   np.testing.assert_allclose(grads["two"][1], reference, rtol=1e-5,
                              atol=1e-5 * np.abs(reference).max())
+
+
+# -- glibc's malloc with transparent huge pages (runtime.restart_with_huge_pages) ---------
+
+GLIBC = ("glibc", "2.36")
+
+
+def test_huge_pages_are_asked_for_only_where_they_can_be_had():
+  assert runtime.malloc_tunables({}, GLIBC, "madvise") == "glibc.malloc.hugetlb=1"
+  assert runtime.malloc_tunables({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, GLIBC,
+                                 "madvise") == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+  assert runtime.malloc_tunables({}, ("glibc", "2.35"), "madvise") is not None
+  for environ, libc, thp in (
+      ({}, GLIBC, "always"),  # every mapping gets huge pages already
+      ({}, GLIBC, "never"),
+      ({}, GLIBC, ""),  # not Linux
+      ({}, ("glibc", "2.34"), "madvise"),  # before the tunable
+      ({}, ("", ""), "madvise"),  # musl and others
+      ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, GLIBC, "madvise"),  # the user's own
+      ({runtime.HUGE_PAGES_ENV: "off"}, GLIBC, "madvise")):
+    assert runtime.malloc_tunables(environ, libc, thp) is None, (environ, libc, thp)
+
+
+def test_the_thp_mode_is_the_bracketed_word(tmp_path):
+  mode = tmp_path / "enabled"
+  mode.write_text("always [madvise] never\n")
+  assert runtime.thp_mode(str(mode)) == "madvise"
+  assert runtime.thp_mode(str(tmp_path / "missing")) == ""
+
+
+RESTARTING_PROGRAM = textwrap.dedent("""
+    import ctypes, os, resource
+    from lumiere_jax import runtime
+    print("started", flush=True)
+    runtime.restart_with_huge_pages()
+    print("tunables", os.environ.get("GLIBC_TUNABLES", ""))
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, (ctypes.c_void_p,)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(8):  # what XLA:CPU does with a program's temporaries at every call
+      buffer = libc.malloc(48 << 20)
+      ctypes.memset(buffer, 1, 48 << 20)
+      libc.free(buffer)
+    print("faults", resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+""")
+
+
+@pytest.mark.skipif(runtime.malloc_tunables({}, platform.libc_ver(),
+                                            runtime.thp_mode()) is None,
+                    reason="needs glibc >= 2.35 and the kernel's THP mode 'madvise'")
+def test_a_restart_adds_the_tunable_once_and_big_buffers_fault_far_less(tmp_path):
+  script = tmp_path / "restart.py"
+  script.write_text(RESTARTING_PROGRAM)
+
+  def run(**extra):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("GLIBC_TUNABLES", runtime.HUGE_PAGES_ENV)}
+    done = subprocess.run([sys.executable, str(script)], env={**env, **extra},
+                          capture_output=True, text=True, timeout=120, check=True)
+    lines = done.stdout.split("\n")
+    return (lines.count("started"), lines[-3].split(" ", 1)[1], int(lines[-2].split()[1]))
+
+  starts, tunables, huge = run(GLIBC_TUNABLES="glibc.malloc.arena_max=4")
+  assert (starts, tunables) == (2, "glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1")
+  starts, tunables, small = run(**{runtime.HUGE_PAGES_ENV: "off"})
+  assert (starts, tunables) == (1, "")
+  # 8 x 48 MiB from malloc (numpy would ask for huge pages itself): 98k faults of 4 KiB
+  # pages; here 4.3k with the tunable
+  assert small >= 8 * (48 << 20) // 4096
+  assert huge * 8 < small, (huge, small)

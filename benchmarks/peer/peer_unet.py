@@ -814,4 +814,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  runtime.restart_with_huge_pages()  # as every `lumiere` command does
   sys.exit(main())
